@@ -1,0 +1,10 @@
+"""Fused unlearning-KL kernels (installed as ``rklu.kernels``): teacher construction + RKL/FKL loss and
+gradient from hidden states and lm_head weights, without materializing [tokens x vocab] logits."""
+from .from_logits import unlearning_kl_from_logits
+from .interface import FusedLinearUnlearningKL, fused_linear_unlearning_kl, resolve_backend
+from .reference import teacher_logits, unlearning_kl_reference
+
+__all__ = [
+    "fused_linear_unlearning_kl", "FusedLinearUnlearningKL", "unlearning_kl_reference",
+    "unlearning_kl_from_logits", "teacher_logits", "resolve_backend",
+]

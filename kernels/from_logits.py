@@ -1,0 +1,74 @@
+"""The unlearning KL for callers who already hold [..., V] logits: chunked over tokens, so the only
+float32 working set is one chunk (no float32 copies of the full tensors); the gradient is written
+straight into a tensor of the student logits' dtype."""
+from __future__ import annotations
+
+import torch
+
+from .chunk_math import chunk_loss_and_grad
+from .reference import reduce_per_token
+from .torch_chunked import default_chunk_tokens
+from .validation import check_alpha, check_direction_reduction, check_logit_inputs
+
+
+class _FromLogits(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, student, original, augmented, alpha, direction, chunk):
+        n, _ = student.shape
+        dtype = torch.float64 if student.dtype == torch.float64 else torch.float32
+        per_token = torch.empty(n, dtype=dtype, device=student.device)
+        grad = torch.empty_like(student) if ctx.needs_input_grad[0] else None
+        with torch.no_grad():
+            for start in range(0, n, chunk):
+                end = min(n, start + chunk)
+                loss, g = chunk_loss_and_grad(
+                    student[start:end].to(dtype, copy=True), original[start:end].to(dtype, copy=True),
+                    None if augmented is None else augmented[start:end].to(dtype, copy=True),
+                    alpha, direction, grad is not None)
+                per_token[start:end] = loss
+                if grad is not None:
+                    grad[start:end] = g
+        ctx.save_for_backward(grad)
+        return per_token.float() if dtype == torch.float32 else per_token
+
+    @staticmethod
+    def backward(ctx, grad_per_token):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_per_token[:, None].to(grad.dtype), None, None, None, None, None
+
+
+def unlearning_kl_from_logits(
+    student_logits: torch.Tensor,
+    original_logits: torch.Tensor,
+    augmented_logits: torch.Tensor | None = None,
+    *,
+    alpha: float = 8.0,
+    direction: str = "reverse",
+    labels: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    chunk_tokens: int | None = None,
+) -> torch.Tensor:
+    """Same loss as :func:`unlearning_kl_reference`, memory-lean: teachers are treated as constants."""
+    check_direction_reduction(direction, reduction)
+    check_alpha(alpha)
+    check_logit_inputs(student_logits, original_logits, augmented_logits, labels)
+    vocab = student_logits.shape[-1]
+    lead = student_logits.shape[:-1]
+    student = student_logits.reshape(-1, vocab)
+    original = original_logits.detach().reshape(-1, vocab)
+    augmented = None if augmented_logits is None else augmented_logits.detach().reshape(-1, vocab)
+    counted = torch.ones(student.shape[0], dtype=torch.bool, device=student.device)
+    if labels is not None:
+        counted = labels.reshape(-1) != ignore_index
+        index = counted.nonzero().squeeze(1)
+        if index.numel() != student.shape[0]:
+            student, original = student.index_select(0, index), original.index_select(0, index)
+            augmented = None if augmented is None else augmented.index_select(0, index)
+    if student.shape[0] == 0:
+        zero = student_logits.sum() * 0.0
+        return zero.float().expand(lead).clone() if reduction == "none" else zero.float()
+    per_token = _FromLogits.apply(student, original, augmented, float(alpha), direction,
+                                  chunk_tokens or default_chunk_tokens(vocab))
+    full = per_token.new_zeros(counted.shape[0]).index_copy(0, counted.nonzero().squeeze(1), per_token)
+    return reduce_per_token(full.reshape(lead), counted.reshape(lead), reduction)

@@ -1,0 +1,169 @@
+"""Public entry points: pick a backend, drop ignored tokens, reduce. Every backend shares this code path."""
+from __future__ import annotations
+
+import torch
+
+from .reference import reduce_per_token, unlearning_kl_reference
+from .validation import (
+    check_alpha, check_backend, check_direction_reduction, check_finite, check_linear_inputs,
+)
+
+
+def triton_available(device: torch.device) -> bool:
+    """Triton runs on CUDA devices, or anywhere under TRITON_INTERPRET=1 (CPU tensors, numpy-backed)."""
+    import os
+
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True
+    return device.type == "cuda"
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    check_backend(backend)
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and triton_available(device) else "torch"
+    if backend == "triton" and not triton_available(device):
+        raise ValueError(
+            f"backend='triton' needs a CUDA device or TRITON_INTERPRET=1 (tensors are on {device}); "
+            "use backend='torch' or 'auto'")
+    return backend
+
+
+def fused_linear_unlearning_kl(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    original_hidden: torch.Tensor,
+    original_weight: torch.Tensor,
+    augmented_hidden: torch.Tensor | None = None,
+    augmented_weight: torch.Tensor | None = None,
+    *,
+    alpha: float = 8.0,
+    direction: str = "reverse",
+    labels: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    backend: str = "auto",
+    student_bias: torch.Tensor | None = None,
+    original_bias: torch.Tensor | None = None,
+    augmented_bias: torch.Tensor | None = None,
+    chunk_tokens: int | None = None,
+    check_inputs_finite: bool = True,
+) -> torch.Tensor:
+    """Unlearning KL between the student and the (modified) teacher, from hidden states and lm_head weights.
+
+    ``l = hidden @ weight.T (+ bias)`` for each model; the teacher is ``l_o - alpha * relu(l_aug - l_o)``
+    (or ``l_o`` without an augmented model). ``direction="reverse"`` is KL(p_student || p_teacher) (RKLU),
+    ``"forward"`` is KL(p_teacher || p_student) (FKLU, and the "+KL" retain term). Gradients flow to the
+    student's hidden states, weight and bias; the teachers are constants. With the fused backends no
+    [tokens x vocab] tensor is built. Labels only mask: pass them already shifted for next-token
+    prediction (hidden[:, :-1] with labels[:, 1:]).
+    """
+    check_direction_reduction(direction, reduction)
+    check_alpha(alpha)
+    check_linear_inputs(student_hidden, student_weight, student_bias, original_hidden, original_weight,
+                        original_bias, augmented_hidden, augmented_weight, augmented_bias, labels)
+    backend = resolve_backend(backend, student_hidden.device)
+    if check_inputs_finite:
+        for name, t in (("student_hidden", student_hidden), ("original_hidden", original_hidden),
+                        ("augmented_hidden", augmented_hidden)):
+            check_finite(name, t)
+
+    lead_shape = student_hidden.shape[:-1]
+    hidden = student_hidden.shape[-1]
+    xs = student_hidden.reshape(-1, hidden)
+    xo = original_hidden.detach().reshape(-1, original_hidden.shape[-1])
+    xa = None if augmented_hidden is None else augmented_hidden.detach().reshape(-1, augmented_hidden.shape[-1])
+    counted = None
+    if labels is not None:
+        counted = labels.reshape(-1) != ignore_index
+        index = counted.nonzero().squeeze(1)
+        if index.numel() != xs.shape[0]:
+            xs, xo = xs.index_select(0, index), xo.index_select(0, index)
+            xa = None if xa is None else xa.index_select(0, index)
+    teachers = (original_weight.detach(), _detach(original_bias), None if augmented_weight is None else augmented_weight.detach(), _detach(augmented_bias))
+
+    if xs.shape[0] == 0:
+        # Nothing counted: loss 0 with zero (not missing) gradients, never 0/0.
+        zero = student_hidden.sum() * 0.0 + student_weight.sum() * 0.0
+        if student_bias is not None:
+            zero = zero + student_bias.sum() * 0.0
+        return zero.float().expand(lead_shape).clone() if reduction == "none" else zero.float()
+
+    if backend == "reference":
+        per_token = _reference_per_token(xs, student_weight, student_bias, xo, xa, teachers, alpha, direction)
+    elif backend == "torch":
+        from .torch_chunked import TorchChunkedUnlearningKL
+
+        wo, bo, wa, ba = teachers
+        per_token = TorchChunkedUnlearningKL.apply(
+            xs, student_weight, student_bias, xo, wo, bo, xa, wa, ba, float(alpha), direction,
+            reduction != "none", chunk_tokens)
+    else:
+        from .triton_fused import TritonFusedUnlearningKL
+
+        xs_c, ws_c, bs_c, tw = _common_dtype(xs, student_weight, student_bias, xo, xa, teachers)
+        xo_c = xo.to(xs_c.dtype)
+        xa_c = None if xa is None else xa.to(xs_c.dtype)
+        per_token = TritonFusedUnlearningKL.apply(
+            xs_c, ws_c, bs_c, xo_c, tw[0], tw[1], xa_c, tw[2], tw[3], float(alpha), direction)
+
+    if reduction == "none":
+        if counted is None:
+            return per_token.reshape(lead_shape)
+        full = per_token.new_zeros(counted.shape[0]).index_copy(0, counted.nonzero().squeeze(1), per_token)
+        return full.reshape(lead_shape)
+    total = per_token.sum()
+    return total if reduction == "sum" else total / per_token.shape[0]
+
+
+def _detach(t):
+    return None if t is None else t.detach()
+
+
+def _reference_per_token(xs, ws, bs, xo, xa, teachers, alpha, direction):
+    wo, bo, wa, ba = teachers
+    dtype = torch.float64 if xs.dtype == torch.float64 else torch.float32
+    student = torch.nn.functional.linear(xs.to(dtype), ws.to(dtype), None if bs is None else bs.to(dtype))
+    original = torch.nn.functional.linear(xo.to(dtype), wo.to(dtype), None if bo is None else bo.to(dtype))
+    augmented = None if xa is None else torch.nn.functional.linear(xa.to(dtype), wa.to(dtype), None if ba is None else ba.to(dtype))
+    return unlearning_kl_reference(student, original, augmented, alpha=alpha, direction=direction, reduction="none")
+
+
+def _common_dtype(xs, ws, bs, xo, xa, teachers):
+    """Triton GEMM inputs share one dtype: the autocast dtype when autocast is on (what lm_head would use),
+    else the widest of the student's hidden/weight dtypes. Logits are still accumulated in float32."""
+    device_type = xs.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+    else:
+        dtype = torch.promote_types(xs.dtype, ws.dtype)
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    wo, bo, wa, ba = teachers
+    return cast(xs), cast(ws), bs, (cast(wo), bo, cast(wa), ba)
+
+
+class FusedLinearUnlearningKL(torch.nn.Module):
+    """Module form of :func:`fused_linear_unlearning_kl` holding alpha, direction, reduction and backend."""
+
+    def __init__(self, alpha: float = 8.0, direction: str = "reverse", ignore_index: int = -100,
+                 reduction: str = "mean", backend: str = "auto"):
+        super().__init__()
+        check_direction_reduction(direction, reduction)
+        check_alpha(alpha)
+        check_backend(backend)
+        self.alpha, self.direction, self.ignore_index = alpha, direction, ignore_index
+        self.reduction, self.backend = reduction, backend
+
+    def forward(self, student_hidden, student_weight, original_hidden, original_weight,
+                augmented_hidden=None, augmented_weight=None, labels=None, **biases):
+        return fused_linear_unlearning_kl(
+            student_hidden, student_weight, original_hidden, original_weight, augmented_hidden, augmented_weight,
+            alpha=self.alpha, direction=self.direction, labels=labels, ignore_index=self.ignore_index,
+            reduction=self.reduction, backend=self.backend, **biases)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, direction={self.direction!r}, reduction={self.reduction!r}, backend={self.backend!r}"

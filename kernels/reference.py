@@ -1,0 +1,81 @@
+"""Plain PyTorch reference of the unlearning KL: materializes every logit, used as ground truth.
+
+Math (per token, over the vocabulary):
+    l_t = l_o - alpha * relu(l_aug - l_o)        teacher logits (l_t = l_o without an augmented model)
+    reverse: KL(p_s || p_t) = sum p_s (log p_s - log p_t)   -- RKLU forget loss
+    forward: KL(p_t || p_s) = sum p_t (log p_t - log p_s)   -- FKLU, and the "+KL" retain term
+Everything is computed in float32 (float64 stays float64) so the reference is the accuracy yardstick.
+"""
+from __future__ import annotations
+
+import torch
+
+DIRECTIONS = ("reverse", "forward")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def teacher_logits(original_logits: torch.Tensor, augmented_logits: torch.Tensor | None, alpha: float) -> torch.Tensor:
+    if augmented_logits is None:
+        return original_logits
+    return original_logits - alpha * torch.relu(augmented_logits - original_logits)
+
+
+def reduce_per_token(per_token: torch.Tensor, counted: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Reduce a per-token loss over the counted tokens; an empty selection gives 0, never NaN."""
+    per_token = torch.where(counted, per_token, torch.zeros_like(per_token))
+    if reduction == "none":
+        return per_token
+    total = per_token.sum()
+    if reduction == "sum":
+        return total
+    return total / counted.sum().clamp(min=1)
+
+
+def unlearning_kl_reference(
+    student_logits: torch.Tensor,
+    original_logits: torch.Tensor,
+    augmented_logits: torch.Tensor | None = None,
+    *,
+    alpha: float = 8.0,
+    direction: str = "reverse",
+    labels: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Reference loss on materialized logits [..., V]. Differentiable w.r.t. ``student_logits`` only.
+
+    Tokens whose label equals ``ignore_index`` don't count; ``reduction="none"`` returns the per-token loss
+    with zeros at ignored tokens (shape = leading shape of the logits).
+    """
+    from .validation import check_direction_reduction, check_alpha
+
+    check_direction_reduction(direction, reduction)
+    check_alpha(alpha)
+    if student_logits.shape != original_logits.shape or (
+        augmented_logits is not None and augmented_logits.shape != student_logits.shape
+    ):
+        raise ValueError(
+            "logit shapes differ: student "
+            f"{tuple(student_logits.shape)}, original {tuple(original_logits.shape)}"
+            + ("" if augmented_logits is None else f", augmented {tuple(augmented_logits.shape)}")
+        )
+    compute_dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
+    student = student_logits.to(compute_dtype)
+    teacher = teacher_logits(
+        original_logits.detach().to(compute_dtype),
+        None if augmented_logits is None else augmented_logits.detach().to(compute_dtype),
+        alpha,
+    )
+    log_p_student = torch.log_softmax(student, dim=-1)
+    log_p_teacher = torch.log_softmax(teacher, dim=-1)
+    if direction == "reverse":
+        per_token = (log_p_student.exp() * (log_p_student - log_p_teacher)).sum(-1)
+    else:
+        per_token = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)
+    if labels is None:
+        counted = torch.ones(per_token.shape, dtype=torch.bool, device=per_token.device)
+    else:
+        if labels.shape != per_token.shape:
+            raise ValueError(f"labels shape {tuple(labels.shape)} must equal the logits' leading shape {tuple(per_token.shape)}")
+        counted = labels != ignore_index
+    return reduce_per_token(per_token, counted, reduction)

@@ -1,0 +1,129 @@
+"""Torch chunked backend: the fused operation with the same math and memory shape as the Triton kernel,
+in chunks of tokens, so peak extra memory is one [chunk, V] working set instead of [N, V].
+
+This is the CPU path and the fallback on GPUs without Triton.
+"""
+from __future__ import annotations
+
+import torch
+
+from .chunk_math import chunk_loss_and_grad
+
+# One float32 [chunk, V] buffer holds about this many elements (16 MiB); a handful are alive at once.
+CHUNK_ELEMENTS = 1 << 22
+
+
+def default_chunk_tokens(vocab: int) -> int:
+    return max(1, CHUNK_ELEMENTS // max(vocab, 1))
+
+
+def _logits(hidden: torch.Tensor, weight32: torch.Tensor, bias32: torch.Tensor | None) -> torch.Tensor:
+    out = hidden.to(weight32.dtype) @ weight32.T
+    return out if bias32 is None else out.add_(bias32)
+
+
+def _compute_dtype(*tensors) -> torch.dtype:
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _as(t, dtype):
+    return None if t is None else t.detach().to(dtype)
+
+
+class TorchChunkedUnlearningKL(torch.autograd.Function):
+    """Counted tokens only ([N, H] inputs). Returns the per-token loss [N] in float32.
+
+    Gradient strategy: when the caller reduces with a uniform weight (mean/sum) the gradient is computed
+    inside the forward pass (one pass over the logits instead of two; backward only rescales by the
+    incoming scalar). With ``reduction="none"`` each token has its own upstream weight, so the backward
+    recomputes the chunk's logits.
+    """
+
+    @staticmethod
+    def forward(ctx, xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_in_forward, chunk_tokens):
+        dtype = _compute_dtype(xs, ws)
+        ws32, bs32 = _as(ws, dtype), _as(bs, dtype)
+        wo32, bo32 = _as(wo, dtype), _as(bo, dtype)
+        wa32, ba32 = _as(wa, dtype), _as(ba, dtype)
+        n = xs.shape[0]
+        chunk = chunk_tokens or default_chunk_tokens(ws.shape[0])
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        in_forward = grad_in_forward and need_grad
+        per_token = torch.empty(n, dtype=dtype, device=xs.device)
+        grads = _GradAccumulator(xs, ws32, bs32) if in_forward else None
+        with torch.no_grad():
+            for start in range(0, n, chunk):
+                end = min(n, start + chunk)
+                loss, g = _chunk(xs, xo, xa, start, end, ws32, bs32, wo32, bo32, wa32, ba32, alpha, direction, in_forward)
+                per_token[start:end] = loss
+                if in_forward:
+                    grads.add(g, start, end)
+        ctx.alpha, ctx.direction, ctx.chunk = alpha, direction, chunk
+        ctx.grad_in_forward = in_forward
+        ctx.dtypes = (xs.dtype, ws.dtype, None if bs is None else bs.dtype)
+        ctx.has_bias = bs is not None
+        if in_forward:
+            ctx.save_for_backward(*grads.result())
+        else:
+            ctx.save_for_backward(xs, ws, bs, xo, wo, bo, xa, wa, ba)
+        return per_token.float()
+
+    @staticmethod
+    def backward(ctx, grad_per_token):
+        if ctx.grad_in_forward:
+            dx, dw, db = ctx.saved_tensors
+            # Uniform upstream weight (mean/sum): every entry of grad_per_token is the same scalar.
+            scale = grad_per_token[0].to(dx.dtype) if grad_per_token.numel() else 0.0
+            dx, dw = dx * scale, dw * scale
+            db = db * scale if db is not None else None
+        else:
+            xs, ws, bs, xo, wo, bo, xa, wa, ba = ctx.saved_tensors
+            dtype = _compute_dtype(xs, ws)
+            ws32, bs32 = _as(ws, dtype), _as(bs, dtype)
+            wo32, bo32, wa32, ba32 = _as(wo, dtype), _as(bo, dtype), _as(wa, dtype), _as(ba, dtype)
+            grads = _GradAccumulator(xs, ws32, bs32)
+            with torch.no_grad():
+                for start in range(0, xs.shape[0], ctx.chunk):
+                    end = min(xs.shape[0], start + ctx.chunk)
+                    _, g = _chunk(xs, xo, xa, start, end, ws32, bs32, wo32, bo32, wa32, ba32, ctx.alpha, ctx.direction, True)
+                    grads.add(g.mul_(grad_per_token[start:end, None].to(g.dtype)), start, end)
+            dx, dw, db = grads.result()
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        return (dx.to(x_dtype), dw.to(w_dtype), None if db is None else db.to(b_dtype),
+                None, None, None, None, None, None, None, None, None, None)
+
+
+def _chunk(xs, xo, xa, start, end, ws32, bs32, wo32, bo32, wa32, ba32, alpha, direction, need_grad):
+    # Logits stay float32 even inside torch.autocast (which would otherwise run these GEMMs in bf16).
+    with torch.autocast(xs.device.type, enabled=False):
+        return _chunk_fp32(xs, xo, xa, start, end, ws32, bs32, wo32, bo32, wa32, ba32, alpha, direction, need_grad)
+
+
+def _chunk_fp32(xs, xo, xa, start, end, ws32, bs32, wo32, bo32, wa32, ba32, alpha, direction, need_grad):
+    student = _logits(xs[start:end], ws32, bs32)
+    original = _logits(xo[start:end], wo32, bo32)
+    augmented = None if xa is None else _logits(xa[start:end], wa32, ba32)
+    return chunk_loss_and_grad(student, original, augmented, alpha, direction, need_grad)
+
+
+class _GradAccumulator:
+    """dx rows per chunk, dW and db summed over chunks, all in the compute dtype."""
+
+    def __init__(self, xs, ws32, bs32):
+        self.xs, self.ws32 = xs, ws32
+        self.dx = torch.zeros(xs.shape, dtype=ws32.dtype, device=xs.device)
+        self.dw = torch.zeros_like(ws32)
+        self.db = None if bs32 is None else torch.zeros_like(bs32)
+
+    def add(self, g, start, end):
+        with torch.autocast(g.device.type, enabled=False):
+            self._add(g, start, end)
+
+    def _add(self, g, start, end):
+        self.dx[start:end] = g @ self.ws32
+        self.dw.addmm_(g.T, self.xs[start:end].to(g.dtype))
+        if self.db is not None:
+            self.db += g.sum(0)
+
+    def result(self):
+        return self.dx, self.dw, self.db

@@ -19,14 +19,16 @@ def chunk_loss_and_grad(
 
     reverse: d KL(p_s||p_t) / dz = p_s * (log p_s - log p_t - KL)
     forward: d KL(p_t||p_s) / dz = p_s - p_t
-    Works in place on ``student``/``original`` buffers the caller no longer needs.
+    May work in place on the ``original``/``augmented`` buffers, which the caller no longer needs.
     """
     teacher = original
     if augmented is not None:
         # l_t = l_o - alpha * relu(l_aug - l_o), in place on the caller's scratch buffers
         teacher = augmented.sub_(original).clamp_(min=0).mul_(-alpha).add_(original)
-    log_p_teacher = teacher.sub_(torch.logsumexp(teacher, dim=-1, keepdim=True))
-    log_p_student = student.sub_(torch.logsumexp(student, dim=-1, keepdim=True))
+    # log_softmax subtracts the max before the log-sum: x - logsumexp(x) would round the lse at the logits'
+    # magnitude (ulp ~1e-3 at 1e4) and carry that into every log-probability.
+    log_p_teacher = torch.log_softmax(teacher, dim=-1)
+    log_p_student = torch.log_softmax(student, dim=-1)
     p_student = log_p_student.exp()
     if direction == "reverse":
         log_ratio = log_p_student - log_p_teacher

@@ -29,7 +29,7 @@ class _FromLogits(torch.autograd.Function):
                 if grad is not None:
                     grad[start:end] = g
         ctx.save_for_backward(grad)
-        return per_token.float() if dtype == torch.float32 else per_token
+        return per_token
 
     @staticmethod
     def backward(ctx, grad_per_token):

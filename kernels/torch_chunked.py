@@ -66,7 +66,7 @@ class TorchChunkedUnlearningKL(torch.autograd.Function):
             ctx.save_for_backward(*grads.result())
         else:
             ctx.save_for_backward(xs, ws, bs, xo, wo, bo, xa, wa, ba)
-        return per_token.float()
+        return per_token  # float32, or float64 for float64 inputs
 
     @staticmethod
     def backward(ctx, grad_per_token):

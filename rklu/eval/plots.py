@@ -1,0 +1,96 @@
+"""Plots in the style of the paper: forget quality (log scale) vs model utility per method across epochs
+(Fig. 3/4), and forget quality / model utility vs alpha (Fig. 5)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+SIGNIFICANCE = 0.05  # TOFU: forget quality > 0.05 means significant forgetting
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> Path:
+    from rklu.io import atomic_write
+
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight"))
+    return path
+
+
+def _positive(value):
+    return value is not None and value > 0
+
+
+def plot_fq_vs_mu(summary: Mapping, path: str | os.PathLike, title: str = "Forget quality vs model utility") -> Path:
+    """One line per method: its epochs' (model utility, forget quality) seed means; the peak epoch starred."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    floor = 1e-20
+    for n, group in enumerate(summary["groups"]):
+        pts = [(e["model_utility"], max(e["forget_quality"], floor), e["epoch"]) for e in group["epochs"]
+               if e["model_utility"] is not None and e["forget_quality"] is not None]
+        if not pts:
+            continue
+        color = f"C{n % 10}"
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", color=color, alpha=0.45, markersize=3, label=None)
+        peak = group.get("peak")
+        if peak and peak.get("model_utility") is not None and peak.get("forget_quality") is not None:
+            ax.plot([peak["model_utility"]], [max(peak["forget_quality"], floor)], "*", color=color, markersize=14,
+                    markeredgecolor="black", label=f"{group['label']} (epoch {peak['epoch']})")
+    ax.set_yscale("log")
+    ax.axhline(SIGNIFICANCE, color="gray", linestyle=":", linewidth=1)
+    ax.set_xlabel("Model utility")
+    ax.set_ylabel("Forget quality (KS-test p-value, log)")
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
+    ax.grid(True, which="major", alpha=0.3)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def plot_metric_vs_alpha(summary: Mapping, path: str | os.PathLike, method: str | None = None) -> Path | None:
+    """Forget quality (log, left) and model utility (right) at the peak epoch vs alpha, per method having
+    at least two alpha values; ``None`` (nothing written) when no method does."""
+    by_method: dict = {}
+    for group in summary["groups"]:
+        if group.get("alpha") is None or group.get("peak") is None or (method and group["method"] != method):
+            continue
+        by_method.setdefault(group["method"], []).append(group)
+    by_method = {m: sorted(gs, key=lambda g: float(g["alpha"])) for m, gs in by_method.items() if len(gs) >= 2}
+    if not by_method:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax2 = ax.twinx()
+    for n, (name, groups) in enumerate(sorted(by_method.items())):
+        alphas = [float(g["alpha"]) for g in groups]
+        fq = [g["peak"]["forget_quality"] for g in groups]
+        mu = [g["peak"]["model_utility"] for g in groups]
+        ax.plot(alphas, [max(v, 1e-20) if v is not None else float("nan") for v in fq], "-o", color=f"C{2 * n}",
+                label=f"{name}: forget quality")
+        ax2.plot(alphas, [v if v is not None else float("nan") for v in mu], "--s", color=f"C{2 * n + 1}",
+                 label=f"{name}: model utility")
+    ax.set_yscale("log")
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("Forget quality (log)")
+    ax2.set_ylabel("Model utility")
+    handles = ax.get_legend_handles_labels()
+    handles2 = ax2.get_legend_handles_labels()
+    ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=7, loc="best")
+    ax.set_title("Influence of alpha (at the peak-forget-quality epoch)")
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)

@@ -1,0 +1,9 @@
+"""IDK: finetune on the forget questions answered with a refusal ("I don't know" variants)."""
+from __future__ import annotations
+
+from .common import LossContext, mean_nll
+
+
+def idk_loss(ctx: LossContext, batch):
+    nll = mean_nll(ctx.student("idk", batch), batch["idk"]["labels"])
+    return nll, {"idk_nll": nll.detach()}

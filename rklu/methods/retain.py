@@ -1,0 +1,19 @@
+"""Retain terms (paper eq. 3), weighted by lambda: RT = NLL on retain answers; KL = forward KL from the
+original model to the student on retain data (the original's distribution is kept; fused kernel, no
+augmented teacher, so the teacher is the original itself)."""
+from __future__ import annotations
+
+from .common import LossContext, mean_nll, unlearning_kl
+
+
+def rt_term(ctx: LossContext, batch):
+    loss = mean_nll(ctx.student("retain", batch), batch["retain"]["labels"])
+    return loss, {"retain_nll": loss.detach()}
+
+
+def kl_term(ctx: LossContext, batch):
+    loss = unlearning_kl(ctx, "retain", batch, direction="forward", with_augmented=False)
+    return loss, {"retain_kl": loss.detach()}
+
+
+RETAIN_TERMS = {"rt": rt_term, "kl": kl_term}

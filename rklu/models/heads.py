@@ -1,0 +1,128 @@
+"""Final hidden states and the lm_head of a causal LM, without computing logits.
+
+The fused KL kernel takes ``hidden @ lm_head.T`` itself in chunks, so no [tokens x vocab] tensor is built.
+We run the model's base transformer (``getattr(model, model.base_model_prefix)``, e.g. ``model.model``
+for Llama) and take ``get_output_embeddings()`` for the head. Also: the teachers used by the methods —
+a separate frozen model, or the student's own base with LoRA adapters disabled / switched.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+
+def unwrap(model):
+    """The Hugging Face ``PreTrainedModel`` inside DDP/FSDP wrappers and peft's PeftModel/LoraModel
+    (LoRA layers stay injected in it, so running it still applies the active adapter)."""
+    while hasattr(model, "module") and isinstance(model, torch.nn.Module) and not hasattr(model, "base_model_prefix"):
+        model = model.module  # DDP / accelerate wrappers
+    if hasattr(model, "get_base_model") and hasattr(model, "peft_config"):
+        model = model.get_base_model()
+    return model
+
+
+def output_head(model) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight [V, H], bias [V] or None) of the lm_head."""
+    head = unwrap(model).get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(unwrap(model)).__name__} has no output embeddings (lm_head)")
+    # a LoRA-wrapped lm_head keeps the real Linear in .base_layer
+    head = getattr(head, "base_layer", head)
+    return head.weight, getattr(head, "bias", None)
+
+
+def is_distributed_wrapper(model) -> bool:
+    return isinstance(model, torch.nn.Module) and hasattr(model, "module") and not hasattr(model, "base_model_prefix")
+
+
+def final_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, T, H] hidden states after the final norm (what lm_head is applied to)."""
+    if is_distributed_wrapper(model):
+        # DDP must see its own forward() each step (it arms gradient all-reduce there), so go through the
+        # wrapper: logits_to_keep=1 keeps the logits to one position per row; the last entry of
+        # hidden_states is the post-norm state for HF decoder models.
+        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                    output_hidden_states=True, logits_to_keep=1)
+        return out.hidden_states[-1]
+    inner = unwrap(model)
+    base = getattr(inner, inner.base_model_prefix)
+    out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    return out.last_hidden_state
+
+
+@dataclass
+class HeadOutput:
+    hidden: torch.Tensor            # [B, T, H]
+    weight: torch.Tensor            # [V, H]
+    bias: torch.Tensor | None
+
+    def logits(self) -> torch.Tensor:
+        """Materialized logits — only for NLL-type losses and tests, never for the KL losses."""
+        return torch.nn.functional.linear(self.hidden, self.weight, self.bias)
+
+
+def student_forward(model, batch) -> HeadOutput:
+    weight, bias = output_head(model)
+    return HeadOutput(final_hidden_states(model, batch["input_ids"], batch.get("attention_mask")), weight, bias)
+
+
+class Teacher:
+    """A frozen model whose final hidden states on a batch role ("forget", "retain", "idk") feed a loss."""
+
+    def __call__(self, role: str, batch) -> HeadOutput:
+        raise NotImplementedError
+
+
+class ModelTeacher(Teacher):
+    """A separate frozen model (the paper's setting: two extra model copies)."""
+
+    def __init__(self, model):
+        self.model = model
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, role, batch):
+        weight, bias = output_head(self.model)
+        return HeadOutput(final_hidden_states(self.model, batch["input_ids"], batch.get("attention_mask")), weight, bias)
+
+
+@contextlib.contextmanager
+def adapter_state(peft_model, adapter_name: str | None):
+    """Run the shared base with adapters disabled (``None``) or with another adapter active, then restore
+    the trainable adapter. peft's ``set_adapter`` flips requires_grad; the optimizer was built before, so
+    only the student's adapter is ever updated, and restoring the student's adapter re-freezes the other."""
+    if adapter_name is None:
+        with peft_model.disable_adapter():
+            yield
+        return
+    active = peft_model.active_adapter
+    peft_model.set_adapter(adapter_name)
+    try:
+        yield
+    finally:
+        peft_model.set_adapter(active)
+
+
+class AdapterTeacher(Teacher):
+    """One copy of the weights: the original teacher is the student's base with adapters disabled, the
+    augmented teacher a second (frozen) adapter on that base."""
+
+    def __init__(self, peft_model, adapter_name: str | None):
+        self.model, self.adapter_name = peft_model, adapter_name
+
+    @torch.no_grad()
+    def __call__(self, role, batch):
+        was_training = self.model.training
+        self.model.eval()  # no LoRA dropout in a teacher
+        try:
+            with adapter_state(self.model, self.adapter_name):
+                hidden = final_hidden_states(self.model, batch["input_ids"], batch.get("attention_mask"))
+        finally:
+            self.model.train(was_training)
+        weight, bias = output_head(self.model)
+        # the lm_head is not LoRA-targeted by default: the same weight serves every adapter state
+        return HeadOutput(hidden, weight.detach(), None if bias is None else bias.detach())

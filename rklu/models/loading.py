@@ -1,0 +1,176 @@
+"""Load and save Hugging Face causal LMs and tokenizers (by hub name or local path), with the options a
+7B unlearning run needs: bf16 on GPU, flash-attention-2 when installed, gradient checkpointing, LoRA."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+ORIGINAL_ADAPTER = None          # the original teacher = the base model with adapters disabled
+AUGMENTED_ADAPTER = "augmented"  # the augmented teacher = a second adapter on the same base
+STUDENT_ADAPTER = "default"      # the trainable adapter
+
+
+def looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.path.isabs(name) or os.path.exists(name)
+
+
+def check_model_source(name_or_path: str, what: str = "model") -> None:
+    """A missing local path fails here with a clear message instead of as a hub lookup error."""
+    if not name_or_path:
+        raise ValueError(f"no {what} given")
+    if looks_like_path(name_or_path) and not Path(name_or_path).expanduser().exists():
+        raise FileNotFoundError(f"{what} path not found: {name_or_path}")
+
+
+def default_dtype(device: torch.device | str | None = None) -> torch.dtype:
+    """bf16 on GPUs that support it (the paper's setting), float32 elsewhere (CPU bf16 matmuls are slow)."""
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return default_dtype()
+    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+             "fp32": torch.float32, "float32": torch.float32}
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; expected auto, {', '.join(table)}")
+    return table[dtype]
+
+
+def attention_implementation(flash_attention: str | bool = "auto") -> str | None:
+    """flash_attention_2 when requested/available on a GPU; else sdpa (HF default)."""
+    if flash_attention in (False, "no", "off", "false"):
+        return None
+    available = torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+    if flash_attention in (True, "yes", "on", "true") and not available:
+        raise ValueError("flash_attention requested but flash-attn is not installed or no CUDA device is present")
+    return "flash_attention_2" if available else None
+
+
+def load_model(name_or_path: str, *, dtype="auto", flash_attention: str | bool = "auto",
+               gradient_checkpointing: bool = False, trainable: bool = True):
+    """``AutoModelForCausalLM.from_pretrained`` with the run's dtype/attention settings.
+
+    A folder holding only a peft adapter is rejected clearly: adapters are loaded onto a base model with
+    :func:`add_lora`/:func:`load_adapter`.
+    """
+    from transformers import AutoModelForCausalLM
+
+    check_model_source(name_or_path)
+    if Path(name_or_path).joinpath("adapter_config.json").is_file() and not Path(name_or_path).joinpath("config.json").is_file():
+        raise ValueError(f"{name_or_path} holds a LoRA adapter, not a full model: load it with lora enabled")
+    kwargs = {"dtype": resolve_dtype(dtype)}
+    attn = attention_implementation(flash_attention)
+    if attn:
+        kwargs["attn_implementation"] = attn
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    except OSError as error:
+        raise FileNotFoundError(f"cannot load model {name_or_path!r}: {error}") from None
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if not trainable:
+        freeze(model)
+    return model
+
+
+def freeze(model):
+    """A frozen teacher: eval mode (no dropout), no gradients."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def ensure_pad_token(tokenizer):
+    """Causal-LM tokenizers often lack a pad token; reuse EOS (then UNK) for it — padded positions are
+    masked out of every loss, so the choice of id does not matter. Fails clearly when none exists."""
+    if tokenizer.pad_token_id is None:
+        for candidate in (tokenizer.eos_token, tokenizer.unk_token):
+            if candidate is not None:
+                tokenizer.pad_token = candidate
+                break
+    if tokenizer.pad_token_id is None:
+        raise ValueError("tokenizer has no pad token and no EOS/UNK token to use as one; "
+                         "set tokenizer.pad_token (e.g. add a '<pad>' special token)")
+    tokenizer.padding_side = "right"  # the collators and the teacher cache assume right padding
+    return tokenizer
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    check_model_source(name_or_path, "tokenizer")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except OSError as error:
+        raise FileNotFoundError(f"cannot load tokenizer {name_or_path!r}: {error}") from None
+    return ensure_pad_token(tokenizer)
+
+
+def require_peft():
+    try:
+        import peft
+    except ImportError:
+        raise ImportError("LoRA needs peft: pip install 'rklu[lora]'") from None
+    return peft
+
+
+def lora_config(r: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules=None):
+    peft = require_peft()
+    return peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
+                           target_modules=list(target_modules) if target_modules else None)
+
+
+def add_lora(model, config, adapter_name: str = STUDENT_ADAPTER):
+    """Wrap a base model with a fresh trainable adapter (B=0, so the student starts equal to the base)."""
+    peft = require_peft()
+    if getattr(model, "is_activation_checkpointing", getattr(model, "is_gradient_checkpointing", False)):
+        model.enable_input_require_grads()  # checkpointed LoRA needs grads flowing into the embeddings
+    return peft.get_peft_model(model, config, adapter_name=adapter_name)
+
+
+def load_adapter(peft_model, path: str, adapter_name: str = AUGMENTED_ADAPTER):
+    """Load a saved adapter next to the trainable one, frozen (a teacher)."""
+    check_model_source(path, "adapter")
+    peft_model.load_adapter(path, adapter_name=adapter_name, is_trainable=False)
+    return peft_model
+
+
+def is_adapter_dir(path: str | None) -> bool:
+    return bool(path) and Path(path).joinpath("adapter_config.json").is_file()
+
+
+def adapter_base_model(path: str) -> str:
+    import json
+
+    return json.loads(Path(path).joinpath("adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+def save_model(model, tokenizer, out_dir, merge_lora: bool = False) -> Path:
+    """``save_pretrained`` into ``out_dir`` via a temporary sibling folder renamed at the end, so a crash
+    never leaves a half-written model folder. With ``merge_lora`` a peft model is merged first."""
+    import shutil
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    if merge_lora and hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir

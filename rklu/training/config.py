@@ -1,0 +1,219 @@
+"""Run configuration: one dataclass, presets for the paper's settings (YAML in ``rklu/configs``), user
+YAML files, and keyword/command-line overrides. Resolution order, later wins:
+
+    dataclass defaults < preset ``common`` < preset[stage] < config file (flat keys) < config file[stage]
+    < overrides (Python keyword arguments or ``--option`` flags)
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+STAGES = ("finetune", "augment", "unlearn")
+
+
+@dataclass
+class RunConfig:
+    # --- model -----------------------------------------------------------------------------------
+    model: str = ""                   # hub name or local path; "tiny" = build a tiny Llama (finetune only)
+    tokenizer: str | None = None      # defaults to the model's
+    prompt_format: str = "auto"       # llama2 | phi | plain | auto (from the model name; plain for tiny)
+    max_length: int = 512             # tokens; longer rows are truncated with a warning
+    dtype: str = "auto"               # auto = bf16 on GPU, fp32 on CPU
+    flash_attention: str = "auto"     # auto | yes | no
+    gradient_checkpointing: bool = False
+    # --- data ------------------------------------------------------------------------------------
+    data: str = "tofu:full"           # finetune data: tofu:<config>[a:b], a .json/.jsonl QA file, or a .txt corpus
+    forget: str = "tofu:forget10"     # augment/unlearn forget data (same spec forms)
+    retain: str = "auto"              # auto = TOFU complement of a tofu:forgetXX split; or a spec
+    tofu_source: str = "bundled"      # bundled | hub | auto
+    # --- teachers --------------------------------------------------------------------------------
+    original: str | None = None       # the original model (teacher); defaults to `model`
+    augmented: str | None = None      # augmented model (or LoRA adapter dir from `augment --lora`)
+    teacher_cache: str = "none"       # none | memory | disk: precompute teacher hidden states, free teachers
+    # --- method ----------------------------------------------------------------------------------
+    method: str = "rklu"
+    alpha: float = 8.0                # unlearning-teacher strength (8 TOFU, 4 Harry Potter)
+    retain_weight: float = 1.0        # lambda on the retain term
+    npo_beta: float = 0.1
+    dpo_beta: float = 0.1
+    ta_scale: float = 2.5             # task-arithmetic s
+    kl_backend: str = "auto"          # fused KL backend: auto | torch | triton
+    # --- optimization ----------------------------------------------------------------------------
+    epochs: int = 5
+    learning_rate: float = 1e-5
+    batch_size: int = 4               # per device
+    effective_batch_size: int | None = 32  # batch_size * grad accumulation * devices
+    weight_decay: float = 0.01
+    warmup_epochs: float = 1.0        # linear warmup over this many epochs, then linear decay to 0
+    lr_schedule: str = "linear"       # linear | constant (transformers scheduler names)
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    save_every_steps: int = 0         # 0 = checkpoint at each epoch end only
+    save_total_limit: int | None = None
+    nonfinite: str = "stop"           # stop | skip: what to do on a NaN/inf loss
+    # --- LoRA ------------------------------------------------------------------------------------
+    lora: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: list[str] | None = None
+    # --- tiny models (model: tiny) ---------------------------------------------------------------
+    tiny_vocab_size: int = 2048
+    tiny_hidden_size: int = 128
+    tiny_layers: int = 4
+    tiny_heads: int = 4
+    tiny_intermediate_size: int = 384
+    # --- run -------------------------------------------------------------------------------------
+    output_dir: str = ""
+    overwrite: bool = False           # replace an existing run folder
+    progress: bool = True
+    preset: str | None = None         # recorded for the run's config file
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def grad_accumulation(self, world_size: int = 1) -> int:
+        if not self.effective_batch_size:
+            return 1
+        per_step = self.batch_size * world_size
+        if self.effective_batch_size % per_step:
+            raise ValueError(f"effective_batch_size {self.effective_batch_size} is not a multiple of "
+                             f"batch_size {self.batch_size} x {world_size} device(s)")
+        return self.effective_batch_size // per_step
+
+    def validate(self, stage: str) -> "RunConfig":
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}")
+        if not self.model:
+            raise ValueError(f"{stage}: no model given (--model)")
+        if self.model == "tiny" and stage != "finetune":
+            raise ValueError(f"{stage} needs --model: the path of the original model (model 'tiny' only builds one for finetune)")
+        if not self.output_dir:
+            raise ValueError(f"{stage}: no output directory given (--output-dir)")
+        checks = [
+            (self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}"),
+            (self.retain_weight >= 0, f"retain_weight (lambda) must be >= 0, got {self.retain_weight}"),
+            (self.npo_beta > 0 and self.dpo_beta > 0, "npo_beta and dpo_beta must be > 0"),
+            (self.ta_scale >= 0, f"ta_scale must be >= 0, got {self.ta_scale}"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.max_length >= 2, f"max_length must be >= 2, got {self.max_length}"),
+            (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
+            (self.nonfinite in ("stop", "skip"), f"nonfinite must be 'stop' or 'skip', got {self.nonfinite!r}"),
+            (self.teacher_cache in ("none", "memory", "disk"),
+             f"teacher_cache must be none, memory or disk, got {self.teacher_cache!r}"),
+            (self.save_every_steps >= 0, "save_every_steps must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        self.grad_accumulation()
+        if stage == "unlearn":
+            from ..methods import get_method
+
+            get_method(self.method)
+        return self
+
+
+FIELD_TYPES = typing.get_type_hints(RunConfig)
+FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
+
+
+def _base_type(tp):
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return _base_type(args[0]) if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType")) else tp
+
+
+def coerce(name: str, value):
+    """Convert a YAML/CLI value to the field's type (PyYAML reads '1e-5' as a string, for instance)."""
+    if name not in FIELD_TYPES:
+        raise ValueError(f"unknown config option {name!r}")
+    optional = type(None) in typing.get_args(FIELD_TYPES[name])
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
+        return None
+    tp = _base_type(FIELD_TYPES[name])
+    try:
+        if tp is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if tp in (int, float):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            number = float(value) if tp is float else int(value)
+            return number
+        if typing.get_origin(tp) is list:
+            return [str(v) for v in value] if isinstance(value, (list, tuple)) else [s for s in str(value).split(",") if s]
+        return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"config option {name}: cannot read {value!r} as {getattr(tp, '__name__', tp)}") from None
+
+
+def presets_dir() -> Path:
+    return Path(str(resources.files("rklu") / "configs"))
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"config file {path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of options")
+    return data
+
+
+def _stage_layers(data: dict, stage: str, source: str) -> list[dict]:
+    """A file's flat keys, then its ``common`` section, then its ``<stage>`` section."""
+    flat = {k: v for k, v in data.items() if k not in STAGES and k not in ("common", "description")}
+    layers = [flat, data.get("common") or {}, data.get(stage) or {}]
+    for layer in layers:
+        if not isinstance(layer, dict):
+            raise ValueError(f"{source}: sections must be mappings")
+        unknown = sorted(set(layer) - set(FIELD_NAMES))
+        if unknown:
+            raise ValueError(f"{source}: unknown option(s) {', '.join(unknown)}")
+    return layers
+
+
+def load_preset(name: str) -> dict:
+    path = presets_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown preset {name!r}; expected one of: {', '.join(list_presets())}")
+    return _read_yaml(path)
+
+
+def resolve_config(stage: str, preset: str | None = None, config_file=None, overrides: dict | None = None) -> RunConfig:
+    """Merge defaults, preset, config file and overrides into a RunConfig for ``stage`` (not validated)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    values: dict = {}
+    if preset:
+        for layer in _stage_layers(load_preset(preset), stage, f"preset {preset}"):
+            values.update(layer)
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        for layer in _stage_layers(_read_yaml(path), stage, str(path)):
+            values.update(layer)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+    values["preset"] = preset or values.get("preset")
+    return RunConfig(**{k: coerce(k, v) for k, v in values.items()})

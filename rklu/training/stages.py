@@ -1,0 +1,343 @@
+"""The three stages as Python functions (the CLI and the demo call these):
+
+    run_dir = finetune(preset="tiny-cpu", output_dir="runs/original")
+    run_dir = augment(preset="tiny-cpu", model="runs/original/model", output_dir="runs/augmented")
+    run_dir = unlearn(preset="tiny-cpu", method="rklu+kl", model="runs/original/model",
+                      augmented="runs/augmented/model", output_dir="runs/rklu", evaluate=my_eval)
+
+Each returns the run folder: ``config.yaml``/``config.json`` (resolved config), ``run.json`` (status,
+steps, teacher-cache memory report), ``metrics.jsonl``/``metrics.json`` (one record per epoch),
+``checkpoints/checkpoint-<step>/`` (Trainer checkpoints, each epoch), ``model/`` (final model +
+tokenizer; for ``augment`` with LoRA, the adapter). Everything that can fail on user input (config,
+method, data, paths, tokenizer) is checked before the run folder is created.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+
+from ..data.collate import PairedCollator, PairedDataset, idk_dataset, tokenize_qa_dataset
+from ..data.formatting import get_prompt_format
+from ..data.qa import check_overlap, load_qa, split_slice
+from ..data.text import read_text_corpus
+from ..data.tofu import FORGET_SPLITS, idk_answers
+from ..io import atomic_write_json, atomic_write_text
+from ..methods import FINETUNE, LossContext, get_method, task_arithmetic
+from ..models import loading
+from ..models.heads import AdapterTeacher, ModelTeacher
+from ..models.teacher_cache import build_cached_teacher, model_bytes
+from .config import RunConfig, resolve_config
+from .trainer import NonFiniteLossError, last_checkpoint, run_training
+
+MODEL_SUBDIR = "model"
+
+
+# ---------------------------------------------------------------------------------------------------
+# config, data and run-folder helpers
+
+def _config(stage, config, preset, config_file, overrides) -> RunConfig:
+    if isinstance(config, RunConfig):
+        cfg = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    else:
+        if config is not None and config_file is None:
+            config_file = config  # a path to a YAML file
+        cfg = resolve_config(stage, preset, config_file, overrides)
+    return cfg.validate(stage)
+
+
+def _is_text_spec(spec: str) -> bool:
+    base, _ = split_slice(spec)
+    return not base.startswith("tofu:") and (base.endswith(".txt") or Path(base).is_dir())
+
+
+def _load_raw(spec: str, cfg: RunConfig, name: str):
+    """("text", corpus) or ("qa", Dataset) — validated (exists, non-empty, answers present)."""
+    if not spec:
+        raise ValueError(f"no {name} data given")
+    if _is_text_spec(spec):
+        return "text", read_text_corpus(spec)
+    return "qa", load_qa(spec, cfg.tofu_source, name=f"{name} data ({spec})")
+
+
+def _tokenize(raw, tokenizer, fmt, cfg: RunConfig, name: str, path: str | None = None):
+    kind, value = raw
+    if kind == "text":
+        from ..data.text import text_windows
+
+        return text_windows(value, tokenizer, cfg.max_length)
+    return tokenize_qa_dataset(value, tokenizer, fmt, cfg.max_length, name=name)
+
+
+def _prompt_format(cfg: RunConfig):
+    if cfg.prompt_format != "auto":
+        return get_prompt_format(cfg.prompt_format)
+    try:
+        return get_prompt_format(cfg.model)
+    except ValueError:
+        return get_prompt_format("plain")
+
+
+def _check_run_dir(cfg: RunConfig, resume: bool) -> Path:
+    run_dir = Path(cfg.output_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if resume:
+            return run_dir
+        if not cfg.overwrite:
+            raise ValueError(f"output directory {run_dir} is not empty: pass resume (--resume) to continue "
+                             "it or overwrite (--overwrite) to replace it")
+    elif resume:
+        raise FileNotFoundError(f"nothing to resume in {run_dir}")
+    return run_dir
+
+
+def _start_run_dir(run_dir: Path, cfg: RunConfig, stage: str, resume: bool, extra: dict) -> dict:
+    if run_dir.exists() and cfg.overwrite and not resume:
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = {"stage": stage, **cfg.to_dict()}
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    atomic_write_json(run_dir / "config.json", resolved)
+    status = {"stage": stage, "status": "running", "started": time.time(), **extra}
+    atomic_write_json(run_dir / "run.json", status)
+    return status
+
+
+def _finish(run_dir: Path, record: dict, **fields) -> None:
+    record.update(fields, finished=time.time())
+    record["time_s"] = round(record["finished"] - record["started"], 2)
+    atomic_write_json(run_dir / "run.json", record)
+
+
+def model_dir(run_dir) -> Path:
+    """Where a run's final model (or adapter) is saved."""
+    return Path(run_dir) / MODEL_SUBDIR
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load_student(cfg: RunConfig, tokenizer):
+    model = loading.load_model(cfg.model, dtype=cfg.dtype, flash_attention=cfg.flash_attention,
+                               gradient_checkpointing=cfg.gradient_checkpointing)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has "
+                         f"{model.get_input_embeddings().weight.shape[0]}")
+    return model
+
+
+def _lora(cfg: RunConfig, model):
+    if cfg.lora_targets and "lm_head" in cfg.lora_targets:
+        raise ValueError("lora_targets must not include lm_head: the fused KL reads the head weight directly")
+    return loading.add_lora(model, loading.lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets))
+
+
+def _train(stage, cfg, model, tokenizer, dataset, method, ctx, evaluate, resume, run_dir, status, merge_lora,
+           on_trainer=None):
+    try:
+        trainer = run_training(cfg, model, dataset, PairedCollator(tokenizer.pad_token_id), method, ctx, run_dir,
+                               evaluate=evaluate, resume=resume, on_trainer=on_trainer)
+    except NonFiniteLossError as error:
+        _finish(run_dir, status, status="failed", error=str(error), failed_step=error.step,
+                last_checkpoint=last_checkpoint(run_dir / "checkpoints"))
+        raise
+    except BaseException as error:
+        _finish(run_dir, status, status="interrupted", error=f"{type(error).__name__}: {error}",
+                last_checkpoint=last_checkpoint(run_dir / "checkpoints"))
+        raise
+    out = loading.save_model(trainer.model, tokenizer, model_dir(run_dir), merge_lora=merge_lora)
+    _finish(run_dir, status, status="completed", model_dir=str(out), steps=trainer.state.global_step,
+            skipped_nonfinite=trainer.skipped_nonfinite)
+    return run_dir
+
+
+# ---------------------------------------------------------------------------------------------------
+# stages
+
+def finetune(config=None, *, preset: str | None = None, config_file=None, evaluate: Callable | None = None,
+             resume: bool = False, **overrides) -> Path:
+    """Train ``model`` on ``data`` (TOFU full -> the original model; retainXX -> the retain oracle).
+    ``model="tiny"`` builds a tiny Llama and a BPE tokenizer trained on the data first."""
+    cfg = _config("finetune", config, preset, config_file, overrides)
+    return _fit("finetune", cfg, cfg.data, evaluate, resume, merge_lora=True)
+
+
+def augment(config=None, *, preset: str | None = None, config_file=None, evaluate: Callable | None = None,
+            resume: bool = False, **overrides) -> Path:
+    """The augmented model: the original (``model``) trained further on the ``forget`` data. With
+    ``lora=True`` only an adapter is trained and saved — unlearning then loads it as the augmented
+    teacher on the shared base."""
+    cfg = _config("augment", config, preset, config_file, overrides)
+    return _fit("augment", cfg, cfg.forget, evaluate, resume, merge_lora=False)
+
+
+def _fit(stage, cfg, spec, evaluate, resume, merge_lora):
+    raw = _load_raw(spec, cfg, "training" if stage == "finetune" else "forget")
+    fmt = _prompt_format(cfg)
+    if cfg.model == "tiny":
+        from ..models.tiny import build_tiny_llama, qa_texts, train_bpe_tokenizer
+
+        texts = [raw[1]] if raw[0] == "text" else qa_texts(raw[1]) + idk_answers()
+        tokenizer = train_bpe_tokenizer(texts, vocab_size=cfg.tiny_vocab_size)
+        model = build_tiny_llama(tokenizer, cfg.tiny_hidden_size, cfg.tiny_layers, cfg.tiny_heads,
+                                 cfg.tiny_intermediate_size, max_position_embeddings=max(cfg.max_length, 64),
+                                 seed=cfg.seed)
+    else:
+        tokenizer = loading.load_tokenizer(cfg.tokenizer or cfg.model)
+        model = _load_student(cfg, tokenizer)
+    data = _tokenize(raw, tokenizer, fmt, cfg, f"{stage} data")
+    run_dir = _check_run_dir(cfg, resume)
+    if cfg.lora:
+        model = _lora(cfg, model)
+    dataset = PairedDataset(data, main_role="train", seed=cfg.seed)
+    status = _start_run_dir(run_dir, cfg, stage, resume, {"rows": len(data)})
+    return _train(stage, cfg, model, tokenizer, dataset, FINETUNE, LossContext(), evaluate, resume, run_dir,
+                  status, merge_lora=merge_lora and cfg.lora)
+
+
+def _default_retain(cfg: RunConfig) -> str | None:
+    if cfg.retain and cfg.retain not in ("auto", "none"):
+        return cfg.retain
+    if cfg.retain == "none":
+        return None
+    base, _ = split_slice(cfg.forget)
+    split = base.split(":", 1)[1] if base.startswith("tofu:") else None
+    return f"tofu:{FORGET_SPLITS[split]}" if split in FORGET_SPLITS else None
+
+
+def _load_full_model(cfg: RunConfig, path: str, what: str):
+    """A frozen full model for a teacher / task arithmetic; a LoRA adapter dir is merged onto its base."""
+    loading.check_model_source(path, what)
+    if loading.is_adapter_dir(path):
+        peft = loading.require_peft()
+        base = loading.load_model(loading.adapter_base_model(path), dtype=cfg.dtype, flash_attention=cfg.flash_attention)
+        model = peft.PeftModel.from_pretrained(base, path).merge_and_unload()
+    else:
+        model = loading.load_model(path, dtype=cfg.dtype, flash_attention=cfg.flash_attention)
+    return loading.freeze(model)
+
+
+def unlearn(config=None, *, preset: str | None = None, config_file=None, evaluate: Callable | None = None,
+            resume: bool = False, **overrides) -> Path:
+    """Unlearn the ``forget`` data from ``model`` (the original) with ``method``; teachers: ``original``
+    (default: ``model``) and ``augmented``. ``task-arithmetic`` edits the weights without training."""
+    cfg = _config("unlearn", config, preset, config_file, overrides)
+    method = get_method(cfg.method)
+    if method.needs_augmented and not cfg.augmented:
+        raise ValueError(f"method {method.name} needs the augmented model (--augmented, from `rklu augment`)")
+    for path, what in ((cfg.model, "model"), (cfg.original, "original model"), (cfg.augmented, "augmented model")):
+        if path:
+            loading.check_model_source(path, what)
+
+    forget_raw = _load_raw(cfg.forget, cfg, "forget")
+    retain_spec = _default_retain(cfg) if method.needs_retain else None
+    if method.needs_retain and not retain_spec:
+        raise ValueError(f"method {method.name} needs retain data (--retain)")
+    retain_raw = _load_raw(retain_spec, cfg, "retain") if retain_spec else None
+    if forget_raw[0] == "qa" and retain_raw is not None and retain_raw[0] == "qa":
+        check_overlap(forget_raw[1], retain_raw[1])
+    if method.needs_idk and forget_raw[0] != "qa":
+        raise ValueError(f"method {method.name} needs QA forget data (refusal answers replace the answers)")
+    tokenizer = loading.load_tokenizer(cfg.tokenizer or cfg.model)
+    fmt = _prompt_format(cfg)
+
+    if not method.trains:
+        return _task_arithmetic(cfg, tokenizer, resume)
+
+    forget = _tokenize(forget_raw, tokenizer, fmt, cfg, "forget data")
+    retain = _tokenize(retain_raw, tokenizer, fmt, cfg, "retain data") if retain_raw else None
+    idk = (tokenize_qa_dataset(idk_dataset(forget_raw[1], idk_answers(), seed=cfg.seed), tokenizer, fmt,
+                               cfg.max_length, name="idk data") if method.needs_idk else None)
+    dataset = PairedDataset(forget, retain, idk, main_role="forget", seed=cfg.seed)
+
+    model = _load_student(cfg, tokenizer)
+    ctx = LossContext(alpha=cfg.alpha, retain_weight=cfg.retain_weight, npo_beta=cfg.npo_beta,
+                      dpo_beta=cfg.dpo_beta, kl_backend=cfg.kl_backend)
+    teacher_models = {}
+    if cfg.lora:
+        # one copy of the weights: original = adapters off, augmented = a second adapter on the same base
+        model = _lora(cfg, model)
+        if method.needs_original:
+            if cfg.original and Path(cfg.original).resolve() != Path(cfg.model).resolve():
+                raise ValueError("with lora the original teacher is the base model itself: leave --original unset")
+            ctx.original = AdapterTeacher(model, None)
+        if method.needs_augmented:
+            if loading.is_adapter_dir(cfg.augmented):
+                loading.load_adapter(model, cfg.augmented, loading.AUGMENTED_ADAPTER)
+                model.set_adapter(loading.STUDENT_ADAPTER)
+                ctx.augmented = AdapterTeacher(model, loading.AUGMENTED_ADAPTER)
+            else:
+                teacher_models["augmented"] = _load_full_model(cfg, cfg.augmented, "augmented model")
+    else:
+        if method.needs_original:
+            teacher_models["original"] = _load_full_model(cfg, cfg.original or cfg.model, "original model")
+        if method.needs_augmented:
+            teacher_models["augmented"] = _load_full_model(cfg, cfg.augmented, "augmented model")
+    device = _device()
+    for name, teacher in teacher_models.items():
+        setattr(ctx, name, ModelTeacher(teacher.to(device)))
+
+    run_dir = _check_run_dir(cfg, resume)
+    status = _start_run_dir(run_dir, cfg, "unlearn", resume, {
+        "method": method.name, "forget_rows": len(forget), "retain_rows": None if retain is None else len(retain)})
+    if cfg.teacher_cache != "none":
+        status["teacher_cache"] = _cache_teachers(cfg, ctx, method, teacher_models, model, forget, retain, idk,
+                                                  tokenizer, run_dir, device)
+        teacher_models.clear()
+    return _train("unlearn", cfg, model, tokenizer, dataset, method, ctx, evaluate, resume, run_dir, status,
+                  merge_lora=cfg.lora)
+
+
+def _cache_teachers(cfg, ctx, method, teacher_models, student, forget, retain, idk, tokenizer, run_dir, device):
+    """Replace each teacher in ``ctx`` by its cached hidden states and free the teacher models."""
+    from ..data.collate import QACollator
+
+    model_mem = sum(model_bytes(m) for m in teacher_models.values())
+    collate = QACollator(tokenizer.pad_token_id)
+    was = student.training
+    student.to(device)
+    roles = {"original": {}, "augmented": {}}
+    if method.needs_original:
+        if method.name.split("+")[0] in ("rklu", "fklu", "npo", "dpo"):
+            roles["original"]["forget"] = forget
+        if method.retain_term == "kl":
+            roles["original"]["retain"] = retain
+        if method.name.startswith("dpo"):
+            roles["original"]["idk"] = idk
+    if method.needs_augmented:
+        roles["augmented"]["forget"] = forget
+    cache_bytes = 0
+    for name, role_data in roles.items():
+        teacher = getattr(ctx, name)
+        if teacher is None or not role_data:
+            continue
+        head_model = teacher.model
+        cached = build_cached_teacher(teacher, head_model, role_data, collate, cfg.batch_size, device,
+                                      storage=cfg.teacher_cache, cache_dir=run_dir / "teacher_cache", name=name)
+        setattr(ctx, name, cached)
+        cache_bytes += cached.nbytes()
+    student.train(was)
+    teacher_models.clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return {"storage": cfg.teacher_cache, "teacher_model_bytes_freed": model_mem, "cache_bytes": cache_bytes,
+            "bytes_saved": model_mem - (cache_bytes if cfg.teacher_cache == "memory" else 0)}
+
+
+def _task_arithmetic(cfg: RunConfig, tokenizer, resume: bool) -> Path:
+    original = _load_full_model(cfg, cfg.original or cfg.model, "original model")
+    augmented = _load_full_model(cfg, cfg.augmented, "augmented model")
+    run_dir = _check_run_dir(cfg, resume)
+    status = _start_run_dir(run_dir, cfg, "unlearn", resume, {"method": "task-arithmetic", "scale": cfg.ta_scale})
+    task_arithmetic(original, augmented, cfg.ta_scale)
+    out = loading.save_model(original, tokenizer, model_dir(run_dir))
+    _finish(run_dir, status, status="completed", model_dir=str(out), steps=0)
+    return run_dir

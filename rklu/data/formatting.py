@@ -22,9 +22,10 @@ class PromptFormat:
 
 
 PROMPT_FORMATS = {
-    # TOFU's Llama-2-7b-chat finetuning format
-    "llama2": PromptFormat("llama2", "[INST] {question} [/INST]", " {answer}"),
-    # TOFU's Phi-1.5 format
+    # TOFU's Llama-2-7b-chat format (question_start_tag "[INST] ", question_end_tag " [/INST]", answer_tag
+    # ""): the answer follows "[/INST]" directly, as in TOFU's published evaluation logs.
+    "llama2": PromptFormat("llama2", "[INST] {question} [/INST]", "{answer}"),
+    # TOFU's Phi-1.5 format (question_end_tag "\n", answer_tag "Answer: ")
     "phi": PromptFormat("phi", "Question: {question}\nAnswer:", " {answer}"),
     # the tiny CPU models
     "plain": PromptFormat("plain", "Q: {question} A:", " {answer}"),

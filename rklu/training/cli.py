@@ -19,6 +19,12 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help=f"paper settings: {', '.join(list_presets())}")
     parser.add_argument("--config", dest="config_file", metavar="FILE", help="YAML file of options (flat or per stage)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    parser.add_argument("--eval-tofu", metavar="SPLIT", choices=("forget01", "forget05", "forget10"),
+                        help="after every epoch run the TOFU evaluation of SPLIT into OUTPUT_DIR/eval/epoch_N")
+    parser.add_argument("--retain-eval-dir", metavar="DIR",
+                        help="the retain oracle's TOFU logs (ours or TOFU's published ones) for forget quality")
+    parser.add_argument("--eval-batch-size", type=int, default=16)
+    parser.add_argument("--eval-max-samples", type=int, default=None, help="cap rows per TOFU set (quick runs)")
     for name in FIELD_NAMES:
         if name == "preset":
             continue
@@ -39,14 +45,36 @@ def _runner(stage):
 
         overrides = {name: getattr(args, name) for name in FIELD_NAMES if name != "preset"}
         function = getattr(stages, stage)
+        evaluate = _epoch_evaluator(stage, args, overrides) if args.eval_tofu else None
         try:
-            run_dir = function(preset=args.preset, config_file=args.config_file, resume=args.resume, **overrides)
+            run_dir = function(preset=args.preset, config_file=args.config_file, resume=args.resume,
+                               evaluate=evaluate, **overrides)
         except NonFiniteLossError as error:
             print(f"rklu {stage}: {error}", file=sys.stderr)
             return 1
         print(f"rklu {stage}: done, run folder {run_dir} (model in {stages.model_dir(run_dir)})")
         return 0
     return run
+
+
+def _epoch_evaluator(stage, args, overrides):
+    """TOFU evaluation after each epoch, with the run's own tokenizer and prompt format."""
+    from pathlib import Path
+
+    from ..eval.epoch_eval import tofu_epoch_evaluator
+    from ..models.loading import load_tokenizer
+    from .config import resolve_config
+
+    if args.retain_eval_dir and not Path(args.retain_eval_dir).exists():
+        raise FileNotFoundError(f"--retain-eval-dir {args.retain_eval_dir} does not exist")
+    cfg = resolve_config(stage, args.preset, args.config_file, overrides).validate(stage)
+    source = cfg.tokenizer or cfg.model
+    if not source or source == "tiny":
+        raise ValueError("--eval-tofu needs a saved model or --tokenizer (not a freshly built tiny model)")
+    fmt = cfg.prompt_format if cfg.prompt_format != "auto" else str(cfg.model)
+    return tofu_epoch_evaluator(load_tokenizer(source), fmt, args.eval_tofu, Path(cfg.output_dir) / "eval",
+                                retain_eval_dir=args.retain_eval_dir, batch_size=args.eval_batch_size,
+                                max_samples=args.eval_max_samples, progress=cfg.progress)
 
 
 def register(subparsers) -> None:

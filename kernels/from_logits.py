@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .chunk_math import chunk_loss_and_grad
-from .reference import reduce_per_token
+from .masking import reduce_counted, select_counted, zero_loss
 from .torch_chunked import default_chunk_tokens
 from .validation import check_alpha, check_direction_reduction, check_logit_inputs
 
@@ -55,20 +55,11 @@ def unlearning_kl_from_logits(
     check_logit_inputs(student_logits, original_logits, augmented_logits, labels)
     vocab = student_logits.shape[-1]
     lead = student_logits.shape[:-1]
-    student = student_logits.reshape(-1, vocab)
-    original = original_logits.detach().reshape(-1, vocab)
-    augmented = None if augmented_logits is None else augmented_logits.detach().reshape(-1, vocab)
-    counted = torch.ones(student.shape[0], dtype=torch.bool, device=student.device)
-    if labels is not None:
-        counted = labels.reshape(-1) != ignore_index
-        index = counted.nonzero().squeeze(1)
-        if index.numel() != student.shape[0]:
-            student, original = student.index_select(0, index), original.index_select(0, index)
-            augmented = None if augmented is None else augmented.index_select(0, index)
+    counted, (student, original, augmented) = select_counted(
+        labels, ignore_index, student_logits.reshape(-1, vocab), original_logits.detach().reshape(-1, vocab),
+        None if augmented_logits is None else augmented_logits.detach().reshape(-1, vocab))
     if student.shape[0] == 0:
-        zero = student_logits.sum() * 0.0
-        return zero.float().expand(lead).clone() if reduction == "none" else zero.float()
+        return zero_loss(lead, reduction, student_logits)
     per_token = _FromLogits.apply(student, original, augmented, float(alpha), direction,
                                   chunk_tokens or default_chunk_tokens(vocab))
-    full = per_token.new_zeros(counted.shape[0]).index_copy(0, counted.nonzero().squeeze(1), per_token)
-    return reduce_per_token(full.reshape(lead), counted.reshape(lead), reduction)
+    return reduce_counted(per_token, counted, lead, reduction)

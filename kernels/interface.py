@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from .reference import reduce_per_token, unlearning_kl_reference
+from .masking import reduce_counted, select_counted, zero_loss
+from .reference import unlearning_kl_reference
 from .validation import (
     check_alpha, check_backend, check_direction_reduction, check_finite, check_linear_inputs,
 )
@@ -74,24 +75,13 @@ def fused_linear_unlearning_kl(
 
     lead_shape = student_hidden.shape[:-1]
     hidden = student_hidden.shape[-1]
-    xs = student_hidden.reshape(-1, hidden)
-    xo = original_hidden.detach().reshape(-1, original_hidden.shape[-1])
-    xa = None if augmented_hidden is None else augmented_hidden.detach().reshape(-1, augmented_hidden.shape[-1])
-    counted = None
-    if labels is not None:
-        counted = labels.reshape(-1) != ignore_index
-        index = counted.nonzero().squeeze(1)
-        if index.numel() != xs.shape[0]:
-            xs, xo = xs.index_select(0, index), xo.index_select(0, index)
-            xa = None if xa is None else xa.index_select(0, index)
-    teachers = (original_weight.detach(), _detach(original_bias), None if augmented_weight is None else augmented_weight.detach(), _detach(augmented_bias))
-
+    counted, (xs, xo, xa) = select_counted(
+        labels, ignore_index, student_hidden.reshape(-1, hidden),
+        original_hidden.detach().reshape(-1, original_hidden.shape[-1]),
+        None if augmented_hidden is None else augmented_hidden.detach().reshape(-1, augmented_hidden.shape[-1]))
+    teachers = (original_weight.detach(), _detach(original_bias), _detach(augmented_weight), _detach(augmented_bias))
     if xs.shape[0] == 0:
-        # Nothing counted: loss 0 with zero (not missing) gradients, never 0/0.
-        zero = student_hidden.sum() * 0.0 + student_weight.sum() * 0.0
-        if student_bias is not None:
-            zero = zero + student_bias.sum() * 0.0
-        return zero.float().expand(lead_shape).clone() if reduction == "none" else zero.float()
+        return zero_loss(lead_shape, reduction, student_hidden, student_weight, student_bias)
 
     if backend == "reference":
         per_token = _reference_per_token(xs, student_weight, student_bias, xo, xa, teachers, alpha, direction)
@@ -111,13 +101,7 @@ def fused_linear_unlearning_kl(
         per_token = TritonFusedUnlearningKL.apply(
             xs_c, ws_c, bs_c, xo_c, tw[0], tw[1], xa_c, tw[2], tw[3], float(alpha), direction)
 
-    if reduction == "none":
-        if counted is None:
-            return per_token.reshape(lead_shape)
-        full = per_token.new_zeros(counted.shape[0]).index_copy(0, counted.nonzero().squeeze(1), per_token)
-        return full.reshape(lead_shape)
-    total = per_token.sum()
-    return total if reduction == "sum" else total / per_token.shape[0]
+    return reduce_counted(per_token, counted, lead_shape, reduction)
 
 
 def _detach(t):

@@ -22,7 +22,8 @@ def triton_devices() -> list:
 def triton_param():
     devices = triton_devices()
     if devices:
-        return pytest.param(("triton", devices[0]), id=f"triton-{devices[0]}")
+        marks = [pytest.mark.gpu] if devices[0] == "cuda" else []
+        return pytest.param(("triton", devices[0]), id=f"triton-{devices[0]}", marks=marks)
     return pytest.param(("triton", "cpu"), id="triton", marks=pytest.mark.skip(
         reason="Triton backend needs CUDA or TRITON_INTERPRET=1 (set by the README test command)"))
 

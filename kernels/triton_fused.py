@@ -3,7 +3,7 @@
 Forward (one program per block of tokens) walks the vocabulary in blocks. For each block it computes the
 student, original and augmented logit tiles with float32 accumulation (tl.dot over the hidden size), builds
 the teacher tile ``l_o - alpha * relu(l_aug - l_o)``, and updates online log-sum-exps of student and teacher
-plus the running sum that becomes the KL. Only per-token statistics (max and log-normalizer of both, loss) are stored: O(N).
+plus the running sum that becomes the KL. Only per-token statistics (max and log-normalizer of both, E[z_s - z_t], loss) are stored: O(N).
 
 Backward recomputes the tiles. We recompute in backward instead of computing the gradient in the forward:
 the gradient tile needs the final lse_s/lse_t/KL of its rows, so a second pass over the logits is needed
@@ -112,8 +112,9 @@ def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, LOSS,
         new_m_t = tl.maximum(m_t, tl.max(tl.where(valid, zt, float("-inf")), axis=1))
         scale_s = tl.exp(m_s - new_m_s)
         scale_t = tl.exp(m_t - new_m_t)
-        e_s = tl.where(valid, tl.exp(zs - new_m_s[:, None]), 0.0)
-        e_t = tl.where(valid, tl.exp(zt - new_m_t[:, None]), 0.0)
+        # Padding columns go through exp(-inf) = 0: exp of their (zero) logits minus the max could overflow.
+        e_s = tl.exp(tl.where(valid, zs - new_m_s[:, None], float("-inf")))
+        e_t = tl.exp(tl.where(valid, zt - new_m_t[:, None], float("-inf")))
         d_s = d_s * scale_s + tl.sum(e_s, axis=1)
         d_t = d_t * scale_t + tl.sum(e_t, axis=1)
         if REVERSE:
@@ -125,39 +126,44 @@ def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, LOSS,
     log_d_s = tl.log(d_s)
     log_d_t = tl.log(d_t)
     if REVERSE:
-        loss = acc / d_s - log_d_s + log_d_t - (m_s - m_t)  # E_ps[z_s - z_t] - (lse_s - lse_t)
+        mean_diff = acc / d_s  # E_ps[z_s - z_t]
+        loss = mean_diff - log_d_s + log_d_t - (m_s - m_t)  # E_ps[z_s - z_t] - (lse_s - lse_t)
     else:
-        loss = acc / d_t - log_d_t + log_d_s - (m_t - m_s)
+        mean_diff = acc / d_t  # E_pt[z_t - z_s]
+        loss = mean_diff - log_d_t + log_d_s - (m_t - m_s)
     # Max and log-normalizer are kept apart: log p = (z - m) - log d stays exact near the max, where
     # z - (m + log d) would round the lse at the logits' magnitude (ulp ~1e-3 at 1e4).
-    tl.store(STATS + rows * 4 + 0, m_s, mask=row_mask)
-    tl.store(STATS + rows * 4 + 1, log_d_s, mask=row_mask)
-    tl.store(STATS + rows * 4 + 2, m_t, mask=row_mask)
-    tl.store(STATS + rows * 4 + 3, log_d_t, mask=row_mask)
+    tl.store(STATS + rows * 5 + 0, m_s, mask=row_mask)
+    tl.store(STATS + rows * 5 + 1, log_d_s, mask=row_mask)
+    tl.store(STATS + rows * 5 + 2, m_t, mask=row_mask)
+    tl.store(STATS + rows * 5 + 3, log_d_t, mask=row_mask)
+    tl.store(STATS + rows * 5 + 4, mean_diff, mask=row_mask)
     tl.store(LOSS + rows, loss, mask=row_mask)
 
 
 @triton.jit
-def _grad_tile(zs, zt, STATS, LOSS, GRAD_OUT, rows, row_mask, col_mask, REVERSE: tl.constexpr):
+def _grad_tile(zs, zt, STATS, GRAD_OUT, rows, row_mask, col_mask, REVERSE: tl.constexpr):
     """d loss / d student logits for one tile, times the upstream per-token weight; zero off the edges."""
-    m_s = tl.load(STATS + rows * 4 + 0, mask=row_mask, other=0.0)
-    log_d_s = tl.load(STATS + rows * 4 + 1, mask=row_mask, other=0.0)
-    m_t = tl.load(STATS + rows * 4 + 2, mask=row_mask, other=0.0)
-    log_d_t = tl.load(STATS + rows * 4 + 3, mask=row_mask, other=0.0)
+    m_s = tl.load(STATS + rows * 5 + 0, mask=row_mask, other=0.0)
+    log_d_s = tl.load(STATS + rows * 5 + 1, mask=row_mask, other=0.0)
     upstream = tl.load(GRAD_OUT + rows, mask=row_mask, other=0.0)
-    log_p_s = (zs - m_s[:, None]) - log_d_s[:, None]
-    log_p_t = (zt - m_t[:, None]) - log_d_t[:, None]
-    p_s = tl.exp(log_p_s)
+    inside = row_mask[:, None] & col_mask[None, :]
+    p_s = tl.exp(tl.where(inside, (zs - m_s[:, None]) - log_d_s[:, None], float("-inf")))
     if REVERSE:
-        kl = tl.load(LOSS + rows, mask=row_mask, other=0.0)
-        g = p_s * (log_p_s - log_p_t - kl[:, None])
+        # log p_s - log p_t - KL == (z_s - z_t) - E_ps[z_s - z_t]: the two normalizers cancel analytically,
+        # so we never subtract the large KL from the large log-ratio. When p_s is one-hot in fp32 (logits
+        # ~1e4) the forward's mean is exactly the argmax's difference and the gradient is exactly 0.
+        mean_diff = tl.load(STATS + rows * 5 + 4, mask=row_mask, other=0.0)
+        g = p_s * ((zs - zt) - mean_diff[:, None])
     else:
-        g = p_s - tl.exp(log_p_t)
-    return tl.where(row_mask[:, None] & col_mask[None, :], g * upstream[:, None], 0.0)
+        m_t = tl.load(STATS + rows * 5 + 2, mask=row_mask, other=0.0)
+        log_d_t = tl.load(STATS + rows * 5 + 3, mask=row_mask, other=0.0)
+        g = p_s - tl.exp(tl.where(inside, (zt - m_t[:, None]) - log_d_t[:, None], float("-inf")))
+    return g * upstream[:, None]
 
 
 @triton.jit
-def _backward_dw_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, LOSS, GRAD_OUT, DX, DW, DB,
+def _backward_dw_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, GRAD_OUT, DX, DW, DB,
                         N, V, H, stride_xs, stride_ws, stride_xo, stride_wo, stride_xa, stride_wa, alpha,
                         HAS_AUG: tl.constexpr, HAS_BS: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr,
                         REVERSE: tl.constexpr, PRECISION: tl.constexpr, ATOMIC_DX: tl.constexpr,
@@ -175,7 +181,7 @@ def _backward_dw_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, LOSS, GRAD_OU
         zs, zt = _student_teacher_tiles(XS, WS, BS, XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H,
                                         stride_xs, stride_ws, stride_xo, stride_wo, stride_xa, stride_wa, alpha,
                                         HAS_AUG, HAS_BS, HAS_BO, HAS_BA, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
-        g = _grad_tile(zs, zt, STATS, LOSS, GRAD_OUT, rows, row_mask, col_mask, REVERSE)
+        g = _grad_tile(zs, zt, STATS, GRAD_OUT, rows, row_mask, col_mask, REVERSE)
         db += tl.sum(g, axis=0)
         g_in = _grad_operand(g, XS, PRECISION)
         for h0 in range(0, H, BLOCK_H):
@@ -195,7 +201,7 @@ def _backward_dw_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, LOSS, GRAD_OU
 
 
 @triton.jit
-def _backward_dx_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, LOSS, GRAD_OUT, DX,
+def _backward_dx_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, GRAD_OUT, DX,
                         N, V, H, stride_xs, stride_ws, stride_xo, stride_wo, stride_xa, stride_wa, alpha,
                         HAS_AUG: tl.constexpr, HAS_BS: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr,
                         REVERSE: tl.constexpr, PRECISION: tl.constexpr,
@@ -209,7 +215,7 @@ def _backward_dx_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, LOSS, GRAD_OU
         zs, zt = _student_teacher_tiles(XS, WS, BS, XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H,
                                         stride_xs, stride_ws, stride_xo, stride_wo, stride_xa, stride_wa, alpha,
                                         HAS_AUG, HAS_BS, HAS_BO, HAS_BA, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
-        g = _grad_tile(zs, zt, STATS, LOSS, GRAD_OUT, rows, row_mask, col_mask, REVERSE)
+        g = _grad_tile(zs, zt, STATS, GRAD_OUT, rows, row_mask, col_mask, REVERSE)
         g_in = _grad_operand(g, XS, PRECISION)
         for h0 in range(0, H, BLOCK_H):
             hs = h0 + tl.arange(0, BLOCK_H)
@@ -227,6 +233,43 @@ def block_sizes(n: int, v: int, h: int) -> dict:
     if INTERPRET:
         return dict(BLOCK_N=32, BLOCK_V=256, BLOCK_H=64, num_warps=4)
     return dict(BLOCK_N=64, BLOCK_V=128, BLOCK_H=64, num_warps=8)
+
+
+# CUDA only: triton.autotune over a few tile configs keyed on (H, V) -- the autotuner appends the dtypes of
+# the tensor arguments to the key, so the effective key is (H, V, dtype). N is not in the key: one config
+# per model head, whatever the batch. The interpreter keeps the fixed block_sizes() above (autotuning would
+# only time the Python interpreter). RKLU_TRITON_AUTOTUNE=0 also uses block_sizes() on CUDA, so a benchmark
+# can compare fixed and tuned tiles. The backward kernels accumulate into DX/DW/DB (loads + adds, atomics),
+# so every timed trial starts from zeroed buffers (reset_to_zero; the autotuner zeroes them again after
+# choosing). Which config won is in ``<kernel>.cache`` ({key: Config}); benchmarks/bench_kernel.py records it.
+AUTOTUNE = not INTERPRET and os.environ.get("RKLU_TRITON_AUTOTUNE", "1") != "0"
+
+
+def autotune_configs() -> list:
+    # (BLOCK_N, BLOCK_V, BLOCK_H, num_warps, num_stages); the first is the fixed default above.
+    shapes = [(64, 128, 64, 8, 3), (128, 128, 64, 8, 3), (64, 256, 64, 8, 3), (128, 64, 64, 4, 3),
+              (64, 128, 32, 4, 4), (128, 128, 32, 8, 4)]
+    return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh), num_warps=w, num_stages=st)
+            for bn, bv, bh, w, st in shapes]
+
+
+if AUTOTUNE:
+    _forward_tuned = triton.autotune(autotune_configs(), key=["H", "V"])(_forward_kernel)
+    _backward_dw_tuned = triton.autotune(autotune_configs(), key=["H", "V"],
+                                         reset_to_zero=["DX", "DW", "DB"])(_backward_dw_kernel)
+    _backward_dx_tuned = triton.autotune(autotune_configs(), key=["H", "V"], reset_to_zero=["DX"])(_backward_dx_kernel)
+    TUNED_KERNELS = {"forward": _forward_tuned, "backward_dw": _backward_dw_tuned, "backward_dx": _backward_dx_tuned}
+else:
+    TUNED_KERNELS = {}
+
+
+def _launch(name, kernel, grid_of, n, v, h, *args, **kwargs):
+    """Launch ``kernel`` with the autotuned tiles on CUDA, else the fixed block_sizes();
+    ``grid_of(meta)`` gives the grid from the chosen BLOCK_* values."""
+    if name in TUNED_KERNELS:
+        return TUNED_KERNELS[name][grid_of](*args, **kwargs)
+    blocks = block_sizes(n, v, h)
+    return kernel[grid_of(blocks)](*args, **kwargs, **blocks)
 
 
 def _precision(dtype: torch.dtype) -> int:
@@ -260,20 +303,19 @@ class TritonFusedUnlearningKL(torch.autograd.Function):
         wa = None if wa is None else wa.contiguous()
         n, h = xs.shape
         v = ws.shape[0]
-        stats = torch.empty((n, 4), dtype=torch.float32, device=xs.device)  # m_s, log d_s, m_t, log d_t
+        stats = torch.empty((n, 5), dtype=torch.float32, device=xs.device)  # m_s, log d_s, m_t, log d_t, E[diff]
         loss = torch.empty(n, dtype=torch.float32, device=xs.device)
         args = _common_args(xs, ws, bs, xo, wo, bo, xa, wa, ba)
-        blocks = block_sizes(n, v, h)
-        grid = (triton.cdiv(n, blocks["BLOCK_N"]),)
-        _forward_kernel[grid](*args["tensors"], stats, loss, n, v, h, *args["strides"], float(alpha),
-                              REVERSE=direction == "reverse", **args["flags"], **blocks)
-        ctx.save_for_backward(xs, ws, bs, xo, wo, bo, xa, wa, ba, stats, loss)
+        _launch("forward", _forward_kernel, lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),), n, v, h,
+                *args["tensors"], stats, loss, n, v, h, *args["strides"], float(alpha),
+                REVERSE=direction == "reverse", **args["flags"])
+        ctx.save_for_backward(xs, ws, bs, xo, wo, bo, xa, wa, ba, stats)
         ctx.alpha, ctx.direction = float(alpha), direction
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        xs, ws, bs, xo, wo, bo, xa, wa, ba, stats, loss = ctx.saved_tensors
+        xs, ws, bs, xo, wo, bo, xa, wa, ba, stats = ctx.saved_tensors
         n, h = xs.shape
         v = ws.shape[0]
         grad_loss = grad_loss.float().contiguous()
@@ -281,15 +323,14 @@ class TritonFusedUnlearningKL(torch.autograd.Function):
         dw = torch.zeros((v, h), dtype=torch.float32, device=xs.device)
         db = torch.zeros(v, dtype=torch.float32, device=xs.device) if bs is not None else dx
         args = _common_args(xs, ws, bs, xo, wo, bo, xa, wa, ba)
-        blocks = block_sizes(n, v, h)
         deterministic = torch.are_deterministic_algorithms_enabled()
         reverse = ctx.direction == "reverse"
-        _backward_dw_kernel[(triton.cdiv(v, blocks["BLOCK_V"]),)](
-            *args["tensors"], stats, loss, grad_loss, dx, dw, db, n, v, h, *args["strides"], ctx.alpha,
-            REVERSE=reverse, ATOMIC_DX=not deterministic, **args["flags"], **blocks)
+        _launch("backward_dw", _backward_dw_kernel, lambda meta: (triton.cdiv(v, meta["BLOCK_V"]),), n, v, h,
+                *args["tensors"], stats, grad_loss, dx, dw, db, n, v, h, *args["strides"], ctx.alpha,
+                REVERSE=reverse, ATOMIC_DX=not deterministic, **args["flags"])
         if deterministic:
-            _backward_dx_kernel[(triton.cdiv(n, blocks["BLOCK_N"]),)](
-                *args["tensors"], stats, loss, grad_loss, dx, n, v, h, *args["strides"], ctx.alpha,
-                REVERSE=reverse, **args["flags"], **blocks)
+            _launch("backward_dx", _backward_dx_kernel, lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),), n, v, h,
+                    *args["tensors"], stats, grad_loss, dx, n, v, h, *args["strides"], ctx.alpha,
+                    REVERSE=reverse, **args["flags"])
         return (dx.to(xs.dtype), dw.to(ws.dtype), None if bs is None else db.to(bs.dtype),
                 None, None, None, None, None, None, None, None)

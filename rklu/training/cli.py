@@ -41,7 +41,7 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
 def _runner(stage):
     def run(args) -> int:
         from . import stages
-        from .trainer import NonFiniteLossError
+        from .trainer import NonFiniteLossError, TrainingInterrupted
 
         overrides = {name: getattr(args, name) for name in FIELD_NAMES if name != "preset"}
         function = getattr(stages, stage)
@@ -52,6 +52,9 @@ def _runner(stage):
         except NonFiniteLossError as error:
             print(f"rklu {stage}: {error}", file=sys.stderr)
             return 1
+        except TrainingInterrupted as error:
+            print(f"rklu {stage}: interrupted: {error}", file=sys.stderr)
+            return 143  # 128 + SIGTERM, as if the signal had ended the process
         print(f"rklu {stage}: done, run folder {run_dir} (model in {stages.model_dir(run_dir)})")
         return 0
     return run

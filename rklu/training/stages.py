@@ -31,7 +31,7 @@ from ..data.tofu import FORGET_SPLITS, idk_answers
 from ..io import atomic_write_json, atomic_write_text
 from ..methods import FINETUNE, LossContext, get_method, task_arithmetic
 from ..models import loading
-from ..models.heads import AdapterTeacher, ModelTeacher
+from ..models.heads import AdapterTeacher, ModelTeacher, output_head
 from ..models.teacher_cache import build_cached_teacher, model_bytes
 from .config import RunConfig, resolve_config
 from .trainer import NonFiniteLossError, last_checkpoint, run_training
@@ -73,6 +73,23 @@ def _tokenize(raw, tokenizer, fmt, cfg: RunConfig, name: str, path: str | None =
 
         return text_windows(value, tokenizer, cfg.max_length)
     return tokenize_qa_dataset(value, tokenizer, fmt, cfg.max_length, name=name)
+
+
+def _fit_context(cfg: RunConfig, model_path: str) -> RunConfig:
+    """max_length above the model's context (max_position_embeddings) -> capped to it, with a warning."""
+    import warnings
+
+    try:
+        from transformers import AutoConfig
+
+        context = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+    except (OSError, ValueError):
+        return cfg  # not a loadable model config (e.g. an adapter dir): loading reports problems later
+    if context and cfg.max_length > context:
+        warnings.warn(f"max_length={cfg.max_length} exceeds the model's context of {context} tokens; "
+                      f"using max_length={context} (longer rows are truncated)", UserWarning, stacklevel=3)
+        cfg = dataclasses.replace(cfg, max_length=context)
+    return cfg
 
 
 def _prompt_format(cfg: RunConfig):
@@ -184,12 +201,16 @@ def _fit(stage, cfg, spec, evaluate, resume, merge_lora):
     if cfg.model == "tiny":
         from ..models.tiny import build_tiny_llama, qa_texts, train_bpe_tokenizer
 
-        texts = [raw[1]] if raw[0] == "text" else qa_texts(raw[1]) + idk_answers()
-        tokenizer = train_bpe_tokenizer(texts, vocab_size=cfg.tiny_vocab_size)
+        if cfg.tokenizer:  # reuse a tokenizer (e.g. the original's, for a comparable retain oracle)
+            tokenizer = loading.load_tokenizer(cfg.tokenizer)
+        else:
+            texts = [raw[1]] if raw[0] == "text" else qa_texts(raw[1]) + idk_answers()
+            tokenizer = train_bpe_tokenizer(texts, vocab_size=cfg.tiny_vocab_size)
         model = build_tiny_llama(tokenizer, cfg.tiny_hidden_size, cfg.tiny_layers, cfg.tiny_heads,
                                  cfg.tiny_intermediate_size, max_position_embeddings=max(cfg.max_length, 64),
                                  seed=cfg.seed)
     else:
+        cfg = _fit_context(cfg, cfg.model)
         tokenizer = loading.load_tokenizer(cfg.tokenizer or cfg.model)
         model = _load_student(cfg, tokenizer)
     data = _tokenize(raw, tokenizer, fmt, cfg, f"{stage} data")
@@ -236,6 +257,7 @@ def unlearn(config=None, *, preset: str | None = None, config_file=None, evaluat
         if path:
             loading.check_model_source(path, what)
 
+    cfg = _fit_context(cfg, cfg.model)
     forget_raw = _load_raw(cfg.forget, cfg, "forget")
     retain_spec = _default_retain(cfg) if method.needs_retain else None
     if method.needs_retain and not retain_spec:
@@ -280,6 +302,12 @@ def unlearn(config=None, *, preset: str | None = None, config_file=None, evaluat
             teacher_models["original"] = _load_full_model(cfg, cfg.original or cfg.model, "original model")
         if method.needs_augmented:
             teacher_models["augmented"] = _load_full_model(cfg, cfg.augmented, "augmented model")
+    student_vocab = output_head(model)[0].shape[0]
+    for name, teacher in teacher_models.items():
+        teacher_vocab = output_head(teacher)[0].shape[0]
+        if teacher_vocab != student_vocab:
+            raise ValueError(f"vocab size mismatch: the {name} model's lm_head has {teacher_vocab} rows but the "
+                             f"student ({cfg.model}) has {student_vocab}; teachers must share the student's tokenizer")
     device = _device()
     for name, teacher in teacher_models.items():
         setattr(ctx, name, ModelTeacher(teacher.to(device)))

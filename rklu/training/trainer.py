@@ -11,7 +11,6 @@ from typing import Callable
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from ..io import atomic_write_json, atomic_write_text
 from ..methods import LossContext, Method
@@ -27,8 +26,26 @@ class NonFiniteLossError(RuntimeError):
                          "nonfinite: skip)")
 
 
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM during training: a checkpoint was saved at the step boundary; ``--resume`` continues."""
+
+    def __init__(self, step: int, signal_name: str, checkpoint: str | None):
+        self.step, self.checkpoint = step, checkpoint
+        super().__init__(f"{signal_name} received: stopped after optimizer step {step} and saved {checkpoint}; "
+                         "continue with --resume")
+
+
+OOM_ADVICE = ("out of GPU memory during training; try: kl_backend auto/triton (the fused KL never builds "
+              "[tokens x vocab] logits), teacher_cache memory or disk (frees the teacher models), a smaller "
+              "kernel chunk (fewer tokens per KL chunk), or a smaller batch_size with gradient accumulation "
+              "(effective_batch_size unchanged), gradient_checkpointing, LoRA")
+
+
 def _scalar(value) -> float:
     return float(value.detach().float().item()) if torch.is_tensor(value) else float(value)
+
+
+EPOCH_SUMS_NAME = "rklu_epoch_sums.json"
 
 
 class UnlearningTrainer(Trainer):
@@ -49,7 +66,12 @@ class UnlearningTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self.loss_context.model = model
-        loss, metrics = self.method.loss(self.loss_context, inputs)
+        try:
+            loss, metrics = self.method.loss(self.loss_context, inputs)
+        except torch.OutOfMemoryError as error:
+            raise torch.OutOfMemoryError(f"{OOM_ADVICE}. Original error: {error}") from error
+        except ValueError as error:  # e.g. the kernel's "original_hidden contains NaN or inf values"
+            raise ValueError(f"optimizer step {self.state.global_step + 1}, method {self.method.name}: {error}") from error
         if not torch.isfinite(loss.detach()):
             values = {k: round(_scalar(v), 4) for k, v in metrics.items()}
             if self.nonfinite == "stop":
@@ -64,6 +86,25 @@ class UnlearningTrainer(Trainer):
         self._count += 1
         self.epoch_count += 1
         return (loss, {}) if return_outputs else loss
+
+    def training_step(self, *args, **kwargs):
+        try:
+            return super().training_step(*args, **kwargs)
+        except torch.OutOfMemoryError as error:
+            if str(error).startswith(OOM_ADVICE):
+                raise
+            raise torch.OutOfMemoryError(f"{OOM_ADVICE}. Original error: {error}") from error
+
+    def _save_optimizer_and_scheduler(self, output_dir):
+        super()._save_optimizer_and_scheduler(output_dir)
+        # the running epoch means, so a run resumed mid-epoch reports the same epoch metrics
+        atomic_write_json(Path(output_dir) / EPOCH_SUMS_NAME, {"sums": self.epoch_sums, "count": self.epoch_count})
+
+    def load_epoch_sums(self, checkpoint) -> None:
+        path = Path(checkpoint) / EPOCH_SUMS_NAME
+        if path.is_file():
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            self.epoch_sums, self.epoch_count = dict(saved["sums"]), int(saved["count"])
 
     def log(self, logs: dict, *args, **kwargs):
         # add the method's own terms (forget/retain losses), averaged since the last log
@@ -133,6 +174,29 @@ class SaveAtEpochEnd(TrainerCallback):
         return control
 
 
+class GracefulStop(TrainerCallback):
+    """SIGTERM -> finish the current optimizer step, save a checkpoint, raise TrainingInterrupted."""
+
+    def __init__(self):
+        self.signal_name = None
+
+    def handle(self, signum, frame):
+        import signal
+
+        self.signal_name = signal.Signals(signum).name
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.signal_name:
+            control.should_save = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.signal_name:
+            raise TrainingInterrupted(state.global_step, self.signal_name,
+                                      str(Path(args.output_dir) / f"checkpoint-{state.global_step}"))
+        return control
+
+
 def training_arguments(cfg, checkpoint_dir, steps_per_epoch: int, bf16: bool) -> TrainingArguments:
     """TrainingArguments from a RunConfig. Warmup = ``warmup_epochs`` x steps per epoch (the paper: one
     epoch), then linear decay to 0 over the remaining steps."""
@@ -179,8 +243,14 @@ def steps_per_epoch(n_rows: int, cfg) -> int:
 
 
 def last_checkpoint(checkpoint_dir) -> str | None:
+    """The newest *complete* checkpoint: Trainer writes ``trainer_state.json`` last, so a folder without it
+    (a save cut short by a crash or SIGKILL) is skipped and an older complete one is used."""
     checkpoint_dir = Path(checkpoint_dir)
-    return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+    if not checkpoint_dir.is_dir():
+        return None
+    complete = [p for p in checkpoint_dir.glob("checkpoint-*")
+                if p.is_dir() and p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+    return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
 
 
 def run_training(cfg, model, dataset, collator, method: Method, loss_context: LossContext, run_dir,
@@ -200,5 +270,18 @@ def run_training(cfg, model, dataset, collator, method: Method, loss_context: Lo
     if on_trainer is not None:
         on_trainer(trainer)
     checkpoint = last_checkpoint(run_dir / "checkpoints") if resume else None
-    trainer.train(resume_from_checkpoint=checkpoint)
+    if checkpoint:
+        trainer.load_epoch_sums(checkpoint)
+    import signal
+    import threading
+
+    stop = GracefulStop()
+    trainer.add_callback(stop)
+    handled = (signal.SIGTERM,) if threading.current_thread() is threading.main_thread() else ()
+    previous = {sig: signal.signal(sig, stop.handle) for sig in handled}
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return trainer

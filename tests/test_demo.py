@@ -1,0 +1,60 @@
+"""`rklu demo --quick` end to end (the CI smoke test of the newcomer's first command): every stage runs,
+every method has finite forget quality / model utility / forget ROUGE-L, and a re-run reuses the stages."""
+import json
+import math
+
+import pytest
+
+from rklu.cli import main
+from rklu.demo import ALL_METHODS
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def _finite(x):
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def test_outputs_exist_with_finite_numbers_for_every_method(demo_out):
+    results = json.loads((demo_out / "results.json").read_text())
+    assert (demo_out / "fq_vs_mu.png").stat().st_size > 1000
+    table = (demo_out / "results.md").read_text()
+    groups = {g["method"]: g for g in results["summary"]["groups"]}
+    assert set(groups) == set(ALL_METHODS)
+    for method, group in groups.items():
+        assert method in table
+        peak = group["peak"]
+        for key in ("forget_quality", "model_utility", "forget_rouge_l"):
+            assert _finite(peak[key]), (method, key, peak)
+        assert 0.0 <= peak["forget_quality"] <= 1.0
+        epochs = [e["epoch"] for e in group["epochs"]]
+        assert epochs == ([1] if method == "task-arithmetic" else list(range(1, results["settings"]["unlearn_epochs"] + 1)))
+    for model in ("original", "retain_oracle"):
+        assert _finite(results[model]["model_utility"]) and _finite(results[model]["forget_rouge_l"])
+    assert _finite(results["original"]["forget_quality"])
+    # every stage ran with the library's stages and finished
+    for stage in ("original", "retain", "augmented"):
+        assert json.loads((demo_out / "models" / stage / "run.json").read_text())["status"] == "completed"
+    # the retain oracle shares the original's tokenizer (finetune model=tiny with tokenizer=...)
+    vocab = [json.loads((demo_out / "models" / s / "model" / "tokenizer.json").read_text())["model"]["vocab"]
+             for s in ("original", "retain")]
+    assert vocab[0] == vocab[1]
+
+
+def test_rerun_reuses_finished_stages(demo_out):
+    before = json.loads((demo_out / "results.json").read_text())
+    assert main(["demo", "--quick", "--out", str(demo_out), "--no-progress"]) == 0
+    after = json.loads((demo_out / "results.json").read_text())
+    reused = {name: t["reused"] for name, t in after["timings"].items() if name != "evaluate_baselines"}
+    assert all(reused.values()), reused
+    assert after["summary"]["groups"] == before["summary"]["groups"]
+
+
+def test_bad_seeds_is_a_clear_error(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--seeds", "0"]) == 2
+    assert "--seeds" in capsys.readouterr().err

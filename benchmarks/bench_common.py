@@ -1,0 +1,284 @@
+"""Shared pieces of the kernel benchmarks: the implementations compared, input builders, timing and
+peak-memory measurement (CUDA allocator stats on GPU, peak RSS of an isolated subprocess on CPU).
+
+Every implementation computes the same thing where it can: the RKLU forget loss (reverse KL to the teacher
+l_o - alpha * relu(l_aug - l_o), mean over tokens) forward + backward w.r.t. the student's hidden states and
+lm_head weight. Liger's FusedLinearJSD (beta=1, reverse KL) has no augmented teacher: it is fed the original
+model's hidden states as a precomputed teacher, so it does 2 logit GEMMs where the others do 3.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+IMPLS = ("eager", "compiled", "torch_chunked", "triton", "liger", "floor")
+LABELS = {
+    "eager": "eager PyTorch (materialized logits)",
+    "compiled": "torch.compile(eager)",
+    "torch_chunked": "rklu torch chunked",
+    "triton": "rklu triton fused",
+    "liger": "Liger FusedLinearJSD beta=1",
+    "floor": "GEMM floor (5 GEMMs)",
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ALPHA = 8.0
+
+
+def liger_available() -> bool:
+    try:
+        import liger_kernel  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def unavailable_reason(impl: str, device: str) -> str | None:
+    """None when ``impl`` can run on ``device`` here, else why not (printed and stored, never silent)."""
+    if impl == "triton" and device != "cuda":
+        return "Triton fused backend needs CUDA (TRITON_INTERPRET=1 runs it on CPU, far too slowly to time)"
+    if impl == "liger":
+        if device != "cuda":
+            return "Liger kernels are Triton/CUDA only"
+        if not liger_available():
+            return "liger_kernel is not installed (pip install 'rklu[bench]')"
+    return None
+
+
+def make_case(n: int, h: int, v: int, dtype: torch.dtype, device: str, seed: int = 0) -> dict:
+    """Student (trainable), original and augmented teacher inputs; logits have std ~4 like trained LMs."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def rand(*size, std=1.0):
+        return (torch.randn(*size, generator=gen) * std).to(device=device, dtype=dtype)
+
+    w_std = 4.0 / h ** 0.5
+    return dict(
+        xs=rand(n, h).requires_grad_(), ws=rand(v, h, std=w_std).requires_grad_(),
+        xo=rand(n, h), wo=rand(v, h, std=w_std), xa=rand(n, h), wa=rand(v, h, std=w_std),
+    )
+
+
+def eager_loss(xs, ws, xo, wo, xa, wa):
+    """The usual implementation: materialize the three logit tensors with F.linear in the input dtype (tensor
+    cores for bf16), then float32 log-softmaxes and the KL (rklu's reference math)."""
+    from rklu.kernels import unlearning_kl_reference
+
+    student = torch.nn.functional.linear(xs, ws)
+    with torch.no_grad():
+        original = torch.nn.functional.linear(xo, wo)
+        augmented = torch.nn.functional.linear(xa, wa)
+    return unlearning_kl_reference(student, original, augmented, alpha=ALPHA, direction="reverse")
+
+
+def build_step(impl: str, case: dict, chunk_tokens: int | None = None):
+    """A zero-argument callable running one forward + backward of ``impl`` on ``case`` (grads reset first)."""
+    xs, ws, xo, wo, xa, wa = (case[k] for k in ("xs", "ws", "xo", "wo", "xa", "wa"))
+
+    def clear():
+        xs.grad = None
+        ws.grad = None
+
+    if impl == "eager":
+        def step():
+            clear()
+            eager_loss(xs, ws, xo, wo, xa, wa).backward()
+        return step
+    if impl == "compiled":
+        torch._dynamo.reset()
+        compiled = torch.compile(eager_loss, dynamic=False)
+
+        def step():
+            clear()
+            compiled(xs, ws, xo, wo, xa, wa).backward()
+        return step
+    if impl in ("torch_chunked", "triton"):
+        from rklu.kernels import fused_linear_unlearning_kl
+
+        backend = "torch" if impl == "torch_chunked" else "triton"
+
+        def step():
+            clear()
+            fused_linear_unlearning_kl(xs, ws, xo, wo, xa, wa, alpha=ALPHA, direction="reverse", backend=backend,
+                                       chunk_tokens=chunk_tokens, check_inputs_finite=False).backward()
+        return step
+    if impl == "liger":
+        from liger_kernel.transformers.fused_linear_jsd import LigerFusedLinearJSD
+
+        try:
+            loss_fn = LigerFusedLinearJSD(jsd_beta=1.0)
+        except AssertionError:  # old releases only accept beta in (0, 1)
+            loss_fn = LigerFusedLinearJSD(jsd_beta=1.0 - 1e-6)
+
+        def step():
+            clear()
+            loss_fn(xs, ws, xo, wo).backward()
+        return step
+    if impl == "floor":
+        n, v = xs.shape[0], ws.shape[0]
+        with torch.no_grad():
+            logits = [torch.empty(n, v, dtype=xs.dtype, device=xs.device) for _ in range(3)]
+            grad = torch.randn(n, v, device=xs.device).to(xs.dtype)
+            dx, dw = torch.empty_like(xs), torch.empty_like(ws)
+        pairs = ((xs, ws), (xo, wo), (xa, wa))
+
+        def step():
+            with torch.no_grad():
+                for out, (x, w) in zip(logits, pairs):
+                    torch.mm(x, w.T, out=out)
+                torch.mm(grad, ws, out=dx)
+                torch.mm(grad.T, xs, out=dw)
+        return step
+    raise ValueError(f"unknown implementation {impl!r}")
+
+
+def sync(device: str):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_step(step, device: str, repeats: int, warmup: int = 1) -> list[float]:
+    for _ in range(warmup):
+        step()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+# ---- peak memory ---------------------------------------------------------------------------------------------
+
+def _read_status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} missing from /proc/self/status")
+
+
+def reset_peak_rss() -> int:
+    """Reset the kernel's peak-RSS counter (VmHWM) to the current RSS (Linux >= 4.0); returns that RSS."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _read_status("VmRSS")
+
+
+def peak_rss() -> int:
+    return _read_status("VmHWM")
+
+
+def measure_cuda_peak(step) -> int:
+    """Bytes allocated above what was live before the step (inputs, weights), peak over the step."""
+    gc.collect()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def measure_cpu_peak(step) -> int:
+    """Peak RSS above the RSS before the step. Run in a fresh subprocess with a fixed malloc mmap threshold
+    (see run_isolated) so freed [N, V] buffers go back to the OS and the counter tracks live memory."""
+    gc.collect()
+    base = reset_peak_rss()
+    step()
+    return peak_rss() - base
+
+
+def run_case(impl: str, n: int, h: int, v: int, dtype: str, device: str, repeats: int, threads: int | None = None,
+             chunk_tokens: int | None = None) -> dict:
+    """Time and measure one (implementation, shape) in this process; errors (OOM, compile failure) are kept."""
+    if threads:
+        torch.set_num_threads(threads)
+    row = dict(impl=impl, n=n, h=h, v=v, dtype=dtype, device=device, threads=torch.get_num_threads())
+    reason = unavailable_reason(impl, device)
+    if reason:
+        return dict(row, status="skipped", reason=reason)
+    try:
+        case = make_case(n, h, v, DTYPES[dtype], device)
+        step = build_step(impl, case, chunk_tokens)
+        t0 = time.perf_counter()
+        step()  # warm-up: compilation, autotuning, allocator caches, first-touch of grad buffers
+        sync(device)
+        row["first_call_s"] = time.perf_counter() - t0
+        if impl != "floor":
+            row["peak_extra_bytes"] = measure_cuda_peak(step) if device == "cuda" else measure_cpu_peak(step)
+            grads = [t.grad for t in (case["xs"], case["ws"]) if t.grad is not None]
+            row["grad_bytes"] = sum(g.numel() * g.element_size() for g in grads)
+        times = time_step(step, device, repeats, warmup=0)
+        row.update(status="ok", times_s=times, median_s=statistics.median(times))
+        row["tokens_per_s"] = n / row["median_s"]
+        if impl == "floor":
+            row["tflops"] = 5 * 2 * n * h * v / row["median_s"] / 1e12
+        if impl == "triton":
+            row["autotune"] = autotune_choices()
+    except Exception as e:  # noqa: BLE001 -- OOM and compile failures are results too
+        msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        row.update(status="oom" if "out of memory" in str(e).lower() else "error", reason=msg)
+    finally:
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+def autotune_choices() -> dict:
+    """The Triton configs the autotuner picked so far, per kernel and (H, V, dtypes) key."""
+    try:
+        from rklu.kernels import triton_fused
+    except Exception:
+        return {}
+    out = {}
+    for name, kernel in getattr(triton_fused, "TUNED_KERNELS", {}).items():
+        out[name] = {str(key[:2] + key[2:3]): str(cfg) for key, cfg in getattr(kernel, "cache", {}).items()}
+    return out
+
+
+def run_isolated(impl: str, n: int, h: int, v: int, dtype: str, device: str, repeats: int,
+                 threads: int | None, chunk_tokens: int | None = None, timeout: float = 1800) -> dict:
+    """run_case in a fresh Python process (CPU memory: a clean peak-RSS counter and no allocator state
+    left over from other cases). glibc's mmap threshold is pinned so large buffers are mmapped and
+    unmapped on free instead of staying in the heap."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    args = json.dumps(dict(impl=impl, n=n, h=h, v=v, dtype=dtype, device=device, repeats=repeats, threads=threads,
+                           chunk_tokens=chunk_tokens))
+    code = ("import json, sys; sys.path.insert(0, %r); import bench_common as b; "
+            "print('RESULT' + json.dumps(b.run_case(**json.loads(sys.argv[1]))))" % os.path.dirname(__file__))
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, env=env,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return dict(impl=impl, n=n, h=h, v=v, dtype=dtype, device=device, status="error", reason=f"timeout {timeout}s")
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT"):
+            return json.loads(line[len("RESULT"):])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+    return dict(impl=impl, n=n, h=h, v=v, dtype=dtype, device=device, status="error",
+                reason=f"subprocess rc={proc.returncode}: {tail[0][:300]}")
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} logical CPUs visible)"
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "CPU"

@@ -101,7 +101,7 @@ def test_nan_hidden_states_in_training_name_the_tensor_and_step(orig, tmp_path, 
     err = capsys.readouterr().err
     assert "optimizer step 1" in err and "original_hidden contains NaN or inf" in err
     status = json.loads((out / "run.json").read_text())
-    assert status["status"] == "interrupted" and "original_hidden" in status["error"]
+    assert status["status"] == "failed" and "original_hidden" in status["error"]
     assert not (out / "model").exists()
 
 
@@ -275,4 +275,4 @@ def test_out_of_memory_suggests_the_remedies(tmp_path, monkeypatch):
     message = str(info.value)
     for hint in ("kl_backend", "teacher_cache", "chunk", "batch_size", "Tried to allocate 3.00 GiB"):
         assert hint in message
-    assert json.loads((tmp_path / "oom" / "run.json").read_text())["status"] == "interrupted"
+    assert json.loads((tmp_path / "oom" / "run.json").read_text())["status"] == "failed"

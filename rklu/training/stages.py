@@ -34,7 +34,7 @@ from ..models import loading
 from ..models.heads import AdapterTeacher, ModelTeacher, output_head
 from ..models.teacher_cache import build_cached_teacher, model_bytes
 from .config import RunConfig, resolve_config
-from .trainer import NonFiniteLossError, last_checkpoint, run_training
+from .trainer import NonFiniteLossError, TrainingInterrupted, last_checkpoint, run_training
 
 MODEL_SUBDIR = "model"
 
@@ -166,8 +166,10 @@ def _train(stage, cfg, model, tokenizer, dataset, method, ctx, evaluate, resume,
                 last_checkpoint=last_checkpoint(run_dir / "checkpoints"))
         raise
     except BaseException as error:
-        _finish(run_dir, status, status="interrupted", error=f"{type(error).__name__}: {error}",
-                last_checkpoint=last_checkpoint(run_dir / "checkpoints"))
+        # A signal or Ctrl-C stops a healthy run (resume it); anything else is a failure to look at.
+        stopped = isinstance(error, (TrainingInterrupted, KeyboardInterrupt))
+        _finish(run_dir, status, status="interrupted" if stopped else "failed",
+                error=f"{type(error).__name__}: {error}", last_checkpoint=last_checkpoint(run_dir / "checkpoints"))
         raise
     out = loading.save_model(trainer.model, tokenizer, model_dir(run_dir), merge_lora=merge_lora)
     _finish(run_dir, status, status="completed", model_dir=str(out), steps=trainer.state.global_step,

@@ -267,6 +267,11 @@ def run_training(cfg, model, dataset, collator, method: Method, loss_context: Lo
                                 method=method, loss_context=loss_context, nonfinite=cfg.nonfinite,
                                 callbacks=extra)
     metrics_cb.trainer = trainer
+    if not cfg.progress:
+        # Without tqdm, transformers prints every log dict to stdout; per-epoch metrics are in metrics.jsonl.
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     if on_trainer is not None:
         on_trainer(trainer)
     checkpoint = last_checkpoint(run_dir / "checkpoints") if resume else None

@@ -88,3 +88,18 @@ def test_cli_missing_paths_exit_2(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_eval_loads_hub_ids_through_the_library_loaders(monkeypatch):
+    """A hub id (e.g. TOFU's released locuslab/tofu_ft_llama2-7b) is not mistaken for a missing folder."""
+    import torch
+
+    from rklu.eval.cli import load_model
+    from rklu.models import loading
+
+    calls = []
+    monkeypatch.setattr(loading, "load_model", lambda path, **kw: calls.append((path, kw)) or torch.nn.Linear(2, 2))
+    monkeypatch.setattr(loading, "load_tokenizer", lambda path: f"tokenizer of {path}")
+    model, tokenizer = load_model("locuslab/tofu_ft_llama2-7b", device="cpu")
+    assert calls[0][0] == "locuslab/tofu_ft_llama2-7b" and calls[0][1]["dtype"] == torch.float32
+    assert tokenizer == "tokenizer of locuslab/tofu_ft_llama2-7b" and not model.training

@@ -15,29 +15,19 @@ def _user_error(message: str) -> Exception:
 
 
 def load_model(path: str, device: str = "auto", dtype: str = "auto"):
-    """(model, tokenizer) from a local directory via the Auto classes; pad token defaults to EOS."""
+    """(model, tokenizer) in eval mode from a local directory or a hub id (e.g. TOFU's released
+    ``locuslab/tofu_ft_llama2-7b``), through the library's loaders; pad token defaults to EOS."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not Path(path).is_dir():
+    from rklu.models import loading
+
+    if loading.looks_like_path(path) and not Path(path).is_dir():
         raise FileNotFoundError(f"model directory not found: {path}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    else:
-        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ValueError(f"{path}: tokenizer has neither a pad nor an EOS token")
-        tokenizer.pad_token = tokenizer.eos_token
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-    except TypeError:  # transformers < 4.56 calls it torch_dtype
-        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch_dtype)
-    model = model.to(device).eval()
-    return model, tokenizer
+    torch_dtype = loading.default_dtype(device) if dtype == "auto" else loading.resolve_dtype(dtype)
+    model = loading.load_model(path, dtype=torch_dtype, flash_attention="no", trainable=False)
+    return model.to(device).eval(), loading.load_tokenizer(path)
 
 
 def _prompt_format(name: str | None, model_path: str):

@@ -67,6 +67,7 @@ def _epoch_evaluator(stage, args, overrides):
     from ..eval.epoch_eval import tofu_epoch_evaluator
     from ..models.loading import load_tokenizer
     from .config import resolve_config
+    from .stages import _prompt_format
 
     if args.retain_eval_dir and not Path(args.retain_eval_dir).exists():
         raise FileNotFoundError(f"--retain-eval-dir {args.retain_eval_dir} does not exist")
@@ -74,8 +75,8 @@ def _epoch_evaluator(stage, args, overrides):
     source = cfg.tokenizer or cfg.model
     if not source or source == "tiny":
         raise ValueError("--eval-tofu needs a saved model or --tokenizer (not a freshly built tiny model)")
-    fmt = cfg.prompt_format if cfg.prompt_format != "auto" else str(cfg.model)
-    return tofu_epoch_evaluator(load_tokenizer(source), fmt, args.eval_tofu, Path(cfg.output_dir) / "eval",
+    # the training stage's own prompt format, so the evaluation asks the questions the way training did
+    return tofu_epoch_evaluator(load_tokenizer(source), _prompt_format(cfg), args.eval_tofu, Path(cfg.output_dir) / "eval",
                                 retain_eval_dir=args.retain_eval_dir, batch_size=args.eval_batch_size,
                                 max_samples=args.eval_max_samples, progress=cfg.progress)
 

@@ -58,7 +58,7 @@ def cmd_tofu(args) -> int:
     model, tokenizer = load_model(args.model, args.device, args.dtype)
     evaluate_tofu(model, tokenizer, _prompt_format(args.prompt_format, args.model), args.forget_split, out_dir,
                   batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, max_samples=args.max_samples,
-                  source=args.source, ds_size=args.ds_size or None)
+                  source=args.source, ds_size=args.ds_size or None, privacy=not args.no_privacy)
     print(f"wrote TOFU logs to {out_dir}")
     if args.retain_eval_dir:
         result = aggregate(out_dir, args.retain_eval_dir)
@@ -76,6 +76,12 @@ def _print_aggregate(result) -> None:
     for key in ("retain", "real_authors", "world_facts", "forget"):
         print(f"  {key:<13} prob {result[key + '_prob']:.4f}  rougeL {result[key + '_rouge_l']:.4f}  "
               f"truth-ratio {result[key + '_truth_ratio']:.4f}")
+    if result.get("privleak") is not None:
+        print(f"forget memorization: exact {result['forget_exact_memorization']:.4f}  "
+              f"extraction strength {result['forget_extraction_strength']:.4f}")
+        print(f"privleak (Min-K%): {result['privleak']:.2f}  (Min-K%++): {result['privleak_min_k_plus_plus']:.2f}  "
+              f"[MIA AUC {result['mia_min_k_auc']:.4f} / {result['mia_min_k_plus_plus_auc']:.4f}; "
+              f"reference: {result['privleak_reference']}]")
 
 
 def cmd_aggregate(args) -> int:
@@ -192,6 +198,9 @@ def register(subparsers) -> None:
     p.add_argument("--source", default="bundled", choices=["bundled", "hub", "auto"])
     p.add_argument("--retain-eval-dir", default=None, help="also aggregate against this retain model's logs")
     p.add_argument("--epoch", type=int, default=None, help="epoch number stored in aggregate.json (for reports)")
+    p.add_argument("--no-privacy", action="store_true",
+                   help="skip eval_privacy.json (exact memorization, extraction strength, Min-K%%/Min-K%%++ MIA "
+                        "on forget vs TOFU's holdout set)")
     _add_model_args(p)
     p.set_defaults(func=cmd_tofu)
 

@@ -149,7 +149,7 @@ def cmd_copyright(args) -> int:
 
 # ------------------------------------------------------------------------------------------ eval capability
 def cmd_capability(args) -> int:
-    from rklu.eval.capability import CapabilityUnavailable, capability_markdown, run_capability
+    from rklu.eval.capability import CapabilityUnavailable, run_capability, table1_markdown
 
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"model directory not found: {args.model}")
@@ -159,8 +159,9 @@ def cmd_capability(args) -> int:
     except CapabilityUnavailable as error:
         raise _user_error(str(error)) from None
     out = Path(args.out) if args.out else Path(args.model) / "capability_eval.json"
+    summary["table1"] = table1_markdown([summary], [args.label or Path(args.model).name])
     atomic_write_json(out, summary)
-    print(capability_markdown(summary))
+    print(summary["table1"])
     print(f"wrote {out}")
     return 0
 
@@ -242,7 +243,9 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("capability", help="lm-eval-harness accuracy on the paper's general benchmarks")
     p.add_argument("--model", required=True)
-    p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS))
+    p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS),
+                   help="lm-eval task names (hub data), local task YAML files, or bundled tasks (rklu_tiny_mc)")
+    p.add_argument("--label", default=None, help="row name in the Table 1 style output (default: model folder name)")
     p.add_argument("--batch-size", default="8")
     p.add_argument("--limit", type=float, default=None, help="examples per task (or fraction), for quick runs")
     p.add_argument("--out", default=None, help="output JSON (default: MODEL/capability_eval.json)")

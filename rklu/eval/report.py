@@ -216,6 +216,10 @@ def report_markdown(summary: Mapping) -> str:
         for e in g["epochs"]:
             lines.append(f"| {g['label']} | {e['epoch']} | {e['num_seeds']} | {_fmt(e['forget_quality'])} | "
                          f"{_fmt(e['model_utility'])} | {_fmt(e['forget_rouge_l'])} |")
+    runs = [r for r in summary.get("runs", []) if r.get("status")]
+    if runs:
+        lines += ["", "## Run status", "", "| run | status |", "|---|---|"]
+        lines += [f"| {r['run_dir']} | {r['status']} |" for r in runs]
     return "\n".join(lines) + "\n"
 
 
@@ -223,10 +227,14 @@ def write_report(run_dirs: Sequence, out_dir, *, retain_eval_dir=None, plots: bo
     """Collect the runs, write ``report.json``, ``report.md`` and the PNG plots into ``out_dir``."""
     if not run_dirs:
         raise ValueError("no run directories given")
+    from rklu.training.run_record import read_run_json, run_status
+
     records = []
     for run_dir in run_dirs:
         records.extend(collect_run(run_dir, retain_eval_dir))
     summary = summarize(records)
+    # the status of each run folder, "running" checked against its process (a SIGKILLed run is stale)
+    summary["runs"] = [{"run_dir": str(d), "status": run_status(read_run_json(d))} for d in run_dirs]
     out_dir = Path(out_dir)
     files = {"json": str(out_dir / "report.json"), "markdown": str(out_dir / "report.md")}
     if plots:

@@ -30,7 +30,13 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + name.replace("_", "-")
         tp = _base_type(FIELD_TYPES[name])
-        if tp is bool:
+        if name == "method":
+            from ..methods import METHOD_NAMES
+
+            # choices: --help lists every method and argparse rejects a typo before anything else runs
+            parser.add_argument(flag, dest=name, default=None, type=str.lower, choices=METHOD_NAMES,
+                                help="unlearning method (unlearn only)")
+        elif tp is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
         elif typing.get_origin(tp) is list:
             parser.add_argument(flag, dest=name, nargs="+", default=None)

@@ -1,0 +1,85 @@
+"""run.json records the process: a run killed with SIGKILL (left at "running") reads as stale in
+`--resume` and `rklu report`; `rklu unlearn --method` lists every method and rejects a typo first."""
+import json
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from rklu.cli import main
+from rklu.methods import METHOD_NAMES
+from rklu.training import run_record
+from rklu.training.run_record import STALE, check_resume, run_status
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return proc.pid
+
+
+def _write_run(run_dir, **fields):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run.json").write_text(json.dumps({"stage": "unlearn", "status": "running", "method": "rklu+kl", **fields}))
+    (run_dir / "metrics.json").write_text(json.dumps([{"epoch": 1, "forget_quality": 0.2, "model_utility": 0.5}]))
+
+
+def test_status_of_a_recorded_process():
+    me = run_record.process_record()
+    assert me["host"] == socket.gethostname() and me["pid"] > 0
+    assert run_status({"status": "running", **me}) == "running"
+    assert run_status({"status": "running", "pid": _dead_pid(), "host": me["host"]}) == STALE
+    if me["pid_start_ticks"] is not None:  # same pid, other start time: the pid was reused
+        assert run_status({"status": "running", **me, "pid_start_ticks": me["pid_start_ticks"] + 1}) == STALE
+    assert run_status({"status": "running", "pid": 1, "host": "elsewhere"}) == "running (on elsewhere, not checked)"
+    assert run_status({"status": "running"}) == "running (no pid recorded)"
+    assert run_status({"status": "completed", "pid": _dead_pid()}) == "completed"
+    assert run_status(None) is None
+
+
+def test_resume_refuses_a_live_run_and_reports_a_dead_one(tmp_path):
+    live = tmp_path / "live"
+    _write_run(live, **run_record.process_record())
+    with pytest.raises(ValueError, match="still being written by pid"):
+        check_resume(live)
+    dead = tmp_path / "dead"
+    pid = _dead_pid()
+    _write_run(dead, pid=pid, host=socket.gethostname(), started=1.0)
+    assert check_resume(dead) == {"status": STALE, "pid": pid, "host": socket.gethostname(), "started": 1.0}
+
+
+def test_report_says_stale_for_a_killed_run(tmp_path, capsys):
+    dead, done = tmp_path / "rklu+kl_seed1", tmp_path / "rklu+kl_seed2"
+    _write_run(dead, pid=_dead_pid(), host=socket.gethostname())
+    _write_run(done, status="completed")
+    assert main(["report", str(dead), str(done), "--out", str(tmp_path / "report"), "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    assert f"| {dead} | stale (process gone) |" in printed and f"| {done} | completed |" in printed
+    runs = json.loads((tmp_path / "report" / "report.json").read_text())["runs"]
+    assert [r["status"] for r in runs] == [STALE, "completed"]
+
+
+def test_unlearn_help_lists_every_method(capsys):
+    with pytest.raises(SystemExit):
+        main(["unlearn", "--help"])
+    usage = capsys.readouterr().out
+    assert "{" + ",".join(METHOD_NAMES) + "}" in usage
+
+
+def test_unknown_method_is_the_first_error_and_names_the_valid_ones(tmp_path, capsys):
+    # no --model, no --output-dir, a missing config file: the method is still what gets reported
+    with pytest.raises(SystemExit) as exit_info:
+        main(["unlearn", "--method", "rkul", "--forget", "/nonexistent.json"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'rkul'" in err and all(f"'{m}'" in err for m in METHOD_NAMES)
+    assert main(["unlearn", "--method", "RKLU+KL", "--output-dir", str(tmp_path / "x")]) == 2  # case-insensitive
+    assert "no model given" in capsys.readouterr().err
+    config = tmp_path / "c.yaml"
+    config.write_text("method: rkul\n")  # the same through a config file (no model, no output dir either)
+    assert main(["unlearn", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown unlearning method 'rkul'" in err and "rklu+kl" in err and "no model" not in err

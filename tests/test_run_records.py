@@ -83,3 +83,62 @@ def test_unknown_method_is_the_first_error_and_names_the_valid_ones(tmp_path, ca
     assert main(["unlearn", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "unknown unlearning method 'rkul'" in err and "rklu+kl" in err and "no model" not in err
+
+
+# ------------------------------------------------------------------ Trainer metrics without per-step syncs
+TINY = dict(preset="tiny-cpu", data="tofu:full[3980:]", tiny_vocab_size=300, tiny_hidden_size=32, tiny_layers=2,
+            tiny_heads=2, tiny_intermediate_size=64, max_length=96, batch_size=2, effective_batch_size=4,
+            epochs=2, progress=False)
+
+
+def test_trainer_logs_the_per_step_means_without_syncing_in_compute_loss(tmp_path, monkeypatch):
+    """The method's terms are summed on the device: compute_loss never calls .item()/float()/.tolist() on
+    a tensor, and what is logged equals the mean of the per-micro-batch values (the old .item() sums)."""
+    import torch
+
+    import rklu.training.stages as stages
+    from rklu.methods import FINETUNE, Method
+    from rklu.training import finetune
+    from rklu.training.trainer import UnlearningTrainer
+
+    recorded = []
+
+    def recording_loss(ctx, batch):
+        loss, metrics = FINETUNE.forget_loss(ctx, batch)
+        recorded.append({"nll": metrics["nll"].clone(), "extra": torch.tensor(2.0) * len(recorded)})
+        return loss, {**metrics, "extra": recorded[-1]["extra"]}
+
+    monkeypatch.setattr(stages, "FINETUNE", Method("finetune", recording_loss))
+    syncs = []
+    original = UnlearningTrainer.compute_loss
+
+    def guarded(self, *args, **kwargs):
+        def refuse(name):
+            def call(tensor, *a, **k):
+                syncs.append(name)
+                raise AssertionError(f"Tensor.{name} called in compute_loss")
+            return call
+
+        with monkeypatch.context() as m:
+            for name in ("item", "tolist", "__float__"):
+                m.setattr(torch.Tensor, name, refuse(name))
+            return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(UnlearningTrainer, "compute_loss", guarded)
+    run = finetune(output_dir=str(tmp_path / "run"), **TINY)
+    assert syncs == []
+    # 20 rows, micro-batch 2, 2 micro-batches per step: 5 steps per epoch, one log per epoch
+    assert len(recorded) == 20
+    values = [{k: float(v) for k, v in r.items()} for r in recorded]
+    state = json.loads((run / "checkpoints" / "checkpoint-10" / "trainer_state.json").read_text())
+    logs = [entry for entry in state["log_history"] if "nll" in entry]
+    assert len(logs) == 2
+    for epoch, entry in enumerate(logs):
+        window = values[10 * epoch:10 * (epoch + 1)]
+        for key in ("nll", "extra"):
+            assert entry[key] == pytest.approx(round(sum(v[key] for v in window) / 10, 6), abs=2e-6), key
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for epoch, record in enumerate(records):
+        window = values[10 * epoch:10 * (epoch + 1)]
+        assert record["train_nll"] == pytest.approx(sum(v["nll"] for v in window) / 10, rel=1e-6)
+        assert record["train_extra"] == pytest.approx(sum(v["extra"] for v in window) / 10, rel=1e-6)

@@ -175,7 +175,8 @@ def cmd_report(args) -> int:
             raise FileNotFoundError(f"run directory not found: {run_dir}")
     if args.retain_eval_dir and not Path(args.retain_eval_dir).exists():
         raise FileNotFoundError(f"retain eval dir not found: {args.retain_eval_dir}")
-    summary = write_report(args.run_dirs, args.out, retain_eval_dir=args.retain_eval_dir, plots=not args.no_plots)
+    summary = write_report(args.run_dirs, args.out, retain_eval_dir=args.retain_eval_dir, plots=not args.no_plots,
+                           paper=args.paper, paper_split=args.paper_split)
     print(report_markdown(summary))
     print("wrote " + ", ".join(summary["files"].values()))
     return 0
@@ -257,4 +258,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="report", help="output folder (report.md, report.json, PNGs)")
     p.add_argument("--retain-eval-dir", default=None, help="retain model logs, to aggregate raw TOFU logs on the fly")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--paper", choices=["llama2-7b", "phi-1.5"], default=None,
+                   help="overlay the paper's published numbers (Wang et al., NAACL 2025, Table 8) on the table and plot")
+    p.add_argument("--paper-split", choices=["forget01", "forget05", "forget10"], default=None,
+                   help="the paper's forget split to show (default: the runs' own)")
     p.set_defaults(func=cmd_report)

@@ -73,6 +73,10 @@ def run_metadata(run_dir: Path) -> dict:
                     value = _flat_get(config, *keys)
                     if value is not None and field not in meta:
                         meta[field] = value
+                forget = _flat_get(config, "forget")  # our configs: forget: tofu:forget10 (maybe sliced)
+                m = re.match(r"tofu:(forget\d\d)\b", str(forget)) if forget else None
+                if m and "forget_split" not in meta:
+                    meta["forget_split"] = m.group(1)
     name = run_dir.resolve().name
     if "seed" not in meta:
         m = re.search(r"seed[_\-]?(\d+)", name)
@@ -216,6 +220,8 @@ def report_markdown(summary: Mapping) -> str:
         for e in g["epochs"]:
             lines.append(f"| {g['label']} | {e['epoch']} | {e['num_seeds']} | {_fmt(e['forget_quality'])} | "
                          f"{_fmt(e['model_utility'])} | {_fmt(e['forget_rouge_l'])} |")
+    if summary.get("paper"):
+        lines.append(paper_markdown(summary).rstrip("\n"))
     runs = [r for r in summary.get("runs", []) if r.get("status")]
     if runs:
         lines += ["", "## Run status", "", "| run | status |", "|---|---|"]
@@ -223,8 +229,42 @@ def report_markdown(summary: Mapping) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(run_dirs: Sequence, out_dir, *, retain_eval_dir=None, plots: bool = True) -> dict:
-    """Collect the runs, write ``report.json``, ``report.md`` and the PNG plots into ``out_dir``."""
+def _paper_split(records: Sequence[Mapping], split: str | None) -> str:
+    if split:
+        return split
+    splits = {str(r["forget_split"]).replace("tofu:", "") for r in records if r.get("forget_split")}
+    if len(splits) != 1:
+        raise ValueError(f"the runs' forget split is {'unknown' if not splits else 'mixed: ' + ', '.join(sorted(splits))}: "
+                         "name the paper's split to compare with (--paper-split forget01|forget05|forget10)")
+    return splits.pop()
+
+
+def paper_markdown(summary: Mapping) -> str:
+    """Our peak-epoch numbers beside the paper's, one row per method (ours first, then the paper's others)."""
+    paper = summary["paper"]
+    rows = {r["method"]: r for r in paper["rows"]}
+    lines = ["", f"## Beside the paper: {paper['label']}", "", f"Source: {paper['citation']}", "",
+             "| method | forget quality (ours) | forget quality (paper) | model utility (ours) | model utility (paper) | "
+             "forget ROUGE-L (ours) | forget ROUGE-L (paper) |", "|---|---|---|---|---|---|---|"]
+    shown = set()
+    for g in summary["groups"]:
+        p, ref = g["peak"] or {}, rows.get(g["method"], {})
+        shown.add(g["method"])
+        lines.append(f"| {g['label']} | {_fmt(p.get('forget_quality'))} | {_fmt(ref.get('forget_quality'))} | "
+                     f"{_fmt(p.get('model_utility'))} | {_fmt(ref.get('model_utility'))} | "
+                     f"{_fmt(p.get('forget_rouge_l'))} | {_fmt(ref.get('forget_rouge_l'))} |")
+    for method, ref in rows.items():
+        if method not in shown:
+            lines.append(f"| {method} | | {_fmt(ref.get('forget_quality'))} | | {_fmt(ref.get('model_utility'))} | | "
+                         f"{_fmt(ref.get('forget_rouge_l'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run_dirs: Sequence, out_dir, *, retain_eval_dir=None, plots: bool = True, paper: str | None = None,
+                 paper_split: str | None = None) -> dict:
+    """Collect the runs, write ``report.json``, ``report.md`` and the PNG plots into ``out_dir``.
+    ``paper="llama2-7b"``: put the paper's published numbers for the runs' forget split (or
+    ``paper_split``) beside ours, in the table and on the forget-quality-vs-utility plot."""
     if not run_dirs:
         raise ValueError("no run directories given")
     from rklu.training.run_record import read_run_json, run_status
@@ -235,12 +275,16 @@ def write_report(run_dirs: Sequence, out_dir, *, retain_eval_dir=None, plots: bo
     summary = summarize(records)
     # the status of each run folder, "running" checked against its process (a SIGKILLed run is stale)
     summary["runs"] = [{"run_dir": str(d), "status": run_status(read_run_json(d))} for d in run_dirs]
+    if paper:
+        from rklu.eval.paper import paper_results
+
+        summary["paper"] = paper_results(paper, _paper_split(records, paper_split))
     out_dir = Path(out_dir)
     files = {"json": str(out_dir / "report.json"), "markdown": str(out_dir / "report.md")}
     if plots:
         from rklu.eval.plots import plot_fq_vs_mu, plot_metric_vs_alpha
 
-        files["fq_vs_mu"] = str(plot_fq_vs_mu(summary, out_dir / "fq_vs_mu.png"))
+        files["fq_vs_mu"] = str(plot_fq_vs_mu(summary, out_dir / "fq_vs_mu.png", paper=summary.get("paper")))
         alpha_plot = plot_metric_vs_alpha(summary, out_dir / "metric_vs_alpha.png")
         if alpha_plot is not None:
             files["metric_vs_alpha"] = str(alpha_plot)

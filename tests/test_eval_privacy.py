@@ -211,3 +211,25 @@ def test_privacy_logs_of_different_splits_are_an_error(tmp_path):
     (tmp_path / "a" / privacy.PRIVACY_FILE).write_text("{}")
     with pytest.raises(ValueError, match="not a privacy log"):
         privacy.privacy_aggregate(tmp_path / "a")
+
+
+def test_report_shows_the_privacy_columns_when_runs_have_them(tmp_path):
+    from rklu.eval import report
+
+    run = tmp_path / "rklu+kl_seed1"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps([
+        {"epoch": 1, "forget_quality": 0.1, "model_utility": 0.5, "forget_rouge_l": 0.4, "privleak": -80.0,
+         "forget_extraction_strength": 0.6, "forget_exact_memorization": 0.7},
+        {"epoch": 2, "forget_quality": 0.3, "model_utility": 0.45, "forget_rouge_l": 0.3, "privleak": -12.5,
+         "forget_extraction_strength": 0.2, "forget_exact_memorization": 0.4}]))
+    summary = report.write_report([run], tmp_path / "out", plots=False)
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| forget ROUGE-L | privleak | forget extraction strength | forget exact memorization |" in md
+    assert "| rklu+kl | 1 | 2 | 0.3000 | 0.4500 | 0.3000 | -12.50 | 0.2000 | 0.4000 |" in md  # at the peak epoch
+    assert summary["groups"][0]["epochs"][0]["privleak"] == -80.0
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "metrics.json").write_text(json.dumps([{"epoch": 1, "forget_quality": 0.1, "model_utility": 0.5}]))
+    report.write_report([plain], tmp_path / "out2", plots=False)
+    assert "privleak" not in (tmp_path / "out2" / "report.md").read_text()

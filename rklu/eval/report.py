@@ -9,7 +9,9 @@ What a run directory may hold (all optional, searched in this order; one directo
   (``rklu+kl_seed1``, ``..._alpha8``) -- method = directory name without ``_seed/_alpha`` parts;
 * per-epoch metrics: ``metrics.json`` / ``metrics.jsonl`` / ``results.json`` (a list of records, or
   ``{"epochs": [...]}``), each with ``epoch`` and ``forget_quality``, ``model_utility``, ``forget_rouge_l``
-  (``forget_rouge`` accepted); a record may also carry ``method``/``seed``/``alpha``;
+  (``forget_rouge`` accepted), optionally ``privleak``, ``forget_extraction_strength``,
+  ``forget_exact_memorization`` (``rklu.eval.privacy``; shown as extra columns when present); a record may
+  also carry ``method``/``seed``/``alpha``;
 * or ``aggregate.json`` files (``rklu eval aggregate`` output) anywhere below the run directory, the epoch
   taken from the JSON (``epoch``) or from a path part like ``epoch_3`` / ``epoch-3`` / ``epoch3``;
 * or raw TOFU logs (``eval_log_forget.json`` + the other three) in such epoch folders, aggregated on the
@@ -31,6 +33,10 @@ CONFIG_NAMES = ("config.json", "config.yaml", "config.yml", "resolved_config.jso
                 "run_config.json", "run.json")
 METRICS_NAMES = ("metrics.json", "metrics.jsonl", "results.json")
 AGGREGATE_NAME = "aggregate.json"
+# rklu.eval.privacy's keys (aggregate.json / metrics.json); columns appear in the report when a run has them
+PRIVACY_KEYS = ("privleak", "forget_extraction_strength", "forget_exact_memorization")
+PRIVACY_HEADERS = {"privleak": "privleak", "forget_extraction_strength": "forget extraction strength",
+                   "forget_exact_memorization": "forget exact memorization"}
 _EPOCH_RE = re.compile(r"(?:^|[_\-/])epoch[_\-]?(\d+)$", re.IGNORECASE)
 
 
@@ -113,6 +119,7 @@ def _record(values: Mapping, meta: Mapping, run_dir: Path, epoch) -> dict:
         "forget_quality": num("forget_quality", "Forget Quality"),
         "model_utility": num("model_utility", "Model Utility"),
         "forget_rouge_l": num("forget_rouge_l", "forget_rouge", "ROUGE Forget"),
+        **{key: num(key) for key in PRIVACY_KEYS},
     }
 
 
@@ -184,6 +191,7 @@ def summarize(records: Sequence[Mapping]) -> dict:
             per_epoch.append({"epoch": epoch, "forget_quality": _mean(r["forget_quality"] for r in at),
                               "model_utility": _mean(r["model_utility"] for r in at),
                               "forget_rouge_l": _mean(r["forget_rouge_l"] for r in at),
+                              **{key: _mean(r.get(key) for r in at) for key in PRIVACY_KEYS},
                               "num_seeds": len(at), "seeds": sorted({str(r["seed"]) for r in at})})
         with_fq = [e for e in per_epoch if e["forget_quality"] is not None]
         peak = max(with_fq, key=lambda e: e["forget_quality"]) if with_fq else None  # max() keeps the first maximum
@@ -207,19 +215,28 @@ def _fmt(value, digits=4) -> str:
 
 
 def report_markdown(summary: Mapping) -> str:
+    extra = [k for k in PRIVACY_KEYS if any(e.get(k) is not None for g in summary["groups"] for e in g["epochs"])]
+    head = "".join(f" {PRIVACY_HEADERS[k]} |" for k in extra)
+    rule = "---|" * len(extra)
+
+    def cells(entry):
+        return "".join(f" {_fmt(entry.get(k), 2 if k == 'privleak' else 4)} |" for k in extra)
+
     lines = ["# Unlearning report", "",
              "Peak: the first epoch where the seed-averaged forget quality is highest (the paper's protocol).", "",
-             "| method | seeds | peak epoch | forget quality | model utility | forget ROUGE-L |", "|---|---|---|---|---|---|"]
+             "| method | seeds | peak epoch | forget quality | model utility | forget ROUGE-L |" + head,
+             "|---|---|---|---|---|---|" + rule]
     for g in summary["groups"]:
         p = g["peak"] or {}
         lines.append(f"| {g['label']} | {g['num_seeds']} | {p.get('epoch', 'n/a')} | {_fmt(p.get('forget_quality'))} | "
-                     f"{_fmt(p.get('model_utility'))} | {_fmt(p.get('forget_rouge_l'))} |")
+                     f"{_fmt(p.get('model_utility'))} | {_fmt(p.get('forget_rouge_l'))} |" + cells(p))
     lines += ["", "## Per epoch (means over seeds)", "",
-              "| method | epoch | seeds | forget quality | model utility | forget ROUGE-L |", "|---|---|---|---|---|---|"]
+              "| method | epoch | seeds | forget quality | model utility | forget ROUGE-L |" + head,
+              "|---|---|---|---|---|---|" + rule]
     for g in summary["groups"]:
         for e in g["epochs"]:
             lines.append(f"| {g['label']} | {e['epoch']} | {e['num_seeds']} | {_fmt(e['forget_quality'])} | "
-                         f"{_fmt(e['model_utility'])} | {_fmt(e['forget_rouge_l'])} |")
+                         f"{_fmt(e['model_utility'])} | {_fmt(e['forget_rouge_l'])} |" + cells(e))
     if summary.get("paper"):
         lines.append(paper_markdown(summary).rstrip("\n"))
     runs = [r for r in summary.get("runs", []) if r.get("status")]

@@ -35,12 +35,14 @@ def _fused_token_logprob():
 
 
 def _chunked_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, chunk: int):
+    # fp32 logits: the softmax statistics of a bf16 model are not rounded to bf16 first (the fp32 copy of the
+    # head is made once, not per chunk)
+    w = weight.float()
+    b = None if bias is None else bias.float()
     for start in range(0, hidden.shape[0], chunk):
-        h = hidden[start:start + chunk]
-        # fp32 logits: the softmax statistics of a bf16 model are not rounded to bf16 first
-        logits = h.float() @ weight.float().t()
-        if bias is not None:
-            logits = logits + bias.float()
+        logits = hidden[start:start + chunk].float() @ w.t()
+        if b is not None:
+            logits = logits + b
         yield start, logits
 
 

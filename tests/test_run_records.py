@@ -63,19 +63,17 @@ def test_report_says_stale_for_a_killed_run(tmp_path, capsys):
 
 
 def test_unlearn_help_lists_every_method(capsys):
-    with pytest.raises(SystemExit):
-        main(["unlearn", "--help"])
+    assert main(["unlearn", "--help"]) == 0
     usage = capsys.readouterr().out
     assert "{" + ",".join(METHOD_NAMES) + "}" in usage
 
 
 def test_unknown_method_is_the_first_error_and_names_the_valid_ones(tmp_path, capsys):
     # no --model, no --output-dir, a missing config file: the method is still what gets reported
-    with pytest.raises(SystemExit) as exit_info:
-        main(["unlearn", "--method", "rkul", "--forget", "/nonexistent.json"])
-    assert exit_info.value.code == 2
+    assert main(["unlearn", "--method", "rkul", "--forget", "/nonexistent.json"]) == 2
     err = capsys.readouterr().err
-    assert "invalid choice: 'rkul'" in err and all(f"'{m}'" in err for m in METHOD_NAMES)
+    assert "argument --method: unknown unlearning method 'rkul'; expected one of: " + ", ".join(METHOD_NAMES) in err
+    assert "no model" not in err and "nonexistent" not in err
     assert main(["unlearn", "--method", "RKLU+KL", "--output-dir", str(tmp_path / "x")]) == 2  # case-insensitive
     assert "no model given" in capsys.readouterr().err
     config = tmp_path / "c.yaml"

@@ -33,8 +33,9 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
         if name == "method":
             from ..methods import METHOD_NAMES
 
-            # choices: --help lists every method and argparse rejects a typo before anything else runs
-            parser.add_argument(flag, dest=name, default=None, type=str.lower, choices=METHOD_NAMES,
+            # choices: --help lists every method; the type check rejects a typo while parsing, before anything
+            # else runs, with the library's message naming the valid ones
+            parser.add_argument(flag, dest=name, default=None, type=_method_name, choices=METHOD_NAMES,
                                 help="unlearning method (unlearn only)")
         elif tp is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
@@ -42,6 +43,15 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=name, nargs="+", default=None)
         else:
             parser.add_argument(flag, dest=name, default=None, metavar=name.upper())  # coerced by the config
+
+
+def _method_name(value: str) -> str:
+    from ..methods import get_method
+
+    try:
+        return get_method(value).name
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _runner(stage):

@@ -33,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help (0) or a usage error (2), already printed: a status, also for callers
+        return done.code if isinstance(done.code, int) else 2
     try:
         return int(args.func(args) or 0)
     except (UserError, ValueError, FileNotFoundError) as error:

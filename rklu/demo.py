@@ -350,7 +350,7 @@ def run_demo(s: dict, out: Path, progress: bool = True) -> dict:
             if not reuse:
                 unlearn(preset="tiny-cpu", output_dir=str(run_dir), overwrite=True, progress=progress,
                         evaluate=evaluator.callback(tokenizer, run_dir), **overrides)
-            run_dirs[name] = str(run_dir)
+            run_dirs[name] = run_dir.relative_to(out).as_posix()
             for r in json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")):
                 records.append(_record(method, seed, s["alpha"] if method.startswith(("rklu", "fklu")) else None,
                                        r["epoch"], r))
@@ -365,7 +365,7 @@ def run_demo(s: dict, out: Path, progress: bool = True) -> dict:
             model, tok = _load(run_dir / "model")
             m = evaluator.evaluate(model, tok, run_dir / "eval" / "epoch_1")
             atomic_write_json(run_dir / "metrics.json", [{"epoch": 1, **m}])
-        run_dirs["task-arithmetic"] = str(run_dir)
+        run_dirs["task-arithmetic"] = run_dir.relative_to(out).as_posix()
         r = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))[0]
         records.append(_record("task-arithmetic", 0, None, 1, r))
         done("task-arithmetic", t0, reuse)
@@ -396,7 +396,9 @@ def run_demo(s: dict, out: Path, progress: bool = True) -> dict:
                  "model_utility": "hmean(retain prob, retain ROUGE-L recall, retain truth-ratio score)"},
         "original": baseline, "retain_oracle": oracle, "summary": summary, "run_dirs": run_dirs,
         "timings": timings, "wall_time_s": round(wall, 1),
-        "files": {"markdown": str(out / "results.md"), "plot": str(plot), "json": str(out / "results.json")},
+        # relative to --out (the folder holding results.json): the file stays valid when the folder moves
+        "paths_relative_to": "the folder holding this results.json (rklu demo --out)",
+        "files": {"markdown": "results.md", "plot": Path(plot).relative_to(out).as_posix(), "json": "results.json"},
     }
     atomic_write_text(out / "results.md", md)
     atomic_write_json(out / "results.json", results)
@@ -415,7 +417,7 @@ def _run(args) -> int:
         # than they compute (measured: a forward pass 30x slower with 2 threads under load)
         torch.set_num_threads(args.threads)
     results = run_demo(s, Path(args.out), progress=not args.no_progress)
-    print(Path(results["files"]["markdown"]).read_text(encoding="utf-8"))
+    print((Path(args.out) / results["files"]["markdown"]).read_text(encoding="utf-8"))
     print(f"rklu demo: done in {results['wall_time_s'] / 60:.1f} min; results in {args.out} "
           f"(results.md, results.json, fq_vs_mu.png)")
     return 0

@@ -24,6 +24,8 @@ def test_unlearn_evaluates_every_epoch(tmp_path):
     assert [r["epoch"] for r in records] == [1, 2]
     for record in records:
         assert 0.0 <= record["forget_quality"] <= 1.0 and math.isfinite(record["model_utility"])
+        # privacy/memorization against the oracle's eval_privacy.json (issue 14)
+        assert math.isfinite(record["privleak"]) and 0.0 <= record["forget_extraction_strength"] <= 1.0
         assert (run / "eval" / f"epoch_{record['epoch']}" / "eval_log_forget.json").is_file()
         assert (run / "eval" / f"epoch_{record['epoch']}" / "aggregate.json").is_file()
 

@@ -37,6 +37,9 @@ def test_outputs_exist_with_finite_numbers_for_every_method(demo_out):
     for model in ("original", "retain_oracle"):
         assert _finite(results[model]["model_utility"]) and _finite(results[model]["forget_rouge_l"])
     assert _finite(results["original"]["forget_quality"])
+    # paths relative to --out: the folder can move (and docs/demo/results.json names no machine's paths)
+    assert results["files"] == {"markdown": "results.md", "plot": "fq_vs_mu.png", "json": "results.json"}
+    assert all(not p.startswith("/") and (demo_out / p / "run.json").is_file() for p in results["run_dirs"].values())
     # every stage ran with the library's stages and finished
     for stage in ("original", "retain", "augmented"):
         assert json.loads((demo_out / "models" / stage / "run.json").read_text())["status"] == "completed"
@@ -58,3 +61,15 @@ def test_rerun_reuses_finished_stages(demo_out):
 def test_bad_seeds_is_a_clear_error(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path), "--seeds", "0"]) == 2
     assert "--seeds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("folder", ["docs/demo", "docs/demo/lambda1"])
+def test_committed_demo_results_hold_relative_paths(folder):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / folder
+    results = json.loads((root / "results.json").read_text())
+    paths = [*results["files"].values(), *results["run_dirs"].values()]
+    assert paths and all(not p.startswith("/") and "\\" not in p for p in paths)
+    for p in results["files"].values():  # the committed files are there, next to results.json
+        assert (root / p).is_file(), p

@@ -134,7 +134,7 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
-def test_kill_mid_epoch_then_resume_equals_uninterrupted(uninterrupted, tmp_path, sig):
+def test_kill_mid_epoch_then_resume_equals_uninterrupted(uninterrupted, tmp_path, sig, capfd):
     out = tmp_path / "cut"
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
@@ -157,6 +157,9 @@ def test_kill_mid_epoch_then_resume_equals_uninterrupted(uninterrupted, tmp_path
     else:
         assert proc.returncode == -signal.SIGKILL
         assert status["status"] == "running"  # nothing could be recorded: resume relies on checkpoints only
+        from rklu.training.run_record import STALE, run_status
+
+        assert status["pid"] == proc.pid and run_status(status) == STALE  # ... but readers see it is dead
         # a save cut short by the kill: no trainer_state.json (Trainer writes it last) -> must be skipped
         half = out / "checkpoints" / "checkpoint-99"
         half.mkdir()
@@ -173,7 +176,11 @@ def test_kill_mid_epoch_then_resume_equals_uninterrupted(uninterrupted, tmp_path
         assert want.keys() == got.keys()
         for key in want:
             assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), key
-    assert json.loads((resumed / "run.json").read_text())["status"] == "completed"
+    final = json.loads((resumed / "run.json").read_text())
+    assert final["status"] == "completed"
+    if sig == signal.SIGKILL:
+        assert final["resumed_from"]["status"] == "stale (process gone)" and final["resumed_from"]["pid"] == proc.pid
+        assert "stale (process gone)" in capfd.readouterr().err
 
 
 def test_last_checkpoint_skips_half_written(tmp_path):

@@ -58,7 +58,7 @@ def cmd_tofu(args) -> int:
     model, tokenizer = load_model(args.model, args.device, args.dtype)
     evaluate_tofu(model, tokenizer, _prompt_format(args.prompt_format, args.model), args.forget_split, out_dir,
                   batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, max_samples=args.max_samples,
-                  source=args.source, ds_size=args.ds_size or None)
+                  source=args.source, ds_size=args.ds_size or None, privacy=not args.no_privacy)
     print(f"wrote TOFU logs to {out_dir}")
     if args.retain_eval_dir:
         result = aggregate(out_dir, args.retain_eval_dir)
@@ -76,6 +76,12 @@ def _print_aggregate(result) -> None:
     for key in ("retain", "real_authors", "world_facts", "forget"):
         print(f"  {key:<13} prob {result[key + '_prob']:.4f}  rougeL {result[key + '_rouge_l']:.4f}  "
               f"truth-ratio {result[key + '_truth_ratio']:.4f}")
+    if result.get("privleak") is not None:
+        print(f"forget memorization: exact {result['forget_exact_memorization']:.4f}  "
+              f"extraction strength {result['forget_extraction_strength']:.4f}")
+        print(f"privleak (Min-K%): {result['privleak']:.2f}  (Min-K%++): {result['privleak_min_k_plus_plus']:.2f}  "
+              f"[MIA AUC {result['mia_min_k_auc']:.4f} / {result['mia_min_k_plus_plus_auc']:.4f}; "
+              f"reference: {result['privleak_reference']}]")
 
 
 def cmd_aggregate(args) -> int:
@@ -143,7 +149,7 @@ def cmd_copyright(args) -> int:
 
 # ------------------------------------------------------------------------------------------ eval capability
 def cmd_capability(args) -> int:
-    from rklu.eval.capability import CapabilityUnavailable, capability_markdown, run_capability
+    from rklu.eval.capability import CapabilityUnavailable, run_capability, table1_markdown
 
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"model directory not found: {args.model}")
@@ -153,8 +159,9 @@ def cmd_capability(args) -> int:
     except CapabilityUnavailable as error:
         raise _user_error(str(error)) from None
     out = Path(args.out) if args.out else Path(args.model) / "capability_eval.json"
+    summary["table1"] = table1_markdown([summary], [args.label or Path(args.model).name])
     atomic_write_json(out, summary)
-    print(capability_markdown(summary))
+    print(summary["table1"])
     print(f"wrote {out}")
     return 0
 
@@ -168,7 +175,8 @@ def cmd_report(args) -> int:
             raise FileNotFoundError(f"run directory not found: {run_dir}")
     if args.retain_eval_dir and not Path(args.retain_eval_dir).exists():
         raise FileNotFoundError(f"retain eval dir not found: {args.retain_eval_dir}")
-    summary = write_report(args.run_dirs, args.out, retain_eval_dir=args.retain_eval_dir, plots=not args.no_plots)
+    summary = write_report(args.run_dirs, args.out, retain_eval_dir=args.retain_eval_dir, plots=not args.no_plots,
+                           paper=args.paper, paper_split=args.paper_split)
     print(report_markdown(summary))
     print("wrote " + ", ".join(summary["files"].values()))
     return 0
@@ -192,6 +200,9 @@ def register(subparsers) -> None:
     p.add_argument("--source", default="bundled", choices=["bundled", "hub", "auto"])
     p.add_argument("--retain-eval-dir", default=None, help="also aggregate against this retain model's logs")
     p.add_argument("--epoch", type=int, default=None, help="epoch number stored in aggregate.json (for reports)")
+    p.add_argument("--no-privacy", action="store_true",
+                   help="skip eval_privacy.json (exact memorization, extraction strength, Min-K%%/Min-K%%++ MIA "
+                        "on forget vs TOFU's holdout set)")
     _add_model_args(p)
     p.set_defaults(func=cmd_tofu)
 
@@ -233,7 +244,9 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("capability", help="lm-eval-harness accuracy on the paper's general benchmarks")
     p.add_argument("--model", required=True)
-    p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS))
+    p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS),
+                   help="lm-eval task names (hub data), local task YAML files, or bundled tasks (rklu_tiny_mc)")
+    p.add_argument("--label", default=None, help="row name in the Table 1 style output (default: model folder name)")
     p.add_argument("--batch-size", default="8")
     p.add_argument("--limit", type=float, default=None, help="examples per task (or fraction), for quick runs")
     p.add_argument("--out", default=None, help="output JSON (default: MODEL/capability_eval.json)")
@@ -245,4 +258,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="report", help="output folder (report.md, report.json, PNGs)")
     p.add_argument("--retain-eval-dir", default=None, help="retain model logs, to aggregate raw TOFU logs on the fly")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--paper", choices=["llama2-7b", "phi-1.5"], default=None,
+                   help="overlay the paper's published numbers (Wang et al., NAACL 2025, Table 8) on the table and plot")
+    p.add_argument("--paper-split", choices=["forget01", "forget05", "forget10"], default=None,
+                   help="the paper's forget split to show (default: the runs' own)")
     p.set_defaults(func=cmd_report)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-HEADLINE_KEYS = ("forget_quality", "model_utility", "forget_rouge_l", "ks_statistic")
+HEADLINE_KEYS = ("forget_quality", "model_utility", "forget_rouge_l", "ks_statistic",
+                 "forget_exact_memorization", "forget_extraction_strength", "privleak", "privleak_min_k_plus_plus")
 
 
 def tofu_epoch_evaluator(tokenizer, prompt_format, forget_split: str, out_dir, *, retain_eval_dir=None,

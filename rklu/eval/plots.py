@@ -30,11 +30,15 @@ def _positive(value):
     return value is not None and value > 0
 
 
-def plot_fq_vs_mu(summary: Mapping, path: str | os.PathLike, title: str = "Forget quality vs model utility") -> Path:
-    """One line per method: its epochs' (model utility, forget quality) seed means; the peak epoch starred."""
+def plot_fq_vs_mu(summary: Mapping, path: str | os.PathLike, title: str = "Forget quality vs model utility",
+                  paper: Mapping | None = None) -> Path:
+    """One line per method: its epochs' (model utility, forget quality) seed means; the peak epoch starred.
+    ``paper`` (``rklu.eval.paper.paper_results``): the published points as labelled hollow diamonds, in the
+    colour of our run of the same method (gray for methods we did not run)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    fig, ax = plt.subplots(figsize=(7.2, 5.4) if paper else (6.4, 4.8))
     floor = 1e-20
+    colors = {g["method"]: f"C{n % 10}" for n, g in enumerate(summary["groups"])}
     for n, group in enumerate(summary["groups"]):
         pts = [(e["model_utility"], max(e["forget_quality"], floor), e["epoch"]) for e in group["epochs"]
                if e["model_utility"] is not None and e["forget_quality"] is not None]
@@ -46,6 +50,29 @@ def plot_fq_vs_mu(summary: Mapping, path: str | os.PathLike, title: str = "Forge
         if peak and peak.get("model_utility") is not None and peak.get("forget_quality") is not None:
             ax.plot([peak["model_utility"]], [max(peak["forget_quality"], floor)], "*", color=color, markersize=14,
                     markeredgecolor="black", label=f"{group['label']} (epoch {peak['epoch']})")
+    if paper:
+        labelled = set()
+        # named points sorted by utility, labels alternately above-left and below-right: neighbours do not collide
+        named = sorted((r for r in paper["rows"] if r["method"] in colors and r.get("model_utility") is not None),
+                       key=lambda r: r["model_utility"])
+        above = {r["method"]: n % 2 == 0 for n, r in enumerate(named)}
+        for row in paper["rows"]:
+            if row.get("model_utility") is None or row.get("forget_quality") is None:
+                continue  # e.g. FKLU: no published model utility
+            x, y = row["model_utility"], max(row["forget_quality"], floor)
+            ours = row["method"] in colors
+            # the methods we ran: large, in our colour, named; the paper's others: small gray context (see the table)
+            kind = "ours" if ours else "other"
+            label = None
+            if kind not in labelled:
+                label = (f"paper, same method: {paper['label']}" if ours else "paper, other methods (see report.md)")
+                labelled.add(kind)
+            ax.plot([x], [y], "D", markerfacecolor="none", markeredgecolor=colors.get(row["method"], "0.6"),
+                    markersize=8 if ours else 5, markeredgewidth=1.5 if ours else 0.8, label=label)
+            if ours:
+                up = above[row["method"]]
+                ax.annotate(row["paper_label"], (x, y), textcoords="offset points", xytext=(-6, 4) if up else (6, -11),
+                            ha="right" if up else "left", fontsize=7, color=colors[row["method"]])
     ax.set_yscale("log")
     ax.axhline(SIGNIFICANCE, color="gray", linestyle=":", linewidth=1)
     ax.set_xlabel("Model utility")

@@ -9,7 +9,9 @@ What a run directory may hold (all optional, searched in this order; one directo
   (``rklu+kl_seed1``, ``..._alpha8``) -- method = directory name without ``_seed/_alpha`` parts;
 * per-epoch metrics: ``metrics.json`` / ``metrics.jsonl`` / ``results.json`` (a list of records, or
   ``{"epochs": [...]}``), each with ``epoch`` and ``forget_quality``, ``model_utility``, ``forget_rouge_l``
-  (``forget_rouge`` accepted); a record may also carry ``method``/``seed``/``alpha``;
+  (``forget_rouge`` accepted), optionally ``privleak``, ``forget_extraction_strength``,
+  ``forget_exact_memorization`` (``rklu.eval.privacy``; shown as extra columns when present); a record may
+  also carry ``method``/``seed``/``alpha``;
 * or ``aggregate.json`` files (``rklu eval aggregate`` output) anywhere below the run directory, the epoch
   taken from the JSON (``epoch``) or from a path part like ``epoch_3`` / ``epoch-3`` / ``epoch3``;
 * or raw TOFU logs (``eval_log_forget.json`` + the other three) in such epoch folders, aggregated on the
@@ -31,6 +33,10 @@ CONFIG_NAMES = ("config.json", "config.yaml", "config.yml", "resolved_config.jso
                 "run_config.json", "run.json")
 METRICS_NAMES = ("metrics.json", "metrics.jsonl", "results.json")
 AGGREGATE_NAME = "aggregate.json"
+# rklu.eval.privacy's keys (aggregate.json / metrics.json); columns appear in the report when a run has them
+PRIVACY_KEYS = ("privleak", "forget_extraction_strength", "forget_exact_memorization")
+PRIVACY_HEADERS = {"privleak": "privleak", "forget_extraction_strength": "forget extraction strength",
+                   "forget_exact_memorization": "forget exact memorization"}
 _EPOCH_RE = re.compile(r"(?:^|[_\-/])epoch[_\-]?(\d+)$", re.IGNORECASE)
 
 
@@ -73,6 +79,10 @@ def run_metadata(run_dir: Path) -> dict:
                     value = _flat_get(config, *keys)
                     if value is not None and field not in meta:
                         meta[field] = value
+                forget = _flat_get(config, "forget")  # our configs: forget: tofu:forget10 (maybe sliced)
+                m = re.match(r"tofu:(forget\d\d)\b", str(forget)) if forget else None
+                if m and "forget_split" not in meta:
+                    meta["forget_split"] = m.group(1)
     name = run_dir.resolve().name
     if "seed" not in meta:
         m = re.search(r"seed[_\-]?(\d+)", name)
@@ -109,6 +119,7 @@ def _record(values: Mapping, meta: Mapping, run_dir: Path, epoch) -> dict:
         "forget_quality": num("forget_quality", "Forget Quality"),
         "model_utility": num("model_utility", "Model Utility"),
         "forget_rouge_l": num("forget_rouge_l", "forget_rouge", "ROUGE Forget"),
+        **{key: num(key) for key in PRIVACY_KEYS},
     }
 
 
@@ -180,6 +191,7 @@ def summarize(records: Sequence[Mapping]) -> dict:
             per_epoch.append({"epoch": epoch, "forget_quality": _mean(r["forget_quality"] for r in at),
                               "model_utility": _mean(r["model_utility"] for r in at),
                               "forget_rouge_l": _mean(r["forget_rouge_l"] for r in at),
+                              **{key: _mean(r.get(key) for r in at) for key in PRIVACY_KEYS},
                               "num_seeds": len(at), "seeds": sorted({str(r["seed"]) for r in at})})
         with_fq = [e for e in per_epoch if e["forget_quality"] is not None]
         peak = max(with_fq, key=lambda e: e["forget_quality"]) if with_fq else None  # max() keeps the first maximum
@@ -203,36 +215,93 @@ def _fmt(value, digits=4) -> str:
 
 
 def report_markdown(summary: Mapping) -> str:
+    extra = [k for k in PRIVACY_KEYS if any(e.get(k) is not None for g in summary["groups"] for e in g["epochs"])]
+    head = "".join(f" {PRIVACY_HEADERS[k]} |" for k in extra)
+    rule = "---|" * len(extra)
+
+    def cells(entry):
+        return "".join(f" {_fmt(entry.get(k), 2 if k == 'privleak' else 4)} |" for k in extra)
+
     lines = ["# Unlearning report", "",
              "Peak: the first epoch where the seed-averaged forget quality is highest (the paper's protocol).", "",
-             "| method | seeds | peak epoch | forget quality | model utility | forget ROUGE-L |", "|---|---|---|---|---|---|"]
+             "| method | seeds | peak epoch | forget quality | model utility | forget ROUGE-L |" + head,
+             "|---|---|---|---|---|---|" + rule]
     for g in summary["groups"]:
         p = g["peak"] or {}
         lines.append(f"| {g['label']} | {g['num_seeds']} | {p.get('epoch', 'n/a')} | {_fmt(p.get('forget_quality'))} | "
-                     f"{_fmt(p.get('model_utility'))} | {_fmt(p.get('forget_rouge_l'))} |")
+                     f"{_fmt(p.get('model_utility'))} | {_fmt(p.get('forget_rouge_l'))} |" + cells(p))
     lines += ["", "## Per epoch (means over seeds)", "",
-              "| method | epoch | seeds | forget quality | model utility | forget ROUGE-L |", "|---|---|---|---|---|---|"]
+              "| method | epoch | seeds | forget quality | model utility | forget ROUGE-L |" + head,
+              "|---|---|---|---|---|---|" + rule]
     for g in summary["groups"]:
         for e in g["epochs"]:
             lines.append(f"| {g['label']} | {e['epoch']} | {e['num_seeds']} | {_fmt(e['forget_quality'])} | "
-                         f"{_fmt(e['model_utility'])} | {_fmt(e['forget_rouge_l'])} |")
+                         f"{_fmt(e['model_utility'])} | {_fmt(e['forget_rouge_l'])} |" + cells(e))
+    if summary.get("paper"):
+        lines.append(paper_markdown(summary).rstrip("\n"))
+    runs = [r for r in summary.get("runs", []) if r.get("status")]
+    if runs:
+        lines += ["", "## Run status", "", "| run | status |", "|---|---|"]
+        lines += [f"| {r['run_dir']} | {r['status']} |" for r in runs]
     return "\n".join(lines) + "\n"
 
 
-def write_report(run_dirs: Sequence, out_dir, *, retain_eval_dir=None, plots: bool = True) -> dict:
-    """Collect the runs, write ``report.json``, ``report.md`` and the PNG plots into ``out_dir``."""
+def _paper_split(records: Sequence[Mapping], split: str | None) -> str:
+    if split:
+        return split
+    splits = {str(r["forget_split"]).replace("tofu:", "") for r in records if r.get("forget_split")}
+    if len(splits) != 1:
+        raise ValueError(f"the runs' forget split is {'unknown' if not splits else 'mixed: ' + ', '.join(sorted(splits))}: "
+                         "name the paper's split to compare with (--paper-split forget01|forget05|forget10)")
+    return splits.pop()
+
+
+def paper_markdown(summary: Mapping) -> str:
+    """Our peak-epoch numbers beside the paper's, one row per method (ours first, then the paper's others)."""
+    paper = summary["paper"]
+    rows = {r["method"]: r for r in paper["rows"]}
+    lines = ["", f"## Beside the paper: {paper['label']}", "", f"Source: {paper['citation']}", "",
+             "| method | forget quality (ours) | forget quality (paper) | model utility (ours) | model utility (paper) | "
+             "forget ROUGE-L (ours) | forget ROUGE-L (paper) |", "|---|---|---|---|---|---|---|"]
+    shown = set()
+    for g in summary["groups"]:
+        p, ref = g["peak"] or {}, rows.get(g["method"], {})
+        shown.add(g["method"])
+        lines.append(f"| {g['label']} | {_fmt(p.get('forget_quality'))} | {_fmt(ref.get('forget_quality'))} | "
+                     f"{_fmt(p.get('model_utility'))} | {_fmt(ref.get('model_utility'))} | "
+                     f"{_fmt(p.get('forget_rouge_l'))} | {_fmt(ref.get('forget_rouge_l'))} |")
+    for method, ref in rows.items():
+        if method not in shown:
+            lines.append(f"| {method} | | {_fmt(ref.get('forget_quality'))} | | {_fmt(ref.get('model_utility'))} | | "
+                         f"{_fmt(ref.get('forget_rouge_l'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run_dirs: Sequence, out_dir, *, retain_eval_dir=None, plots: bool = True, paper: str | None = None,
+                 paper_split: str | None = None) -> dict:
+    """Collect the runs, write ``report.json``, ``report.md`` and the PNG plots into ``out_dir``.
+    ``paper="llama2-7b"``: put the paper's published numbers for the runs' forget split (or
+    ``paper_split``) beside ours, in the table and on the forget-quality-vs-utility plot."""
     if not run_dirs:
         raise ValueError("no run directories given")
+    from rklu.training.run_record import read_run_json, run_status
+
     records = []
     for run_dir in run_dirs:
         records.extend(collect_run(run_dir, retain_eval_dir))
     summary = summarize(records)
+    # the status of each run folder, "running" checked against its process (a SIGKILLed run is stale)
+    summary["runs"] = [{"run_dir": str(d), "status": run_status(read_run_json(d))} for d in run_dirs]
+    if paper:
+        from rklu.eval.paper import paper_results
+
+        summary["paper"] = paper_results(paper, _paper_split(records, paper_split))
     out_dir = Path(out_dir)
     files = {"json": str(out_dir / "report.json"), "markdown": str(out_dir / "report.md")}
     if plots:
         from rklu.eval.plots import plot_fq_vs_mu, plot_metric_vs_alpha
 
-        files["fq_vs_mu"] = str(plot_fq_vs_mu(summary, out_dir / "fq_vs_mu.png"))
+        files["fq_vs_mu"] = str(plot_fq_vs_mu(summary, out_dir / "fq_vs_mu.png", paper=summary.get("paper")))
         alpha_plot = plot_metric_vs_alpha(summary, out_dir / "metric_vs_alpha.png")
         if alpha_plot is not None:
             files["metric_vs_alpha"] = str(alpha_plot)

@@ -306,12 +306,15 @@ def eval_sets(forget_split: str) -> list[tuple[str, str, str, bool]]:
 def evaluate_tofu(model, tokenizer, prompt_format, forget_split: str, out_dir, *, batch_size: int = 16,
                   max_new_tokens: int | None = None, max_samples: int | None = None, source: str = "bundled",
                   ds_size: int | None = TOFU_DS_SIZE, max_length: int = TOFU_MAX_LENGTH,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, privacy: bool = True) -> dict:
     """Evaluate ``model`` on the four TOFU sets and write TOFU's four log files (+ ``eval_log_aggregated.json``).
 
     ``prompt_format``: a ``PromptFormat`` or its name. Each set holds its first ``min(ds_size, max_samples)``
     rows: ``ds_size=300`` is TOFU's own cap (so logs compare with the published ones; ``None`` = all rows),
     ``max_samples`` a further limit for quick CPU runs. Returns ``{file name: log}`` as written.
+    ``privacy``: also write ``eval_privacy.json`` (``rklu.eval.privacy``: exact memorization, extraction
+    strength, Min-K%/Min-K%++ on the forget set vs TOFU's holdout set of the same size); it is not part of
+    TOFU's four logs nor of ``eval_log_aggregated.json``.
     """
     from rklu.data.formatting import get_prompt_format
     from rklu.data.tofu import load_tofu
@@ -336,6 +339,16 @@ def evaluate_tofu(model, tokenizer, prompt_format, forget_split: str, out_dir, *
         atomic_write_json(out_dir / filename, logs)
         results[filename] = logs
     atomic_write_json(out_dir / AGGREGATED_FILE, results)
+    if privacy:
+        from rklu.eval import privacy as priv
+
+        forget_rows, holdout_rows, holdout_split = priv.privacy_rows(forget_split, source, limit)
+        log = priv.evaluate_privacy(model, tokenizer, prompt_format, forget_rows, holdout_rows,
+                                    forget_split=forget_split.replace("_perturbed", ""), holdout_split=holdout_split,
+                                    batch_size=batch_size, max_length=max_length, progress=progress)
+        priv.write_privacy(out_dir, log)
+    elif (out_dir / "eval_privacy.json").is_file():
+        (out_dir / "eval_privacy.json").unlink()  # a stale one would be aggregated with these logs
     return results
 
 
@@ -477,11 +490,13 @@ def aggregate(eval_dir, retain_eval_dir) -> dict:
 
     ``eval_dir``: the evaluated model's logs (folder of the four files, or ``eval_log_aggregated.json``);
     ``retain_eval_dir``: the retain model's logs (ours or TOFU's published retain90/95/99 logs; only its
-    ``eval_log_forget.json`` is used), or ``None`` to skip forget quality.
+    ``eval_log_forget.json`` is used, and its ``eval_privacy.json`` if any), or ``None`` to skip forget quality.
 
     Keys: ``forget_quality``, ``ks_statistic``, ``model_utility``, ``{retain,real_authors,world_facts,forget}_
     {prob,rouge_l,truth_ratio}``, ``forget_truth_ratio_mean`` (mean raw R on the forget set), sample counts,
-    and ``tofu`` (the same values under TOFU's CSV column names).
+    and ``tofu`` (the same values under TOFU's CSV column names). With ``eval_privacy.json`` in ``eval_dir``
+    also ``forget_exact_memorization``, ``forget_extraction_strength``, ``mia_min_k_auc``,
+    ``mia_min_k_plus_plus_auc``, ``privleak``, ``privleak_min_k_plus_plus`` (``rklu.eval.privacy``).
     """
     logs = load_eval_logs(eval_dir)
     result: dict = {"eval_dir": str(eval_dir), "retain_eval_dir": None if retain_eval_dir is None else str(retain_eval_dir)}
@@ -494,6 +509,9 @@ def aggregate(eval_dir, retain_eval_dir) -> dict:
     result["forget_truth_ratio_mean"] = float(np.mean(truth_ratios(logs[FORGET_FILE], FORGET_FILE)))
     result["num_samples"] = {SET_NAMES[f][0]: len(_metric(logs[f], "avg_gt_loss", f)) for f in EVAL_FILES}
     result["tofu"] = tofu_names(result)
+    from rklu.eval.privacy import privacy_aggregate  # our keys beside TOFU's, when eval_privacy.json exists
+
+    result.update(privacy_aggregate(eval_dir, retain_eval_dir))
     return result
 
 

@@ -30,12 +30,28 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + name.replace("_", "-")
         tp = _base_type(FIELD_TYPES[name])
-        if tp is bool:
+        if name == "method":
+            from ..methods import METHOD_NAMES
+
+            # choices: --help lists every method; the type check rejects a typo while parsing, before anything
+            # else runs, with the library's message naming the valid ones
+            parser.add_argument(flag, dest=name, default=None, type=_method_name, choices=METHOD_NAMES,
+                                help="unlearning method (unlearn only)")
+        elif tp is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
         elif typing.get_origin(tp) is list:
             parser.add_argument(flag, dest=name, nargs="+", default=None)
         else:
             parser.add_argument(flag, dest=name, default=None, metavar=name.upper())  # coerced by the config
+
+
+def _method_name(value: str) -> str:
+    from ..methods import get_method
+
+    try:
+        return get_method(value).name
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _runner(stage):

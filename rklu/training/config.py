@@ -90,6 +90,10 @@ class RunConfig:
     def validate(self, stage: str) -> "RunConfig":
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}")
+        if stage == "unlearn":  # first: a mistyped method is the error to report, not a missing option
+            from ..methods import get_method
+
+            get_method(self.method)
         if not self.model:
             raise ValueError(f"{stage}: no model given (--model)")
         if self.model == "tiny" and stage != "finetune":
@@ -115,10 +119,6 @@ class RunConfig:
             if not ok:
                 raise ValueError(message)
         self.grad_accumulation()
-        if stage == "unlearn":
-            from ..methods import get_method
-
-            get_method(self.method)
         return self
 
 

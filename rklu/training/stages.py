@@ -34,6 +34,7 @@ from ..models import loading
 from ..models.heads import AdapterTeacher, ModelTeacher, output_head
 from ..models.teacher_cache import build_cached_teacher, model_bytes
 from .config import RunConfig, resolve_config
+from .run_record import STALE, check_resume, process_record
 from .trainer import NonFiniteLossError, TrainingInterrupted, last_checkpoint, run_training
 
 MODEL_SUBDIR = "model"
@@ -115,13 +116,22 @@ def _check_run_dir(cfg: RunConfig, resume: bool) -> Path:
 
 
 def _start_run_dir(run_dir: Path, cfg: RunConfig, stage: str, resume: bool, extra: dict) -> dict:
+    previous = check_resume(run_dir) if resume else None
+    if previous is not None and previous.get("status") == STALE:
+        import sys
+
+        print(f"rklu {stage}: {run_dir}/run.json said 'running' but pid {previous.get('pid')} is gone: "
+              f"{STALE}; resuming from the last complete checkpoint", file=sys.stderr)
     if run_dir.exists() and cfg.overwrite and not resume:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = {"stage": stage, **cfg.to_dict()}
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     atomic_write_json(run_dir / "config.json", resolved)
-    status = {"stage": stage, "status": "running", "started": time.time(), **extra}
+    # pid + host: a SIGKILLed run leaves "running" behind; readers check the process (run_record)
+    status = {"stage": stage, "status": "running", "started": time.time(), **process_record(), **extra}
+    if previous is not None:
+        status["resumed_from"] = previous
     atomic_write_json(run_dir / "run.json", status)
     return status
 

@@ -45,6 +45,24 @@ def _scalar(value) -> float:
     return float(value.detach().float().item()) if torch.is_tensor(value) else float(value)
 
 
+def _accumulate(sums: dict, key: str, value) -> None:
+    """``sums[key] += value`` kept on the device: no host sync per micro-batch (``.item()`` waits for the
+    GPU); the sums are read once, when logging or at the end of the epoch."""
+    value = value.detach().float() if torch.is_tensor(value) else float(value)
+    sums[key] = sums[key] + value if key in sums else value
+
+
+def _host(sums: dict) -> dict:
+    """The sums as Python floats: one transfer for all tensors on a device."""
+    keys = [k for k, v in sums.items() if torch.is_tensor(v)]
+    out = {k: float(v) for k, v in sums.items() if not torch.is_tensor(v)}
+    if keys:
+        device = sums[keys[0]].device
+        values = torch.stack([sums[k].reshape(()).to(device) for k in keys]).cpu().tolist()
+        out.update(zip(keys, values))
+    return out
+
+
 EPOCH_SUMS_NAME = "rklu_epoch_sums.json"
 
 
@@ -59,9 +77,10 @@ class UnlearningTrainer(Trainer):
         # the method's loss is a per-micro-batch mean; let Trainer divide by the accumulation steps
         self.loss_is_scaled_for_ga = False
         self.skipped_nonfinite = 0
-        self._sums: dict[str, float] = {}
+        # running sums of the method's terms: device tensors until logged (see _accumulate)
+        self._sums: dict = {}
         self._count = 0
-        self.epoch_sums: dict[str, float] = {}
+        self.epoch_sums: dict = {}
         self.epoch_count = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -79,10 +98,11 @@ class UnlearningTrainer(Trainer):
             # skip: a zero loss with no gradient path; the micro-batch contributes nothing
             self.skipped_nonfinite += 1
             return torch.zeros((), device=loss.device, requires_grad=True)
+        # The finiteness test above is this method's one host read per micro-batch (it must stop before the
+        # optimizer step); the metrics are only summed on the device here.
         for key, value in {"loss": loss, **metrics}.items():
-            v = _scalar(value)
-            self._sums[key] = self._sums.get(key, 0.0) + v
-            self.epoch_sums[key] = self.epoch_sums.get(key, 0.0) + v
+            _accumulate(self._sums, key, value)
+            _accumulate(self.epoch_sums, key, value)
         self._count += 1
         self.epoch_count += 1
         return (loss, {}) if return_outputs else loss
@@ -98,7 +118,7 @@ class UnlearningTrainer(Trainer):
     def _save_optimizer_and_scheduler(self, output_dir):
         super()._save_optimizer_and_scheduler(output_dir)
         # the running epoch means, so a run resumed mid-epoch reports the same epoch metrics
-        atomic_write_json(Path(output_dir) / EPOCH_SUMS_NAME, {"sums": self.epoch_sums, "count": self.epoch_count})
+        atomic_write_json(Path(output_dir) / EPOCH_SUMS_NAME, {"sums": _host(self.epoch_sums), "count": self.epoch_count})
 
     def load_epoch_sums(self, checkpoint) -> None:
         path = Path(checkpoint) / EPOCH_SUMS_NAME
@@ -109,7 +129,7 @@ class UnlearningTrainer(Trainer):
     def log(self, logs: dict, *args, **kwargs):
         # add the method's own terms (forget/retain losses), averaged since the last log
         if self._count:
-            for key, total in self._sums.items():
+            for key, total in _host(self._sums).items():
                 if key != "loss":
                     logs[key] = round(total / self._count, 6)
             self._sums, self._count = {}, 0
@@ -118,7 +138,7 @@ class UnlearningTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
     def take_epoch_means(self) -> dict:
-        means = {f"train_{k}": total / self.epoch_count for k, total in self.epoch_sums.items()} if self.epoch_count else {}
+        means = {f"train_{k}": total / self.epoch_count for k, total in _host(self.epoch_sums).items()} if self.epoch_count else {}
         self.epoch_sums, self.epoch_count = {}, 0
         return means
 

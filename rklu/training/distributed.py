@@ -172,7 +172,20 @@ def full_state_dict(model) -> dict:
     the tensors, the others an empty dict)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return drop_tied_copies(model, get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
+
+
+def drop_tied_copies(model, state_dict: dict) -> dict:
+    """A gathered state dict holds tied weights (lm_head = embed_tokens) as separate tensors, so
+    ``save_pretrained`` cannot see they are shared; keep the first name of each shared parameter, as an
+    unsharded model's save would."""
+    seen, drop = {}, set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            drop.add(name)
+        else:
+            seen[id(param)] = name
+    return {k: v for k, v in state_dict.items() if k not in drop}
 
 
 def is_fsdp2(model) -> bool:

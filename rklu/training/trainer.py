@@ -123,6 +123,11 @@ class UnlearningTrainer(Trainer):
         if distributed.is_main():
             atomic_write_json(Path(output_dir) / EPOCH_SUMS_NAME, {"sums": sums, "count": count})
 
+    def _save(self, output_dir=None, state_dict=None):
+        if state_dict is not None and distributed.is_fsdp2(self.model):
+            state_dict = distributed.drop_tied_copies(self.model, state_dict)
+        super()._save(output_dir, state_dict=state_dict)
+
     def _save_rng_state(self, output_dir):
         super()._save_rng_state(output_dir)
         # Trainer writes trainer_state.json (what marks a checkpoint complete, see last_checkpoint) on rank

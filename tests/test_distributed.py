@@ -59,13 +59,23 @@ def _args(models, out, method, *extra):
             "--method", method, "--output-dir", str(out), *extra]
 
 
-def _launch(tmp_path, runs, name):
+def _accelerate_env(config):
+    """The FSDP settings `accelerate launch --config_file config` gives each process (not its bf16 mixed
+    precision: CPU runs compare fp32 weights)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(["--config_file", str(config), "x.py"]))
+    return {k: v for k, v in prepare_multi_gpu_env(args).items() if k.startswith(("FSDP_", "ACCELERATE_USE_FSDP"))}
+
+
+def _launch(tmp_path, runs, name, extra_env=None):
     """One torchrun launch of 2 ranks running ``runs`` in turn; returns the log folder."""
     log_dir = tmp_path / f"log-{name}"
     log_dir.mkdir()
     spec = tmp_path / f"spec-{name}.json"
     spec.write_text(json.dumps({"log_dir": str(log_dir), "runs": runs}))
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", **(extra_env or {}))
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(HERE / "distributed_worker.py"), str(spec)],
@@ -102,7 +112,7 @@ def _check_equal_to_single(run, single, models):
     return difference
 
 
-def _check_rank0_writes(log_dir, runs_root):
+def _check_rank0_writes(log_dir, runs_root, parallel):
     rank1 = log_dir / "writes-rank1.txt"
     assert not rank1.exists(), f"rank 1 wrote files: {rank1.read_text()[:500]}"
     written = (log_dir / "writes-rank0.txt").read_text().splitlines()
@@ -112,7 +122,7 @@ def _check_rank0_writes(log_dir, runs_root):
         if not (run / "run.json").is_file():
             continue
         status = json.loads((run / "run.json").read_text())
-        assert status["world_size"] == 2
+        assert status["world_size"] == 2 and status["parallel"] == parallel
         for checkpoint in (run / "checkpoints").iterdir():
             names = sorted(p.name for p in checkpoint.iterdir())
             assert names.count("model.safetensors") == 1 and "trainer_state.json" in names
@@ -137,7 +147,9 @@ def single(models, tmp_path_factory):
 @pytest.mark.parametrize("parallel", ["fsdp2", "ddp"])
 def test_multi_process_equals_single_process_and_resumes(parallel, models, single, tmp_path):
     runs = tmp_path / "runs"
-    extra = ["--parallel", parallel]
+    # FSDP2 as the shipped accelerate config selects it (parallel auto); DDP as torchrun users ask for it
+    extra = ["--parallel", "auto" if parallel == "fsdp2" else "ddp"]
+    env = _accelerate_env(HERE.parent / "configs" / "accelerate" / "2gpu-fsdp2-full-7b.yaml") if parallel == "fsdp2" else {}
     # DDP's rklu+kl takes the teachers from a disk cache (rank 0 writes it, rank 1 maps it); FSDP2 shards them
     kl_extra = extra + (["--teacher-cache", "disk"] if parallel == "ddp" else [])
     cut_runs = [  # checkpoints every step; FSDP2 only (DDP checkpoints are the single-process ones)
@@ -148,13 +160,13 @@ def test_multi_process_equals_single_process_and_resumes(parallel, models, singl
         {"argv": _args(models, runs / "rklu+kl", "rklu+kl", *kl_extra)},
         {"argv": _args(models, runs / "npo+rt", "npo+rt", *extra)},
         *cut_runs,
-    ], parallel)
+    ], parallel, env)
     for rank in (0, 1):
         assert json.loads((log_dir / f"exit-rank{rank}.txt").read_text()) == [0, 0] + (["crashed", 0] if cut_runs else [])
 
     differences = [_check_equal_to_single(runs / m, single / m, models) for m in ("rklu+kl", "npo+rt")]
     TIMES[f"{parallel}-max-rel-diff"] = max(differences)
-    _check_rank0_writes(log_dir, runs)
+    _check_rank0_writes(log_dir, runs, parallel)
     if parallel == "ddp":
         assert (runs / "rklu+kl" / "teacher_cache" / "augmented-forget.pt").is_file()
         return

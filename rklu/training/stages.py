@@ -121,7 +121,7 @@ def _start_run_dir(run_dir: Path, cfg: RunConfig, stage: str, resume: bool, extr
     checked the folder (``_check_run_dir``) before rank 0 touches it, and waits until it exists."""
     status = {"stage": stage, "status": "running", "started": time.time(), **extra}
     if distributed.is_distributed():
-        status["world_size"] = distributed.world_size()
+        status.update(world_size=distributed.world_size(), parallel=distributed.resolve_mode(cfg.parallel))
     distributed.barrier()
     if distributed.is_main():
         if run_dir.exists() and cfg.overwrite and not resume:

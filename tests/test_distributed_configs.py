@@ -90,3 +90,18 @@ def test_memory_formula_on_a_hand_computed_case():
 def test_docs_table_is_the_scripts_output():
     text = (ROOT / "docs" / "multi-gpu.md").read_text(encoding="utf-8")
     assert markdown_table() in text, "docs/multi-gpu.md: regenerate with python -m rklu.training.memory_plan"
+
+
+def test_multi_process_refusals(monkeypatch):
+    """What would leave ranks out of step is refused before anything runs."""
+    from rklu.training.config import resolve_config
+    from rklu.training.stages import _parallel_mode
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    base = dict(model="m", output_dir="o")
+    skip = resolve_config("unlearn", "tiny-cpu", None, dict(base, nonfinite="skip")).validate("unlearn")
+    with pytest.raises(ValueError, match="single-process"):
+        _parallel_mode(skip, None)
+    fsdp = resolve_config("unlearn", "tiny-cpu", None, dict(base, parallel="fsdp2")).validate("unlearn")
+    with pytest.raises(ValueError, match="--eval-tofu"):
+        _parallel_mode(fsdp, evaluate=lambda model, epoch: {})

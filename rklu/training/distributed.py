@@ -99,6 +99,17 @@ def all_reduce_sums(values: dict[str, float], count: int) -> tuple[dict[str, flo
     return dict(zip(keys, totals[:-1])), int(round(totals[-1]))
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on any (collective): decisions that change the sequence of
+    collectives (stop, skip a micro-batch) must be taken by all ranks together, or the others hang."""
+    if not (is_distributed() and torch.distributed.is_initialized()):
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
 def _mesh():
     from torch.distributed.device_mesh import init_device_mesh
 

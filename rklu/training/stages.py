@@ -172,6 +172,9 @@ def _parallel_mode(cfg: RunConfig, evaluate) -> str:
     if mode == "fsdp2" and cfg.lora:
         raise ValueError("FSDP2 is full-parameter training; with lora use DDP (parallel: ddp, or an accelerate "
                          "config with distributed_type MULTI_GPU)")
+    if mode != "none" and cfg.nonfinite == "skip":
+        raise ValueError("nonfinite: skip is for single-process runs (a skipped micro-batch has no gradient for "
+                         "DDP/FSDP to reduce); use nonfinite: stop, which stops every rank at the same step")
     if mode == "fsdp2" and evaluate is not None:
         raise ValueError("per-epoch evaluation (--eval-tofu) is not supported under FSDP2: evaluate the saved "
                          "model afterwards with `rklu eval tofu`")

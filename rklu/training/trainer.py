@@ -92,11 +92,14 @@ class UnlearningTrainer(Trainer):
             raise torch.OutOfMemoryError(f"{OOM_ADVICE}. Original error: {error}") from error
         except ValueError as error:  # e.g. the kernel's "original_hidden contains NaN or inf values"
             raise ValueError(f"optimizer step {self.state.global_step + 1}, method {self.method.name}: {error}") from error
-        if not torch.isfinite(loss.detach()):
+        # one rank's NaN decides for all: a rank that stops or skips alone would leave the others waiting
+        # in the gradient reduction
+        if distributed.any_rank(not bool(torch.isfinite(loss.detach()))):
             values = {k: round(_scalar(v), 4) for k, v in metrics.items()}
             if self.nonfinite == "stop":
                 raise NonFiniteLossError(self.state.global_step + 1, values)
-            # skip: a zero loss with no gradient path; the micro-batch contributes nothing
+            # skip (single process only, see stages._parallel_mode): a zero loss with no gradient path; the
+            # micro-batch contributes nothing
             self.skipped_nonfinite += 1
             return torch.zeros((), device=loss.device, requires_grad=True)
         for key, value in {"loss": loss, **metrics}.items():
@@ -235,7 +238,9 @@ class GracefulStop(TrainerCallback):
         self.signal_name = signal.Signals(signum).name
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.signal_name:
+        # torchrun/accelerate forward the signal to every rank, not at the same step: agree on the step
+        if distributed.any_rank(self.signal_name is not None):
+            self.signal_name = self.signal_name or "SIGTERM"
             control.should_save = True
         return control
 

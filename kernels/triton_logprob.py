@@ -221,48 +221,62 @@ def interpreter_block_sizes() -> dict:
     return dict(BLOCK_N=32, BLOCK_V=2048, BLOCK_H=64, num_warps=4)
 
 
-def forward_configs() -> list:
-    # (BLOCK_N, BLOCK_V, BLOCK_H, num_warps, num_stages). One live [BLOCK_N, BLOCK_V] fp32 tile; the
-    # pipelined X/W loads take stages * (BLOCK_N + BLOCK_V) * BLOCK_H * bytes of shared memory, which fits
-    # sm_80's 163 KiB even for fp32 inputs in every config.
-    shapes = [(64, 128, 64, 4, 3), (64, 128, 64, 8, 3), (128, 128, 32, 8, 3), (64, 256, 32, 8, 3),
-              (128, 64, 64, 4, 3), (64, 128, 32, 4, 4)]
+# CUDA autotune configs, (BLOCK_N, BLOCK_V, BLOCK_H, num_warps, num_stages), per operand width: every one
+# compiles for sm_80 and sm_90 without register spills (STACK 0 in cuobjdump) and within shared memory,
+# checked through compile_specs(). fp32 inputs use IEEE tl.dot (FMA, no tensor cores), which keeps the whole
+# operand tiles in registers: only BLOCK_H = 16 (32 for 32x32 tiles) stays spill-free there.
+_FORWARD = {
+    "16bit": [(64, 128, 64, 8, 3), (64, 128, 64, 4, 3), (128, 128, 32, 8, 3), (64, 256, 32, 8, 3), (64, 128, 32, 4, 4)],
+    "fp32": [(32, 64, 16, 4, 3), (64, 64, 16, 8, 3), (32, 128, 16, 4, 3), (64, 128, 16, 8, 3), (128, 64, 16, 8, 3)],
+}
+# The backward keeps the gradient tile live (registers, and as a GEMM operand in shared memory) through the
+# dX/dW loop next to a [BLOCK_N, BLOCK_H] and a [BLOCK_V, BLOCK_H] product, so its tiles are smaller.
+_BACKWARD = {
+    "16bit": [(64, 128, 32, 8, 3), (128, 128, 32, 8, 2), (64, 64, 32, 4, 3), (32, 128, 32, 4, 3), (128, 64, 32, 8, 3)],
+    "fp32": [(32, 64, 16, 4, 3), (64, 64, 16, 8, 3), (64, 64, 16, 8, 2), (64, 128, 16, 8, 2), (32, 32, 32, 4, 2)],
+}
+
+
+def _configs(shapes) -> list:
     return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh), num_warps=w, num_stages=st)
             for bn, bv, bh, w, st in shapes]
 
 
-def backward_configs() -> list:
-    # The gradient tile stays live (in registers, and as a GEMM operand in shared memory) through the dX/dW
-    # loop, next to a [BLOCK_N, BLOCK_H] and a [BLOCK_V, BLOCK_H] product: 8 warps for 8k-element tiles.
-    shapes = [(64, 128, 64, 8, 2), (64, 128, 32, 8, 3), (128, 128, 32, 8, 2), (128, 64, 64, 8, 2),
-              (64, 64, 64, 4, 2)]
-    return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh), num_warps=w, num_stages=st)
-            for bn, bv, bh, w, st in shapes]
+def forward_configs(width: str = "16bit") -> list:
+    return _configs(_FORWARD[width])
+
+
+def backward_configs(width: str = "16bit") -> list:
+    return _configs(_BACKWARD[width])
+
+
+def _width(dtype: torch.dtype) -> str:
+    return "fp32" if dtype == torch.float32 else "16bit"
 
 
 COMBINE_BLOCK_N = 64
 MAX_SPLITS = 64
 
 AUTOTUNE = not INTERPRET and os.environ.get("RKLU_TRITON_AUTOTUNE", "1") != "0"
+TUNED = {}
 if AUTOTUNE:
     # Keyed on (H, V) (+ the tensor dtypes, which the autotuner appends): one config per model head.
-    TUNED = {
-        "forward": triton.autotune(forward_configs(), key=["H", "V"])(_forward_split_kernel),
-        "backward": triton.autotune(backward_configs(), key=["H", "V"],
-                                    reset_to_zero=["DX", "DW", "DB"])(_backward_kernel),
-        "gradient_chunk": triton.autotune(forward_configs(), key=["H", "V"])(_gradient_chunk_kernel),
-    }
-else:
-    TUNED = {}
+    for _w in ("16bit", "fp32"):
+        TUNED["forward", _w] = triton.autotune(forward_configs(_w), key=["H", "V"])(_forward_split_kernel)
+        TUNED["backward", _w] = triton.autotune(backward_configs(_w), key=["H", "V"],
+                                                reset_to_zero=["DX", "DW", "DB"])(_backward_kernel)
+        TUNED["gradient_chunk", _w] = triton.autotune(forward_configs(_w), key=["H", "V"])(_gradient_chunk_kernel)
 
 
 def _launch(name, kernel, grid_of, *args, **kwargs):
-    if name in TUNED:
-        return TUNED[name][grid_of](*args, **kwargs)
+    """Autotuned on CUDA; RKLU_TRITON_AUTOTUNE=0 takes the first config; the interpreter its own tiles."""
+    width = _width(args[0].dtype)
+    if (name, width) in TUNED:
+        return TUNED[name, width][grid_of](*args, **kwargs)
     if INTERPRET:
         blocks = interpreter_block_sizes()
     else:
-        c = (forward_configs() if name != "backward" else backward_configs())[0]
+        c = (backward_configs(width) if name == "backward" else forward_configs(width))[0]
         blocks = dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
     return kernel[grid_of(blocks)](*args, **kwargs, **blocks)
 
@@ -365,6 +379,7 @@ def compile_specs() -> list:
     specs = []
     for dtype in ("bf16", "fp32"):
         prec = NATIVE if dtype == "bf16" else IEEE
+        width = "16bit" if dtype == "bf16" else "fp32"
         for has_bias in (False, True):
             variant = "bias" if has_bias else "nobias"
             common = dict(HAS_BIAS=has_bias, PRECISION=prec, GROUP_N=GROUP)
@@ -375,20 +390,20 @@ def compile_specs() -> list:
                 "token_logprob_forward_split", _forward_split_kernel,
                 dict(X=ptr, W=ptr, B=bias_ptr, LABELS="*i64", PART="*fp32", N="i32", V="i32", H="i32",
                      stride_x="i32", stride_w="i32", NUM_SPLITS="i32", **flag_sig, **tiles),
-                common, tuple(forward_configs()), dtype, variant, ("X", "W", "stride_x", "stride_w", "H")))
+                common, tuple(forward_configs(width)), dtype, variant, ("X", "W", "stride_x", "stride_w", "H")))
             specs.append(CompileSpec(
                 "token_logprob_backward", _backward_kernel,
                 dict(X=ptr, W=ptr, B=bias_ptr, LABELS="*i64", STATS="*fp32", GRAD_OUT="*fp32", DX="*fp32",
                      DW="*fp32", DB="*fp32", N="i32", V="i32", H="i32", stride_x="i32", stride_w="i32",
                      filter_eps="fp32", **flag_sig, **tiles),
-                common, tuple(backward_configs()), dtype, variant, ("X", "W", "DX", "DW", "stride_x", "stride_w", "H")))
+                common, tuple(backward_configs(width)), dtype, variant, ("X", "W", "DX", "DW", "stride_x", "stride_w", "H")))
             g_ptr = "*fp32" if dtype == "fp32" else ptr
             specs.append(CompileSpec(
                 "token_logprob_gradient_chunk", _gradient_chunk_kernel,
                 dict(X=ptr, W=ptr, B=bias_ptr, LABELS="*i64", STATS="*fp32", GRAD_OUT="*fp32", G=g_ptr,
                      row0="i32", n_rows="i32", V="i32", H="i32", stride_x="i32", stride_w="i32", stride_g="i32",
                      **flag_sig, **tiles),
-                common, tuple(forward_configs()), dtype, variant, ("X", "W", "G", "stride_x", "stride_w", "H")))
+                common, tuple(forward_configs(width)), dtype, variant, ("X", "W", "G", "stride_x", "stride_w", "H")))
     specs.append(CompileSpec(
         "token_logprob_combine", _combine_kernel,
         dict(PART="*fp32", STATS="*fp32", LOGP="*fp32", N="i32", NUM_SPLITS="i32", BLOCK_N="constexpr",

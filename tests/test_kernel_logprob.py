@@ -311,3 +311,19 @@ def test_triton_without_cuda_or_interpreter_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="needs a CUDA device or TRITON_INTERPRET=1"):
         call(backend="triton")
+
+
+def test_compile_specs_describe_every_kernel_argument():
+    """compile_specs() feeds the sm_80/sm_90 spill checker: each spec names every argument of its kernel, the
+    constexprs are all given (by the spec or by every config), and every CUDA config set is non-empty."""
+    triton_logprob = pytest.importorskip("rklu.kernels.triton_logprob")
+    specs = triton_logprob.compile_specs()
+    assert {s.kernel for s in specs} == {"token_logprob_forward_split", "token_logprob_backward",
+                                         "token_logprob_gradient_chunk", "token_logprob_combine"}
+    for spec in specs:
+        assert list(spec.signature) == list(spec.fn.arg_names), spec.kernel
+        constexprs = [n for n, t in spec.signature.items() if t == "constexpr"]
+        assert spec.configs
+        for config in spec.configs:
+            assert set(constexprs) == set(spec.constexprs) | set(config.kwargs), (spec.kernel, config)
+        assert set(spec.divisible) <= set(spec.signature)

@@ -4,6 +4,10 @@ The fused KL kernel takes ``hidden @ lm_head.T`` itself in chunks, so no [tokens
 We run the model's base transformer (``getattr(model, model.base_model_prefix)``, e.g. ``model.model``
 for Llama) and take ``get_output_embeddings()`` for the head. Also: the teachers used by the methods —
 a separate frozen model, or the student's own base with LoRA adapters disabled / switched.
+
+Several processes: under DDP the student's pass goes through the wrapper's forward (its gradient
+all-reduce is armed there); under FSDP2 the whole loss runs in :func:`managed_call`, a forward of the
+sharded root, so ``output_head`` returns the gathered weight there.
 """
 from __future__ import annotations
 

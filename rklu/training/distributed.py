@@ -143,7 +143,11 @@ def shard_fsdp2(model, *, frozen: bool = False):
     """``fully_shard`` each decoder layer and the root, in place; registers the root's managed forward
     method. ``frozen`` (a teacher): the lm_head weight (and bias) is left out of FSDP — replicated — since
     the fused kernel reads it after the teacher's forward has returned and resharded the root."""
-    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    try:
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    except ImportError:
+        raise ImportError(f"FSDP2 needs torch >= 2.7 (fully_shard with ignored_params); this is torch "
+                          f"{torch.__version__}: upgrade, or use parallel: ddp") from None
 
     from ..models.heads import MANAGED_METHOD, output_head, unwrap
 

@@ -176,6 +176,10 @@ def test_multi_process_equals_single_process_and_resumes(parallel, models, singl
     _check_rank0_writes(log_dir, runs, parallel)
     if parallel == "ddp":
         assert (runs / "rklu+kl" / "teacher_cache" / "augmented-forget.pt").is_file()
+    # the last checkpoint is a whole model folder (gathered weights + tokenizer): `rklu eval` can load it
+    last = runs / "npo+rt" / "checkpoints" / "checkpoint-4"
+    assert (last / "tokenizer.json").is_file()
+    assert max_relative_difference(load_file(str(last / "model.safetensors")), _weights(runs / "npo+rt")) == 0
     # stopped after step 2 (checkpoint-2 not yet written), resumed mid-epoch from checkpoint-1, ends where the
     # uninterrupted run did
     cut = runs / "npo+rt-cut"

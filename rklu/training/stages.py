@@ -176,8 +176,8 @@ def _parallel_mode(cfg: RunConfig, evaluate) -> str:
         raise ValueError("nonfinite: skip is for single-process runs (a skipped micro-batch has no gradient for "
                          "DDP/FSDP to reduce); use nonfinite: stop, which stops every rank at the same step")
     if mode == "fsdp2" and evaluate is not None:
-        raise ValueError("per-epoch evaluation (--eval-tofu) is not supported under FSDP2: evaluate the saved "
-                         "model afterwards with `rklu eval tofu`")
+        raise ValueError("per-epoch evaluation (--eval-tofu) is not supported under FSDP2: evaluate each epoch's "
+                         "checkpoint afterwards (`rklu eval tofu --model OUTPUT_DIR/checkpoints/checkpoint-N`)")
     distributed.init()
     return mode
 
@@ -196,7 +196,8 @@ def _train(stage, cfg, model, tokenizer, dataset, method, ctx, evaluate, resume,
            on_trainer=None, mode: str = "none"):
     try:
         trainer = run_training(cfg, model, dataset, PairedCollator(tokenizer.pad_token_id), method, ctx, run_dir,
-                               evaluate=evaluate, resume=resume, on_trainer=on_trainer, parallel=mode)
+                               evaluate=evaluate, resume=resume, on_trainer=on_trainer, parallel=mode,
+                               tokenizer=tokenizer)
     except NonFiniteLossError as error:
         _finish(run_dir, status, status="failed", error=str(error), failed_step=error.step,
                 last_checkpoint=last_checkpoint(run_dir / "checkpoints"))

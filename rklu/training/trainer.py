@@ -314,9 +314,10 @@ def last_checkpoint(checkpoint_dir) -> str | None:
 
 def run_training(cfg, model, dataset, collator, method: Method, loss_context: LossContext, run_dir,
                  evaluate: Callable | None = None, resume: bool = False, callbacks=(), on_trainer=None,
-                 parallel: str = "none") -> UnlearningTrainer:
+                 parallel: str = "none", tokenizer=None) -> UnlearningTrainer:
     """Train ``model`` in place; checkpoints go to ``run_dir/checkpoints/checkpoint-<step>``.
-    ``parallel``: "none", "ddp" or "fsdp2" (``model`` then already sharded, see ``distributed``)."""
+    ``parallel``: "none", "ddp" or "fsdp2" (``model`` then already sharded, see ``distributed``).
+    ``tokenizer``: saved into each checkpoint, so a checkpoint is a model folder ``rklu eval`` can load."""
     run_dir = Path(run_dir)
     bf16 = next(model.parameters()).dtype == torch.bfloat16 and torch.cuda.is_available()
     args = training_arguments(cfg, run_dir / "checkpoints", steps_per_epoch(len(dataset), cfg), bf16, parallel)
@@ -326,7 +327,7 @@ def run_training(cfg, model, dataset, collator, method: Method, loss_context: Lo
         extra.append(SaveAtEpochEnd())
     trainer = UnlearningTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                                 method=method, loss_context=loss_context, nonfinite=cfg.nonfinite,
-                                callbacks=extra)
+                                callbacks=extra, processing_class=tokenizer)
     metrics_cb.trainer = trainer
     if not cfg.progress:
         # Without tqdm, transformers prints every log dict to stdout; per-epoch metrics are in metrics.jsonl.

@@ -5,7 +5,8 @@ global batch and seed; a run stopped after step k resumes to the same weights; o
 Why the runs must agree exactly: each method's loss is a mean over one micro-batch of ``batch_size``
 rows. Two ranks x 2 rows x 2 accumulation steps and one process x 2 rows x 4 accumulation steps see the
 same micro-batches (accelerate gives rank r the batches r, r+2, ... of the same seeded order) and average
-the same four gradients; only the summation order differs (float rounding, ~1e-7 relative).
+the same four gradients; only the summation order differs (float rounding, ~1e-7 relative). No dropout
+anywhere (Llama has none, attention_dropout 0, lora_dropout 0): ranks draw from different RNG streams.
 The student is a tiny Llama with tied embeddings (lm_head = embed_tokens, as SmolLM2), the hard case for
 FSDP: the head weight the fused kernel reads must be the gathered one, and its gradient reduce-scattered.
 """

@@ -196,7 +196,7 @@ def main(argv=None):
     p.add_argument("--seq", type=int, default=None)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=None, help="JSON path (default results/logprob-<device>-<dtype>.json)")
+    p.add_argument("--out", default=None, help="JSON path or stem (default results/logprob-<device>-<dtype>.json)")
     args = p.parse_args(argv)
     cpu = args.device == "cpu"
     sizes = (args.sizes or ("cpu-20m" if cpu else "1b,1b-v128k")).split(",")
@@ -226,6 +226,7 @@ def main(argv=None):
                                "peak RSS over the timed steps minus the RSS of the fresh interpreter after imports"))
     result = dict(meta=meta, rows=result_rows)
     out = Path(args.out) if args.out else HERE / "results" / f"logprob-{args.device}-{dtype}.json"
+    out = out if out.suffix == ".json" else out.with_name(out.name + ".json")  # a stem, like bench_kernel's --out
     out.parent.mkdir(parents=True, exist_ok=True)
     from rklu.io import atomic_write_text
 

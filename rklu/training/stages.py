@@ -357,9 +357,10 @@ def unlearn(config=None, *, preset: str | None = None, config_file=None, evaluat
         # teachers sharded like the student (their lm_head replicated): each rank holds 1/world of them
         for teacher in teacher_models.values():
             distributed.shard_fsdp2(teacher, frozen=True)
-    else:
+    elif cfg.teacher_cache == "none":
         for teacher in teacher_models.values():
             teacher.to(device)
+    # (with the teacher cache each teacher goes to the GPU only while its hidden states are computed)
     for name, teacher in teacher_models.items():
         setattr(ctx, name, ModelTeacher(teacher))
 
@@ -382,7 +383,8 @@ def _cache_teachers(cfg, ctx, method, teacher_models, student, forget, retain, i
     model_mem = sum(model_bytes(m) for m in teacher_models.values())
     collate = QACollator(tokenizer.pad_token_id)
     was = student.training
-    student.to(device)
+    if any(isinstance(getattr(ctx, name), AdapterTeacher) for name in ("original", "augmented")):
+        student.to(device)  # LoRA: the student's base is the teacher
     roles = {"original": {}, "augmented": {}}
     if method.needs_original:
         if method.name.split("+")[0] in ("rklu", "fklu", "npo", "dpo"):
@@ -399,6 +401,10 @@ def _cache_teachers(cfg, ctx, method, teacher_models, student, forget, retain, i
         if teacher is None or not role_data:
             continue
         head_model = teacher.model
+        if name in teacher_models:
+            # one teacher on the GPU at a time (a 7B teacher is 13.5 GB in bf16); an FSDP2 student is
+            # still on the host here, sharded after the cache is built
+            teacher_models[name].to(device)
         # on disk: rank 0 computes and writes, the other ranks map its files; in memory: every rank computes
         with distributed.main_first() if cfg.teacher_cache == "disk" else contextlib.nullcontext():
             cached = build_cached_teacher(teacher, head_model, role_data, collate, cfg.batch_size, device,
@@ -406,6 +412,10 @@ def _cache_teachers(cfg, ctx, method, teacher_models, student, forget, retain, i
                                           write=distributed.is_main())
         setattr(ctx, name, cached)
         cache_bytes += cached.nbytes()
+        teacher_models.pop(name, None)
+        del teacher, head_model  # the last references: the GPU copy is freed before the next teacher
+    for leftover in teacher_models.values():  # a teacher no cached role needs stays a live model
+        leftover.to(device)
     student.train(was)
     teacher_models.clear()
     gc.collect()

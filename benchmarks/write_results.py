@@ -116,6 +116,8 @@ def main(argv=None):
                         ("kernel-sweep-bf16", "Kernel sweeps over V, N, H")):
         gpu_parts += section(title, gpu / f"{stem}.md", gpu / f"{stem}.json", kernel_summary)
     gpu_parts += section("End-to-end unlearning step", gpu / "step-bf16.md", gpu / "step-bf16.json", step_summary)
+    gpu_parts += section("Fused linear log-prob in an npo+rt / rklu+rt step", gpu / "logprob-bf16.md",
+                         gpu / "logprob-bf16.json", None)
     lines += ["## GPU", ""]
     if gpu_parts:
         meta = next(_load(f)["meta"] for f in sorted(gpu.glob("*.json")) if "meta" in (_load(f) or {}))
@@ -146,6 +148,8 @@ def main(argv=None):
     lines += section("Kernel (CPU)", RESULTS / "kernel-cpu-fp32.md", RESULTS / "kernel-cpu-fp32.json", kernel_summary)
     lines += section("End-to-end unlearning step (CPU)", RESULTS / "step-cpu-fp32.md", RESULTS / "step-cpu-fp32.json",
                      step_summary)
+    lines += section("Fused linear log-prob in an npo+rt / rklu+rt step (CPU)", RESULTS / "logprob-cpu-fp32.md",
+                     RESULTS / "logprob-cpu-fp32.json", None)
     Path(args.out).write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {args.out}")
 

@@ -6,7 +6,8 @@
 #     autotuned Triton tiles, plus the same shapes with the fixed default tiles (RKLU_TRITON_AUTOTUNE=0),
 #  3. the V / N / H sweeps (PNG + JSON + markdown),
 #  4. the pytest-benchmark cases,
-#  5. the end-to-end unlearning step (125M, 1B, 7B Llama configs; largest batch that fits),
+#  5. the end-to-end unlearning step (125M, 1B, 7B Llama configs; largest batch that fits), and the fused
+#     log-prob's npo+rt / rklu+rt step, naive vs fused (1B, 1B with the 128k vocabulary),
 #  6. benchmarks/RESULTS.md, with the device name, from everything above.
 # Every stage runs even if an earlier one failed; the exit status is non-zero if any stage failed.
 # Environment: PYTHON (default python), SIZES (default 125m,1b,7b), SKIP_SWEEPS=1, SKIP_STEP=1.
@@ -47,6 +48,8 @@ if [ "${SKIP_STEP:-0}" != 1 ]; then
   stage unlearning-step "$PY" benchmarks/bench_unlearning_step.py --device cuda --dtype bf16 \
     --sizes "${SIZES:-125m,1b,7b}" --rows 8 --seq 512 --fit --fit-probes 10 --out "$OUT/step-bf16"
 fi
+stage logprob-step "$PY" benchmarks/bench_logprob.py --device cuda --dtype bf16 --sizes 1b,1b-v128k \
+  --rows 8 --seq 512 --out "$OUT/logprob-bf16"
 stage results "$PY" benchmarks/write_results.py --gpu-dir "$OUT"
 echo "stages:"; cat "$OUT/stages.txt"
 exit $status

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from ..kernels import fused_linear_unlearning_kl
+from ..kernels import fused_linear_token_logprob, fused_linear_unlearning_kl
 from ..models.heads import HeadOutput, Teacher, student_forward
 
 IGNORE_INDEX = -100
@@ -23,7 +22,7 @@ class LossContext:
     retain_weight: float = 1.0   # lambda in L = L_forget + lambda * L_retain
     npo_beta: float = 0.1
     dpo_beta: float = 0.1
-    kl_backend: str = "auto"
+    kl_backend: str = "auto"     # backend of both fused ops (the KL and the label log-prob)
     cache: dict = field(default_factory=dict)  # per-step memo so a role's student pass runs once
 
     def student(self, role: str, batch) -> HeadOutput:
@@ -38,25 +37,24 @@ def shift(out: HeadOutput, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return out.hidden[:, :-1], labels[:, 1:]
 
 
-def token_logprobs(out: HeadOutput, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p of each target token [B, T-1] (0 where masked), mask [B, T-1]). NLL-type losses need the
-    target's log-probability, so logits are materialized here (in float32), unlike the KL losses."""
+def token_logprobs(out: HeadOutput, labels: torch.Tensor, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p of each target token [B, T-1] (0 where masked), mask [B, T-1]), through the fused linear
+    log-prob: hidden states + lm_head in, float32 logits computed tile by tile, no [tokens x vocab] tensor."""
     hidden, targets = shift(out, labels)
-    logits = F.linear(hidden, out.weight, out.bias).float()
-    mask = targets != IGNORE_INDEX
-    logp = -F.cross_entropy(logits.transpose(1, 2), targets.masked_fill(~mask, 0), reduction="none")
-    return logp * mask, mask
+    logp = fused_linear_token_logprob(hidden, out.weight, targets, bias=out.bias, ignore_index=IGNORE_INDEX,
+                                      backend=backend)
+    return logp, targets != IGNORE_INDEX
 
 
-def mean_nll(out: HeadOutput, labels: torch.Tensor) -> torch.Tensor:
+def mean_nll(out: HeadOutput, labels: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """Mean negative log-likelihood over the batch's target tokens (HF's causal-LM loss)."""
-    logp, mask = token_logprobs(out, labels)
+    logp, mask = token_logprobs(out, labels, backend)
     return -logp.sum() / mask.sum().clamp(min=1)
 
 
-def sequence_logprob(out: HeadOutput, labels: torch.Tensor) -> torch.Tensor:
+def sequence_logprob(out: HeadOutput, labels: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """Summed log-probability of each row's target tokens [B] (NPO and DPO compare these)."""
-    logp, _ = token_logprobs(out, labels)
+    logp, _ = token_logprobs(out, labels, backend)
     return logp.sum(dim=1)
 
 

@@ -5,5 +5,5 @@ from .common import LossContext, mean_nll
 
 
 def ga_loss(ctx: LossContext, batch):
-    nll = mean_nll(ctx.student("forget", batch), batch["forget"]["labels"])
+    nll = mean_nll(ctx.student("forget", batch), batch["forget"]["labels"], ctx.kl_backend)
     return -nll, {"forget_nll": nll.detach()}

@@ -5,5 +5,5 @@ from .common import LossContext, mean_nll
 
 
 def idk_loss(ctx: LossContext, batch):
-    nll = mean_nll(ctx.student("idk", batch), batch["idk"]["labels"])
+    nll = mean_nll(ctx.student("idk", batch), batch["idk"]["labels"], ctx.kl_backend)
     return nll, {"idk_nll": nll.detach()}

@@ -12,9 +12,9 @@ from .common import LossContext, sequence_logprob
 
 def npo_loss(ctx: LossContext, batch):
     sub = batch["forget"]
-    logp = sequence_logprob(ctx.student("forget", batch), sub["labels"])
+    logp = sequence_logprob(ctx.student("forget", batch), sub["labels"], ctx.kl_backend)
     with torch.no_grad():
-        ref = sequence_logprob(ctx.original("forget", sub), sub["labels"])
+        ref = sequence_logprob(ctx.original("forget", sub), sub["labels"], ctx.kl_backend)
     log_ratio = logp - ref
     loss = -F.logsigmoid(-ctx.npo_beta * log_ratio).mean() * 2.0 / ctx.npo_beta
     return loss, {"forget_log_ratio": log_ratio.mean().detach()}

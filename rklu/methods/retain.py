@@ -7,7 +7,7 @@ from .common import LossContext, mean_nll, unlearning_kl
 
 
 def rt_term(ctx: LossContext, batch):
-    loss = mean_nll(ctx.student("retain", batch), batch["retain"]["labels"])
+    loss = mean_nll(ctx.student("retain", batch), batch["retain"]["labels"], ctx.kl_backend)
     return loss, {"retain_nll": loss.detach()}
 
 

@@ -4,6 +4,10 @@ The fused KL kernel takes ``hidden @ lm_head.T`` itself in chunks, so no [tokens
 We run the model's base transformer (``getattr(model, model.base_model_prefix)``, e.g. ``model.model``
 for Llama) and take ``get_output_embeddings()`` for the head. Also: the teachers used by the methods —
 a separate frozen model, or the student's own base with LoRA adapters disabled / switched.
+
+Several processes: under DDP the student's pass goes through the wrapper's forward (its gradient
+all-reduce is armed there); under FSDP2 the whole loss runs in :func:`managed_call`, a forward of the
+sharded root, so ``output_head`` returns the gathered weight there.
 """
 from __future__ import annotations
 
@@ -11,6 +15,18 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+
+# Name of the forward method registered on an FSDP2 root (rklu.training.distributed.shard_fsdp2)
+MANAGED_METHOD = "rklu_managed_forward"
+
+
+def managed_call(model, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` inside a forward that FSDP2 manages when ``model`` is a sharded root: the
+    root's parameters (embeddings, final norm, lm_head) are all-gathered before ``fn`` runs, so the fused
+    kernels read the whole head weight, and the head's gradient is reduce-scattered in backward like any
+    other. Unsharded models: a plain call."""
+    method = getattr(model, "__dict__", {}).get(MANAGED_METHOD)
+    return fn(*args, **kwargs) if method is None else method(fn, *args, **kwargs)
 
 
 def unwrap(model):
@@ -86,8 +102,11 @@ class ModelTeacher(Teacher):
 
     @torch.no_grad()
     def __call__(self, role, batch):
+        # under FSDP2 the teacher's blocks are sharded and its lm_head replicated (shard_fsdp2(frozen=True)),
+        # so the head read after its managed forward is whole
+        hidden = managed_call(self.model, final_hidden_states, self.model, batch["input_ids"], batch.get("attention_mask"))
         weight, bias = output_head(self.model)
-        return HeadOutput(final_hidden_states(self.model, batch["input_ids"], batch.get("attention_mask")), weight, bias)
+        return HeadOutput(hidden, weight, bias)
 
 
 @contextlib.contextmanager

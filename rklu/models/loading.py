@@ -156,9 +156,10 @@ def adapter_base_model(path: str) -> str:
     return json.loads(Path(path).joinpath("adapter_config.json").read_text())["base_model_name_or_path"]
 
 
-def save_model(model, tokenizer, out_dir, merge_lora: bool = False) -> Path:
+def save_model(model, tokenizer, out_dir, merge_lora: bool = False, state_dict: dict | None = None) -> Path:
     """``save_pretrained`` into ``out_dir`` via a temporary sibling folder renamed at the end, so a crash
-    never leaves a half-written model folder. With ``merge_lora`` a peft model is merged first."""
+    never leaves a half-written model folder. With ``merge_lora`` a peft model is merged first.
+    ``state_dict``: the weights to write instead of the model's own (the gathered state of a sharded model)."""
     import shutil
 
     out_dir = Path(out_dir)
@@ -167,7 +168,7 @@ def save_model(model, tokenizer, out_dir, merge_lora: bool = False) -> Path:
         shutil.rmtree(tmp)
     if merge_lora and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, **({} if state_dict is None else {"state_dict": state_dict}))
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     if out_dir.exists():

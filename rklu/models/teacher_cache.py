@@ -68,14 +68,26 @@ def compute_rows(teacher: Teacher, role: str, dataset, collate, batch_size: int,
 
 
 def build_cached_teacher(teacher: Teacher, head_model, role_datasets: dict, collate, batch_size: int, device,
-                         storage: str = "memory", cache_dir=None, name: str = "teacher") -> CachedTeacher:
+                         storage: str = "memory", cache_dir=None, name: str = "teacher", write: bool = True) -> CachedTeacher:
     """Cache ``teacher`` on every role's dataset. ``storage="disk"`` writes one file per role under
-    ``cache_dir`` and memory-maps it back, so the hidden states live in the page cache, not the heap."""
+    ``cache_dir`` and memory-maps it back, so the hidden states live in the page cache, not the heap.
+    ``write=False`` with disk storage (ranks other than 0): map the files another process wrote instead
+    of computing them."""
     from .heads import output_head
 
     weight, bias = output_head(head_model)
     weight = weight.detach().clone()
     bias = None if bias is None else bias.detach().clone()
+    if storage == "disk" and not write:
+        if cache_dir is None:
+            raise ValueError("teacher cache on disk needs a cache_dir")
+        rows = {}
+        for role in role_datasets:
+            path = Path(cache_dir) / f"{name}-{role}.pt"
+            if not path.is_file():
+                raise FileNotFoundError(f"teacher cache file {path} was not written (rank 0 computes it)")
+            rows[role] = torch.load(path, mmap=True, weights_only=True)
+        return CachedTeacher(rows, weight, bias)
     rows = {role: compute_rows(teacher, role, ds, collate, batch_size, device) for role, ds in role_datasets.items()}
     if storage == "disk":
         if cache_dir is None:

@@ -73,6 +73,7 @@ class RunConfig:
     output_dir: str = ""
     overwrite: bool = False           # replace an existing run folder
     progress: bool = True
+    parallel: str = "auto"            # several processes: auto | ddp | fsdp2 (auto: fsdp2 under an accelerate FSDP config)
     preset: str | None = None         # recorded for the run's config file
 
     def to_dict(self) -> dict:
@@ -114,6 +115,9 @@ class RunConfig:
             (self.teacher_cache in ("none", "memory", "disk"),
              f"teacher_cache must be none, memory or disk, got {self.teacher_cache!r}"),
             (self.save_every_steps >= 0, "save_every_steps must be >= 0"),
+            (self.parallel in ("auto", "ddp", "fsdp2"), f"parallel must be auto, ddp or fsdp2, got {self.parallel!r}"),
+            (not (self.lora and self.parallel == "fsdp2"),
+             "parallel fsdp2 is full-parameter training; with lora use parallel ddp (one base copy per GPU)"),
         ]
         for ok, message in checks:
             if not ok:

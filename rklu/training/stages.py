@@ -13,6 +13,7 @@ method, data, paths, tokenizer) is checked before the run folder is created.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import shutil
@@ -33,6 +34,7 @@ from ..methods import FINETUNE, LossContext, get_method, task_arithmetic
 from ..models import loading
 from ..models.heads import AdapterTeacher, ModelTeacher, output_head
 from ..models.teacher_cache import build_cached_teacher, model_bytes
+from . import distributed
 from .config import RunConfig, resolve_config
 from .run_record import STALE, check_resume, process_record
 from .trainer import NonFiniteLossError, TrainingInterrupted, last_checkpoint, run_training
@@ -116,30 +118,38 @@ def _check_run_dir(cfg: RunConfig, resume: bool) -> Path:
 
 
 def _start_run_dir(run_dir: Path, cfg: RunConfig, stage: str, resume: bool, extra: dict) -> dict:
+    """Create the run folder and write the resolved config and run.json — rank 0 only; every rank has
+    checked the folder (``_check_run_dir``) before rank 0 touches it, and waits until it exists."""
     previous = check_resume(run_dir) if resume else None
-    if previous is not None and previous.get("status") == STALE:
+    if previous is not None and previous.get("status") == STALE and distributed.is_main():
         import sys
 
         print(f"rklu {stage}: {run_dir}/run.json said 'running' but pid {previous.get('pid')} is gone: "
               f"{STALE}; resuming from the last complete checkpoint", file=sys.stderr)
-    if run_dir.exists() and cfg.overwrite and not resume:
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = {"stage": stage, **cfg.to_dict()}
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    atomic_write_json(run_dir / "config.json", resolved)
     # pid + host: a SIGKILLed run leaves "running" behind; readers check the process (run_record)
     status = {"stage": stage, "status": "running", "started": time.time(), **process_record(), **extra}
     if previous is not None:
         status["resumed_from"] = previous
-    atomic_write_json(run_dir / "run.json", status)
+    if distributed.is_distributed():
+        status.update(world_size=distributed.world_size(), parallel=distributed.resolve_mode(cfg.parallel))
+    distributed.barrier()
+    if distributed.is_main():
+        if run_dir.exists() and cfg.overwrite and not resume:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = {"stage": stage, **cfg.to_dict()}
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        atomic_write_json(run_dir / "config.json", resolved)
+        atomic_write_json(run_dir / "run.json", status)
+    distributed.barrier()
     return status
 
 
 def _finish(run_dir: Path, record: dict, **fields) -> None:
     record.update(fields, finished=time.time())
     record["time_s"] = round(record["finished"] - record["started"], 2)
-    atomic_write_json(run_dir / "run.json", record)
+    if distributed.is_main():
+        atomic_write_json(run_dir / "run.json", record)
 
 
 def model_dir(run_dir) -> Path:
@@ -166,11 +176,38 @@ def _lora(cfg: RunConfig, model):
     return loading.add_lora(model, loading.lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets))
 
 
+def _parallel_mode(cfg: RunConfig, evaluate) -> str:
+    """"none", "ddp" or "fsdp2" for this launch; starts the process group when there are several ranks."""
+    mode = distributed.resolve_mode(cfg.parallel)
+    if mode == "fsdp2" and cfg.lora:
+        raise ValueError("FSDP2 is full-parameter training; with lora use DDP (parallel: ddp, or an accelerate "
+                         "config with distributed_type MULTI_GPU)")
+    if mode != "none" and cfg.nonfinite == "skip":
+        raise ValueError("nonfinite: skip is for single-process runs (a skipped micro-batch has no gradient for "
+                         "DDP/FSDP to reduce); use nonfinite: stop, which stops every rank at the same step")
+    if mode == "fsdp2" and evaluate is not None:
+        raise ValueError("per-epoch evaluation (--eval-tofu) is not supported under FSDP2: evaluate each epoch's "
+                         "checkpoint afterwards (`rklu eval tofu --model OUTPUT_DIR/checkpoints/checkpoint-N`)")
+    distributed.init()
+    return mode
+
+
+def _save_final(trainer, tokenizer, run_dir, merge_lora: bool, mode: str) -> Path:
+    """The final model, written once by rank 0 (an FSDP2 model is gathered first, by every rank)."""
+    state_dict = distributed.full_state_dict(trainer.model) if mode == "fsdp2" else None
+    out = model_dir(run_dir)
+    if distributed.is_main():
+        out = loading.save_model(trainer.model, tokenizer, out, merge_lora=merge_lora, state_dict=state_dict)
+    distributed.barrier()
+    return out
+
+
 def _train(stage, cfg, model, tokenizer, dataset, method, ctx, evaluate, resume, run_dir, status, merge_lora,
-           on_trainer=None):
+           on_trainer=None, mode: str = "none"):
     try:
         trainer = run_training(cfg, model, dataset, PairedCollator(tokenizer.pad_token_id), method, ctx, run_dir,
-                               evaluate=evaluate, resume=resume, on_trainer=on_trainer)
+                               evaluate=evaluate, resume=resume, on_trainer=on_trainer, parallel=mode,
+                               tokenizer=tokenizer)
     except NonFiniteLossError as error:
         _finish(run_dir, status, status="failed", error=str(error), failed_step=error.step,
                 last_checkpoint=last_checkpoint(run_dir / "checkpoints"))
@@ -181,7 +218,7 @@ def _train(stage, cfg, model, tokenizer, dataset, method, ctx, evaluate, resume,
         _finish(run_dir, status, status="interrupted" if stopped else "failed",
                 error=f"{type(error).__name__}: {error}", last_checkpoint=last_checkpoint(run_dir / "checkpoints"))
         raise
-    out = loading.save_model(trainer.model, tokenizer, model_dir(run_dir), merge_lora=merge_lora)
+    out = _save_final(trainer, tokenizer, run_dir, merge_lora, mode)
     _finish(run_dir, status, status="completed", model_dir=str(out), steps=trainer.state.global_step,
             skipped_nonfinite=trainer.skipped_nonfinite)
     return run_dir
@@ -226,13 +263,16 @@ def _fit(stage, cfg, spec, evaluate, resume, merge_lora):
         tokenizer = loading.load_tokenizer(cfg.tokenizer or cfg.model)
         model = _load_student(cfg, tokenizer)
     data = _tokenize(raw, tokenizer, fmt, cfg, f"{stage} data")
+    mode = _parallel_mode(cfg, evaluate)
     run_dir = _check_run_dir(cfg, resume)
     if cfg.lora:
         model = _lora(cfg, model)
+    if mode == "fsdp2":
+        distributed.shard_fsdp2(model)
     dataset = PairedDataset(data, main_role="train", seed=cfg.seed)
     status = _start_run_dir(run_dir, cfg, stage, resume, {"rows": len(data)})
     return _train(stage, cfg, model, tokenizer, dataset, FINETUNE, LossContext(), evaluate, resume, run_dir,
-                  status, merge_lora=merge_lora and cfg.lora)
+                  status, merge_lora=merge_lora and cfg.lora, mode=mode)
 
 
 def _default_retain(cfg: RunConfig) -> str | None:
@@ -321,18 +361,29 @@ def unlearn(config=None, *, preset: str | None = None, config_file=None, evaluat
             raise ValueError(f"vocab size mismatch: the {name} model's lm_head has {teacher_vocab} rows but the "
                              f"student ({cfg.model}) has {student_vocab}; teachers must share the student's tokenizer")
     device = _device()
-    for name, teacher in teacher_models.items():
-        setattr(ctx, name, ModelTeacher(teacher.to(device)))
-
+    mode = _parallel_mode(cfg, evaluate)
     run_dir = _check_run_dir(cfg, resume)
+    if mode == "fsdp2" and cfg.teacher_cache == "none":
+        # teachers sharded like the student (their lm_head replicated): each rank holds 1/world of them
+        for teacher in teacher_models.values():
+            distributed.shard_fsdp2(teacher, frozen=True)
+    elif cfg.teacher_cache == "none":
+        for teacher in teacher_models.values():
+            teacher.to(device)
+    # (with the teacher cache each teacher goes to the GPU only while its hidden states are computed)
+    for name, teacher in teacher_models.items():
+        setattr(ctx, name, ModelTeacher(teacher))
+
     status = _start_run_dir(run_dir, cfg, "unlearn", resume, {
         "method": method.name, "forget_rows": len(forget), "retain_rows": None if retain is None else len(retain)})
     if cfg.teacher_cache != "none":
         status["teacher_cache"] = _cache_teachers(cfg, ctx, method, teacher_models, model, forget, retain, idk,
                                                   tokenizer, run_dir, device)
         teacher_models.clear()
+    if mode == "fsdp2":
+        distributed.shard_fsdp2(model)
     return _train("unlearn", cfg, model, tokenizer, dataset, method, ctx, evaluate, resume, run_dir, status,
-                  merge_lora=cfg.lora)
+                  merge_lora=cfg.lora, mode=mode)
 
 
 def _cache_teachers(cfg, ctx, method, teacher_models, student, forget, retain, idk, tokenizer, run_dir, device):
@@ -342,7 +393,8 @@ def _cache_teachers(cfg, ctx, method, teacher_models, student, forget, retain, i
     model_mem = sum(model_bytes(m) for m in teacher_models.values())
     collate = QACollator(tokenizer.pad_token_id)
     was = student.training
-    student.to(device)
+    if any(isinstance(getattr(ctx, name), AdapterTeacher) for name in ("original", "augmented")):
+        student.to(device)  # LoRA: the student's base is the teacher
     roles = {"original": {}, "augmented": {}}
     if method.needs_original:
         if method.name.split("+")[0] in ("rklu", "fklu", "npo", "dpo"):
@@ -359,10 +411,21 @@ def _cache_teachers(cfg, ctx, method, teacher_models, student, forget, retain, i
         if teacher is None or not role_data:
             continue
         head_model = teacher.model
-        cached = build_cached_teacher(teacher, head_model, role_data, collate, cfg.batch_size, device,
-                                      storage=cfg.teacher_cache, cache_dir=run_dir / "teacher_cache", name=name)
+        if name in teacher_models:
+            # one teacher on the GPU at a time (a 7B teacher is 13.5 GB in bf16); an FSDP2 student is
+            # still on the host here, sharded after the cache is built
+            teacher_models[name].to(device)
+        # on disk: rank 0 computes and writes, the other ranks map its files; in memory: every rank computes
+        with distributed.main_first() if cfg.teacher_cache == "disk" else contextlib.nullcontext():
+            cached = build_cached_teacher(teacher, head_model, role_data, collate, cfg.batch_size, device,
+                                          storage=cfg.teacher_cache, cache_dir=run_dir / "teacher_cache", name=name,
+                                          write=distributed.is_main())
         setattr(ctx, name, cached)
         cache_bytes += cached.nbytes()
+        teacher_models.pop(name, None)
+        del teacher, head_model  # the last references: the GPU copy is freed before the next teacher
+    for leftover in teacher_models.values():  # a teacher no cached role needs stays a live model
+        leftover.to(device)
     student.train(was)
     teacher_models.clear()
     gc.collect()
@@ -376,8 +439,12 @@ def _task_arithmetic(cfg: RunConfig, tokenizer, resume: bool) -> Path:
     original = _load_full_model(cfg, cfg.original or cfg.model, "original model")
     augmented = _load_full_model(cfg, cfg.augmented, "augmented model")
     run_dir = _check_run_dir(cfg, resume)
+    distributed.init()
     status = _start_run_dir(run_dir, cfg, "unlearn", resume, {"method": "task-arithmetic", "scale": cfg.ta_scale})
     task_arithmetic(original, augmented, cfg.ta_scale)
-    out = loading.save_model(original, tokenizer, model_dir(run_dir))
+    out = model_dir(run_dir)
+    if distributed.is_main():  # no training: the other ranks have nothing to add
+        out = loading.save_model(original, tokenizer, out)
+    distributed.barrier()
     _finish(run_dir, status, status="completed", model_dir=str(out), steps=0)
     return run_dir

@@ -14,6 +14,8 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..io import atomic_write_json, atomic_write_text
 from ..methods import LossContext, Method
+from ..models.heads import managed_call
+from . import distributed
 
 
 class NonFiniteLossError(RuntimeError):
@@ -83,19 +85,40 @@ class UnlearningTrainer(Trainer):
         self.epoch_sums: dict = {}
         self.epoch_count = 0
 
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if self.args.fsdp_plugin_args is not None and not self.is_fsdp_enabled:
+            # accelerate runs FSDP only on accelerators: on CPU (gloo) it would wrap the sharded model in DDP.
+            # Put it in FSDP mode, so CPU runs take the same path as GPU ones (no DDP wrap, full-state-dict
+            # checkpoints of model and optimizer, DTensor-aware gradient clipping, FSDP2 no-sync).
+            from accelerate import PartialState
+            from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+            state = self.accelerator.state
+            state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+            # AcceleratorState re-copies PartialState's fields each time it is constructed: set both
+            PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+            state.distributed_type = DistributedType.FSDP
+            self.is_fsdp_enabled = True
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self.loss_context.model = model
         try:
-            loss, metrics = self.method.loss(self.loss_context, inputs)
+            # under FSDP2 the whole loss is one managed forward of the root: the fused kernels see the
+            # gathered lm_head weight; DDP and single-process runs: a plain call
+            loss, metrics = managed_call(model, self.method.loss, self.loss_context, inputs)
         except torch.OutOfMemoryError as error:
             raise torch.OutOfMemoryError(f"{OOM_ADVICE}. Original error: {error}") from error
         except ValueError as error:  # e.g. the kernel's "original_hidden contains NaN or inf values"
             raise ValueError(f"optimizer step {self.state.global_step + 1}, method {self.method.name}: {error}") from error
-        if not torch.isfinite(loss.detach()):
+        # one rank's NaN decides for all: a rank that stops or skips alone would leave the others waiting
+        # in the gradient reduction
+        if distributed.any_rank(not bool(torch.isfinite(loss.detach()))):
             values = {k: round(_scalar(v), 4) for k, v in metrics.items()}
             if self.nonfinite == "stop":
                 raise NonFiniteLossError(self.state.global_step + 1, values)
-            # skip: a zero loss with no gradient path; the micro-batch contributes nothing
+            # skip (single process only, see stages._parallel_mode): a zero loss with no gradient path; the
+            # micro-batch contributes nothing
             self.skipped_nonfinite += 1
             return torch.zeros((), device=loss.device, requires_grad=True)
         # The finiteness test above is this method's one host read per micro-batch (it must stop before the
@@ -117,12 +140,28 @@ class UnlearningTrainer(Trainer):
 
     def _save_optimizer_and_scheduler(self, output_dir):
         super()._save_optimizer_and_scheduler(output_dir)
-        # the running epoch means, so a run resumed mid-epoch reports the same epoch metrics
-        atomic_write_json(Path(output_dir) / EPOCH_SUMS_NAME, {"sums": _host(self.epoch_sums), "count": self.epoch_count})
+        # the running epoch means, so a run resumed mid-epoch reports the same epoch metrics; summed over
+        # the ranks (a collective: every rank is here) and written once, by rank 0
+        sums, count = distributed.all_reduce_sums(_host(self.epoch_sums), self.epoch_count)
+        if distributed.is_main():
+            atomic_write_json(Path(output_dir) / EPOCH_SUMS_NAME, {"sums": sums, "count": count})
+
+    def _save(self, output_dir=None, state_dict=None):
+        if state_dict is not None and distributed.is_fsdp2(self.model):
+            state_dict = distributed.drop_tied_copies(self.model, state_dict)
+        super()._save(output_dir, state_dict=state_dict)
+
+    def _save_rng_state(self, output_dir):
+        super()._save_rng_state(output_dir)
+        # Trainer writes trainer_state.json (what marks a checkpoint complete, see last_checkpoint) on rank
+        # 0 right after this; wait until every rank has written its RNG state and shards
+        distributed.barrier()
 
     def load_epoch_sums(self, checkpoint) -> None:
+        # the saved sums are over all ranks: rank 0 takes them, the others start from zero, so the
+        # all-reduce at the epoch end counts them once
         path = Path(checkpoint) / EPOCH_SUMS_NAME
-        if path.is_file():
+        if path.is_file() and distributed.is_main():
             saved = json.loads(path.read_text(encoding="utf-8"))
             self.epoch_sums, self.epoch_count = dict(saved["sums"]), int(saved["count"])
 
@@ -138,7 +177,9 @@ class UnlearningTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
     def take_epoch_means(self) -> dict:
-        means = {f"train_{k}": total / self.epoch_count for k, total in _host(self.epoch_sums).items()} if self.epoch_count else {}
+        """The epoch's mean training terms over every micro-batch of every rank (collective)."""
+        sums, count = distributed.all_reduce_sums(_host(self.epoch_sums), self.epoch_count)
+        means = {f"train_{k}": total / count for k, total in sums.items()} if count else {}
         self.epoch_sums, self.epoch_count = {}, 0
         return means
 
@@ -163,6 +204,18 @@ class EpochMetricsCallback(TrainerCallback):
         if self.trainer is not None:
             record.update(self.trainer.take_epoch_means())
             record["learning_rate"] = self.trainer.lr_scheduler.get_last_lr()[0] if self.trainer.lr_scheduler else None
+        if not distributed.is_main():
+            # rank 0 evaluates (DDP: its unwrapped replica, no collectives) and writes; wait for it
+            distributed.barrier()
+            return control
+        try:
+            self._evaluate_and_write(record, model)
+        finally:
+            distributed.barrier()
+        return control
+
+    def _evaluate_and_write(self, record, model):
+        epoch = record["epoch"]
         if self.evaluate is not None and model is not None:
             was_training = model.training
             model.eval()
@@ -175,7 +228,6 @@ class EpochMetricsCallback(TrainerCallback):
         records.sort(key=lambda r: r["epoch"])
         atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r, default=_plain) + "\n" for r in records))
         atomic_write_json(self.run_dir / "metrics.json", records)
-        return control
 
 
 def _plain(value):
@@ -206,7 +258,9 @@ class GracefulStop(TrainerCallback):
         self.signal_name = signal.Signals(signum).name
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.signal_name:
+        # torchrun/accelerate forward the signal to every rank, not at the same step: agree on the step
+        if distributed.any_rank(self.signal_name is not None):
+            self.signal_name = self.signal_name or "SIGTERM"
             control.should_save = True
         return control
 
@@ -217,9 +271,15 @@ class GracefulStop(TrainerCallback):
         return control
 
 
-def training_arguments(cfg, checkpoint_dir, steps_per_epoch: int, bf16: bool) -> TrainingArguments:
+def training_arguments(cfg, checkpoint_dir, steps_per_epoch: int, bf16: bool, parallel: str = "none") -> TrainingArguments:
     """TrainingArguments from a RunConfig. Warmup = ``warmup_epochs`` x steps per epoch (the paper: one
-    epoch), then linear decay to 0 over the remaining steps."""
+    epoch), then linear decay to 0 over the remaining steps. ``parallel="fsdp2"``: accelerate in FSDP2
+    mode (the model arrives already sharded; checkpoints hold full state dicts written by rank 0)."""
+    fsdp = {}
+    if parallel == "fsdp2":
+        # NO_WRAP: the layers are already units (distributed.shard_fsdp2), accelerate must not look for them
+        fsdp = dict(fsdp=True, fsdp_config={"fsdp_version": 2, "reshard_after_forward": True, "auto_wrap_policy": "NO_WRAP",
+                                            "state_dict_type": "FULL_STATE_DICT"})
     total_steps = steps_per_epoch * cfg.epochs
     warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), max(total_steps - 1, 0))
     step_saves = cfg.save_every_steps > 0
@@ -248,13 +308,12 @@ def training_arguments(cfg, checkpoint_dir, steps_per_epoch: int, bf16: bool) ->
         disable_tqdm=not cfg.progress,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
+        **fsdp,
     )
 
 
 def _world_size() -> int:
-    import os
-
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return distributed.world_size()
 
 
 def steps_per_epoch(n_rows: int, cfg) -> int:
@@ -274,18 +333,21 @@ def last_checkpoint(checkpoint_dir) -> str | None:
 
 
 def run_training(cfg, model, dataset, collator, method: Method, loss_context: LossContext, run_dir,
-                 evaluate: Callable | None = None, resume: bool = False, callbacks=(), on_trainer=None) -> UnlearningTrainer:
-    """Train ``model`` in place; checkpoints go to ``run_dir/checkpoints/checkpoint-<step>``."""
+                 evaluate: Callable | None = None, resume: bool = False, callbacks=(), on_trainer=None,
+                 parallel: str = "none", tokenizer=None) -> UnlearningTrainer:
+    """Train ``model`` in place; checkpoints go to ``run_dir/checkpoints/checkpoint-<step>``.
+    ``parallel``: "none", "ddp" or "fsdp2" (``model`` then already sharded, see ``distributed``).
+    ``tokenizer``: saved into each checkpoint, so a checkpoint is a model folder ``rklu eval`` can load."""
     run_dir = Path(run_dir)
     bf16 = next(model.parameters()).dtype == torch.bfloat16 and torch.cuda.is_available()
-    args = training_arguments(cfg, run_dir / "checkpoints", steps_per_epoch(len(dataset), cfg), bf16)
+    args = training_arguments(cfg, run_dir / "checkpoints", steps_per_epoch(len(dataset), cfg), bf16, parallel)
     metrics_cb = EpochMetricsCallback(run_dir, evaluate)
     extra = [metrics_cb, *callbacks]
     if cfg.save_every_steps > 0:
         extra.append(SaveAtEpochEnd())
     trainer = UnlearningTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                                 method=method, loss_context=loss_context, nonfinite=cfg.nonfinite,
-                                callbacks=extra)
+                                callbacks=extra, processing_class=tokenizer)
     metrics_cb.trainer = trainer
     if not cfg.progress:
         # Without tqdm, transformers prints every log dict to stdout; per-epoch metrics are in metrics.jsonl.

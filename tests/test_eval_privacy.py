@@ -115,22 +115,24 @@ def test_token_logprobs_match_log_softmax_in_chunks():
     ref = torch.where(labels == -100, torch.zeros_like(ref), ref)
     got = tl.token_logprobs(hidden, weight, labels, bias=bias, chunk_size=3)  # chunks split the rows
     assert torch.allclose(got, ref, atol=1e-5)
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match="out of range"):
         tl.token_logprobs(hidden, weight, torch.full((2, 5), 37))
     with pytest.raises(ValueError, match="align"):
         tl.token_logprobs(hidden, weight, labels[:, :4])
 
 
-def test_token_logprobs_use_the_fused_kernel_when_present(monkeypatch):
+def test_token_logprobs_go_through_the_fused_kernel(monkeypatch):
+    import rklu.kernels
+
     calls = []
 
-    def fake(hidden, weight, labels, *, bias=None, ignore_index=-100):
-        calls.append((tuple(hidden.shape), ignore_index))
+    def fake(hidden, weight, labels, *, bias=None, ignore_index=-100, chunk_tokens=None):
+        calls.append((tuple(hidden.shape), ignore_index, chunk_tokens))
         return torch.full(labels.shape, -1.5)
 
-    monkeypatch.setattr(tl, "_fused_token_logprob", lambda: fake)
-    out = tl.token_logprobs(torch.randn(4, 3), torch.randn(5, 3), torch.tensor([0, 1, -100, 2]))
-    assert calls == [((4, 3), -100)] and torch.all(out == -1.5)
+    monkeypatch.setattr(rklu.kernels, "fused_linear_token_logprob", fake)
+    out = tl.token_logprobs(torch.randn(4, 3), torch.randn(5, 3), torch.tensor([0, 1, -100, 2]), chunk_size=7)
+    assert calls == [((4, 3), -100, 7)] and torch.all(out == -1.5)
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,8 @@
 """Per-token statistics of answer tokens from final hidden states and the lm_head, for the memorization
 and membership-inference metrics (``rklu.eval.memorization``, ``rklu.eval.privacy``).
 
-* ``token_logprobs``: ``log p(label)`` per token. It goes through the fused
-  ``rklu.kernels.fused_linear_token_logprob`` when the installed kernels provide it (no [tokens x vocab]
-  tensor), otherwise through logits built a chunk of tokens at a time.
+* ``token_logprobs``: ``log p(label)`` per token through the fused ``rklu.kernels.fused_linear_token_logprob``
+  (no [tokens x vocab] tensor; fp32 logits).
 * ``token_vocab_stats``: greedy prediction (argmax) and the mean / variance of ``log p`` under the model's
   own next-token distribution (what Min-K%++ normalizes by) — these need the whole row of logits, so they
   are computed chunk by chunk, never for all tokens at once.
@@ -23,15 +22,6 @@ import torch
 
 IGNORE_INDEX = -100
 CHUNK_TOKENS = 512  # logits of at most this many tokens exist at a time: 512 x 32k x 4 B = 64 MiB
-
-
-def _fused_token_logprob():
-    """The fused kernel when the installed ``rklu.kernels`` has it (None otherwise)."""
-    try:
-        from rklu.kernels import fused_linear_token_logprob
-    except ImportError:
-        return None
-    return fused_linear_token_logprob
 
 
 def _chunked_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, chunk: int):
@@ -55,22 +45,12 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Ten
         raise ValueError(f"hidden {tuple(hidden.shape)} and labels {tuple(labels.shape)} do not align")
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
         raise ValueError(f"weight {tuple(weight.shape)} does not match hidden size {hidden.shape[-1]}")
-    fused = _fused_token_logprob()
-    if fused is not None:
-        out = fused(hidden, weight, labels, bias=bias, ignore_index=ignore_index)
-        return out.float().reshape(labels.shape)
-    flat_h = hidden.reshape(-1, hidden.shape[-1])
-    flat_y = labels.reshape(-1)
-    valid = flat_y != ignore_index
-    if bool(((flat_y < 0) & valid).any()) or bool((flat_y >= weight.shape[0]).any()):
-        raise ValueError(f"labels outside [0, {weight.shape[0]}) other than ignore_index={ignore_index}")
-    out = torch.zeros(flat_y.shape, dtype=torch.float32, device=hidden.device)
-    for start, logits in _chunked_logits(flat_h, weight, bias, chunk_size):
-        y = flat_y[start:start + logits.shape[0]]
-        ok = y != ignore_index
-        picked = logits.gather(1, y.clamp_min(0).unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, dim=1)
-        out[start:start + logits.shape[0]] = torch.where(ok, picked, torch.zeros_like(picked))
-    return out.reshape(labels.shape)
+    from rklu.kernels import fused_linear_token_logprob
+
+    # the fused op never builds [tokens x vocab]; on CPU its torch backend walks ``chunk_size`` tokens at a time
+    out = fused_linear_token_logprob(hidden, weight, labels, bias=bias, ignore_index=ignore_index,
+                                     chunk_tokens=chunk_size)
+    return out.float().reshape(labels.shape)
 
 
 def token_vocab_stats(hidden: torch.Tensor, weight: torch.Tensor, *, bias: torch.Tensor | None = None,

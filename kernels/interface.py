@@ -27,9 +27,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     check_backend(backend)
     if backend == "auto":
         return "triton" if device.type == "cuda" and triton_available(device) else "torch"
-    if backend == "triton" and not triton_available(device):
+    if backend in ("triton", "chunked") and not triton_available(device):
         raise ValueError(
-            f"backend='triton' needs a CUDA device or TRITON_INTERPRET=1 (tensors are on {device}); "
+            f"backend={backend!r} needs a CUDA device or TRITON_INTERPRET=1 (tensors are on {device}); "
             "use backend='torch' or 'auto'")
     return backend
 
@@ -92,6 +92,13 @@ def fused_linear_unlearning_kl(
         per_token = TorchChunkedUnlearningKL.apply(
             xs, student_weight, student_bias, xo, wo, bo, xa, wa, ba, float(alpha), direction,
             reduction != "none", chunk_tokens)
+    elif backend == "chunked":
+        from .triton_chunked import TritonChunkedUnlearningKL
+
+        xs_c, ws_c, bs_c, tw = _common_dtype(xs, student_weight, student_bias, xo, xa, teachers)
+        per_token = TritonChunkedUnlearningKL.apply(
+            xs_c, ws_c, bs_c, xo.to(xs_c.dtype), tw[0], tw[1], None if xa is None else xa.to(xs_c.dtype),
+            tw[2], tw[3], float(alpha), direction, reduction != "none", chunk_tokens)
     else:
         from .triton_fused import TritonFusedUnlearningKL
 

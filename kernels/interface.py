@@ -53,6 +53,7 @@ def fused_linear_unlearning_kl(
     augmented_bias: torch.Tensor | None = None,
     chunk_tokens: int | None = None,
     check_inputs_finite: bool = True,
+    grad_filter: bool | None = None,
 ) -> torch.Tensor:
     """Unlearning KL between the student and the (modified) teacher, from hidden states and lm_head weights.
 
@@ -61,7 +62,11 @@ def fused_linear_unlearning_kl(
     ``"forward"`` is KL(p_teacher || p_student) (FKLU, and the "+KL" retain term). Gradients flow to the
     student's hidden states, weight and bias; the teachers are constants. With the fused backends no
     [tokens x vocab] tensor is built. Labels only mask: pass them already shifted for next-token
-    prediction (hidden[:, :-1] with labels[:, 1:]).
+    prediction (hidden[:, :-1] with labels[:, 1:]). Each model may have its own hidden size.
+
+    ``grad_filter`` (Triton backend): skip backward tiles whose every gradient entry is below
+    finfo(dtype).eps / 32 (see ``kernels/triton_fused_backward.py``); None = on unless the environment sets
+    ``RKLU_GRAD_FILTER=0``. The torch and reference backends compute dense gradients and ignore it.
     """
     check_direction_reduction(direction, reduction)
     check_alpha(alpha)
@@ -106,7 +111,7 @@ def fused_linear_unlearning_kl(
         xo_c = xo.to(xs_c.dtype)
         xa_c = None if xa is None else xa.to(xs_c.dtype)
         per_token = TritonFusedUnlearningKL.apply(
-            xs_c, ws_c, bs_c, xo_c, tw[0], tw[1], xa_c, tw[2], tw[3], float(alpha), direction)
+            xs_c, ws_c, bs_c, xo_c, tw[0], tw[1], xa_c, tw[2], tw[3], float(alpha), direction, grad_filter)
 
     return reduce_counted(per_token, counted, lead_shape, reduction)
 

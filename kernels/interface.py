@@ -23,10 +23,24 @@ def triton_available(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+def resolve_backend(backend: str, device: torch.device, problem: dict | None = None) -> str:
+    """The backend a call runs on. ``"auto"``: ``"torch"`` off CUDA (or without Triton). On CUDA, given the
+    ``problem`` (n, h, v, dtype "bf16"/"fp32", augmented, reverse, grad_filter), ``"chunked"`` when its
+    O(chunk x V) working set fits in half the free GPU memory (torch.cuda.mem_get_info) at a chunk of >= 512
+    tokens (or all of them) and the roofline model (``cost_model.choose_cuda_backend``) says it is faster
+    than the O(N)-memory fused kernel with the gradient filter at the kept fraction measured on SmolLM2
+    logits; else ``"triton"`` (also when no problem is given).
+    """
     check_backend(backend)
     if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_available(device) else "torch"
+        if device.type != "cuda" or not triton_available(device):
+            return "torch"
+        if problem is None:
+            return "triton"
+        from .cost_model import choose_cuda_backend
+
+        free, _ = torch.cuda.mem_get_info(device)
+        return choose_cuda_backend(free_bytes=free, **problem)
     if backend in ("triton", "chunked") and not triton_available(device):
         raise ValueError(
             f"backend={backend!r} needs a CUDA device or TRITON_INTERPRET=1 (tensors are on {device}); "
@@ -72,7 +86,11 @@ def fused_linear_unlearning_kl(
     check_alpha(alpha)
     check_linear_inputs(student_hidden, student_weight, student_bias, original_hidden, original_weight,
                         original_bias, augmented_hidden, augmented_weight, augmented_bias, labels)
-    backend = resolve_backend(backend, student_hidden.device)
+    backend = resolve_backend(backend, student_hidden.device, problem=dict(
+        n=student_hidden[..., 0].numel(), h=max(student_hidden.shape[-1], original_hidden.shape[-1]),
+        v=student_weight.shape[0], dtype="fp32" if student_hidden.dtype == torch.float32 else "bf16",
+        augmented=augmented_hidden is not None, reverse=direction == "reverse",
+        grad_filter=grad_filter is not False))
     if check_inputs_finite:
         for name, t in (("student_hidden", student_hidden), ("original_hidden", original_hidden),
                         ("augmented_hidden", augmented_hidden)):

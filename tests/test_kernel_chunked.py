@@ -176,3 +176,15 @@ def test_forward_only_and_no_grad(device):
 
 def test_auto_on_cpu_stays_torch():
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
+
+
+def test_auto_policy_on_cuda_uses_memory_and_the_cost_model():
+    """The CUDA policy (pure Python): chunked when its working set fits and the model prefers it; the O(N)
+    fused kernel when memory is short (a chunk of < 512 tokens would fit)."""
+    from rklu.kernels.cost_model import choose_cuda_backend
+    from rklu.kernels.triton_chunked import working_set_bytes
+
+    big = dict(n=8192, h=4096, v=32000, dtype="bf16", augmented=True, reverse=True)
+    assert choose_cuda_backend(free_bytes=80 << 30, **big) == "chunked"
+    short = 2 * working_set_bytes(256, 32000, 2)
+    assert choose_cuda_backend(free_bytes=short, **big) == "triton"

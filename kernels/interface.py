@@ -26,7 +26,7 @@ def triton_available(device: torch.device) -> bool:
 def resolve_backend(backend: str, device: torch.device, problem: dict | None = None) -> str:
     """The backend a call runs on. ``"auto"``: ``"torch"`` off CUDA (or without Triton). On CUDA, given the
     ``problem`` (n, h, v, dtype "bf16"/"fp32", augmented, reverse, grad_filter), ``"chunked"`` when its
-    O(chunk x V) working set fits in half the free GPU memory (torch.cuda.mem_get_info) at a chunk of >= 512
+    O(chunk x V) working set fits in a quarter of the free GPU memory (torch.cuda.mem_get_info) at a chunk of >= 512
     tokens (or all of them) and the roofline model (``cost_model.choose_cuda_backend``) says it is faster
     than the O(N)-memory fused kernel with the gradient filter at the kept fraction measured on SmolLM2
     logits; else ``"triton"`` (also when no problem is given).

@@ -14,7 +14,8 @@ plus O(N * H + V * H) for the fp32 gradient accumulators every backend returns.
 Unlike the fused kernel (``triton_fused``, O(N) memory, recomputes the logits in the backward), this path
 spends O(chunk * V) memory to run every GEMM through cuBLAS at full tensor-core rate and never recompute.
 Where it pays is decided by ``backend="auto"`` (see ``interface.resolve_backend``) from the free memory and
-the cost model in ``cost_model.py``.
+the cost model in ``cost_model.py`` (benchmarks/results/roofline.md: on an H100 at N=8192, H=4096, V=32000
+bf16 the model puts it at ~1.2x the dense GEMM floor).
 
 Numerics: statistics are accumulated relative to the running maxima (no subtraction of two offset-sized
 numbers, so a common offset of 1e4 on the teacher logits costs no accuracy); the gradient tile is
@@ -36,10 +37,12 @@ from .compile_spec import CompileSpec
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
-# Working-set budget of one chunk: 3 fp32 logit buffers + the gradient buffer, per token 4*3 + 2 bytes * V.
-# On CUDA 1 GiB gives ~2300 tokens at V=32000 (cuBLAS at full rate) and ~590 at V=128256. On CPU a small
-# budget (tests: several chunks per call; the interpreter walks every block in Python anyway).
-CUDA_CHUNK_BYTES = 1 << 30
+# Chunk size. On CUDA: TARGET_CHUNK_TOKENS (the GEMMs chunk x H x V run at full rate, and dW's fp32
+# accumulator is read and written once per chunk: fewer, larger chunks), capped so the working set (3 fp32
+# logit buffers + the gradient, per token (4 * 3 + 2) * V bytes: 0.9 GB at V=32000, 7.3 GB at V=256000)
+# takes at most a quarter of the free GPU memory. On CPU (tests, under TRITON_INTERPRET=1) a 16 MiB budget:
+# several chunks per call.
+TARGET_CHUNK_TOKENS = 2048
 CPU_CHUNK_BYTES = 1 << 24
 # Smallest chunk worth running on CUDA: below it the logit GEMMs (chunk x H x V) lose tensor-core efficiency.
 MIN_EFFICIENT_CHUNK = 512
@@ -216,10 +219,18 @@ class _Gemms:
         return acc.addmm_(a.float(), b.float())
 
 
-def default_chunk_tokens(n: int, v: int, grad_bytes: int, device: torch.device, augmented: bool = True) -> int:
-    budget = CUDA_CHUNK_BYTES if device.type == "cuda" else CPU_CHUNK_BYTES
-    per_token = v * (4 * (3 if augmented else 2) + grad_bytes)
-    chunk = max(1, budget // per_token)
+def default_chunk_tokens(n: int, v: int, grad_bytes: int, device: torch.device, augmented: bool = True,
+                         free_bytes: int | None = None) -> int:
+    """Tokens per chunk: TARGET_CHUNK_TOKENS on CUDA within a quarter of ``free_bytes`` (default: what
+    torch.cuda.mem_get_info reports), a 16 MiB working set on CPU; never more than ``n``."""
+    per_token = working_set_bytes(1, v, grad_bytes, augmented)
+    if device.type == "cuda":
+        if free_bytes is None:
+            free_bytes = torch.cuda.mem_get_info(device)[0]
+        chunk = min(TARGET_CHUNK_TOKENS, free_bytes // 4 // per_token)
+    else:
+        chunk = CPU_CHUNK_BYTES // per_token
+    chunk = max(1, chunk)
     if chunk >= 256:
         chunk -= chunk % 256  # whole cuBLAS tiles
     return int(min(n, chunk))

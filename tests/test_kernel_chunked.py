@@ -186,5 +186,5 @@ def test_auto_policy_on_cuda_uses_memory_and_the_cost_model():
 
     big = dict(n=8192, h=4096, v=32000, dtype="bf16", augmented=True, reverse=True)
     assert choose_cuda_backend(free_bytes=80 << 30, **big) == "chunked"
-    short = 2 * working_set_bytes(256, 32000, 2)
+    short = 4 * working_set_bytes(256, 32000, 2)
     assert choose_cuda_backend(free_bytes=short, **big) == "triton"

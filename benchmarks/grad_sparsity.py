@@ -345,6 +345,7 @@ def main(argv=None):
     p.add_argument("--tiny-dir", default="runs/grad-sparsity-tiny")
     p.add_argument("--out", default=str(RESULTS / "grad-sparsity"))
     p.add_argument("--from-json", help="re-render markdown/PNG only")
+    p.add_argument("--merge", action="store_true", help="keep rows of models not measured in this run")
     args = p.parse_args(argv)
     prefix = Path(args.out)
     if args.from_json:
@@ -354,6 +355,12 @@ def main(argv=None):
         result = run(args)
         from rklu.io import atomic_write_text
 
+        old = prefix.with_suffix(".json")
+        if args.merge and old.exists():  # keep the other models' rows (one model measured per run)
+            prev = json.loads(old.read_text())
+            fresh = {r["model"] for r in result["rows"]}
+            result["rows"] = [r for r in prev["rows"] if r["model"] not in fresh] + result["rows"]
+            result["meta"] = {**prev["meta"], **result["meta"]}
         prefix.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(prefix.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
     from rklu.io import atomic_write_text

@@ -146,11 +146,12 @@ def fused_v2(s: Shape, gpu: GPU, kept_fraction: float = 1.0, store_g: bool = Fal
         if store_g:
             return Kernel(f"backward tiles {bbn}x{bbv} (store g)", flops=(always + teacher) * s.gemm,
                           dram=(always + teacher) * dram + s.n * s.v * s.b, l2=(always + teacher) * l2, sfu=sfu)
-        grad = 2 * f  # dX and dW tile GEMMs
+        # dX and dW tile GEMMs: 2 GEMMs of FLOPs, but the gradient tile is in registers, so each reads one
+        # operand (W for dX, X for dW): together one GEMM's worth of operand traffic.
         atomics = f * 4.0 * (s.n * s.h * math.ceil(s.v / bbv) + s.v * s.h * math.ceil(s.n / bbn))
-        return Kernel(f"backward tiles {bbn}x{bbv} (atomic dX/dW)", flops=(always + teacher + grad) * s.gemm,
-                      dram=(always + teacher + grad) * dram + 4.0 * (s.n * s.h + s.v * s.h),
-                      l2=(always + teacher + grad) * l2, atomics=atomics, sfu=sfu)
+        return Kernel(f"backward tiles {bbn}x{bbv} (atomic dX/dW)", flops=(always + teacher + 2 * f) * s.gemm,
+                      dram=(always + teacher + f) * dram + 4.0 * (s.n * s.h + s.v * s.h),
+                      l2=(always + teacher + f) * l2, atomics=atomics, sfu=sfu)
 
     def best(make, shapes, given):
         cands = [given] if given else [tuple(t[:2]) for t in shapes[key]]

@@ -238,13 +238,13 @@ def run(args) -> dict:
 # ---- report -------------------------------------------------------------------------------------------------
 
 def headline(result: dict, model="SmolLM2-135M-Instruct", direction="reverse", batching=None,
-             tile=None) -> float | None:
+             tile=None, threshold="2^-12") -> float | None:
     """f at ``tile`` (default: the kernel's default tile when measured), bf16 threshold, sorted vocabulary,
     forget + retain tokens pooled."""
     bn, bv = tile or result["meta"]["default_tile"]
     batching = batching or f"{result['meta']['batch_rows']} rows"
     sel = [r for r in result["rows"] if r["model"] == model and r["direction"] == direction and r["sorted"]
-           and r["block_n"] == bn and r["block_v"] == bv and r["threshold"].startswith("2^-12")
+           and r["block_n"] == bn and r["block_v"] == bv and r["threshold"].startswith(threshold)
            and r["batching"] == batching]
     if not sel:
         return None

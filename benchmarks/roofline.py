@@ -93,6 +93,9 @@ def measured_f() -> dict:
         f = grad_sparsity.headline(result, direction=direction, tile=tile)
         if f is not None:
             out[direction] = f
+        f32 = grad_sparsity.headline(result, direction=direction, tile=tile, threshold="2^-28")
+        if f32 is not None:
+            out[direction + "_fp32"] = f32  # fp32 inputs filter at finfo(fp32).eps / 32 = 2^-28
     out["source"] = (f"benchmarks/results/grad-sparsity.json: SmolLM2-135M, TOFU forget01+retain99, 8-row batches, "
                      f"tile {tile[0]}x{tile[1]}, threshold 2^-12, sorted vocabulary")
     return out
@@ -141,14 +144,16 @@ def run(args) -> dict:
     torch.set_num_threads(1)
     traced = {"eager": traced_bytes_per_element("eager"), "torch": traced_bytes_per_element("torch")}
     f = measured_f()
-    f_values = [("assumed 0.1", 0.1), ("assumed 0.25", 0.25)]
-    if "reverse" in f:
-        f_values.insert(0, ("measured SmolLM2 reverse KL", f["reverse"]))
     rows = []
     for shape in suite_shapes():
         for gpu in ("H100", "A100"):
             dtypes = ("bf16", "fp32") if shape == HEADLINE else ("bf16",)
             for dtype in dtypes:
+                f_values = [("assumed 0.1", 0.1), ("assumed 0.25", 0.25)]
+                key = "reverse" if dtype == "bf16" else "reverse_fp32"
+                if key in f:
+                    f_values.insert(0, (f"measured SmolLM2 reverse KL ({'2^-12' if dtype == 'bf16' else '2^-28'})",
+                                        f[key]))
                 rows += rows_for(shape, dtype, gpu, f_values, traced)
     from rklu.kernels import cost_model as cm
 

@@ -158,7 +158,10 @@ class TritonFusedUnlearningKL(torch.autograd.Function):
         dtype_name = dtype_key(xs.dtype)
         use_filter = grad_filter_default() if grad_filter is None else bool(grad_filter)
         need_grad = any(ctx.needs_input_grad[:3])
-        perm = _vocab_order(xs, ws, bs) if (use_filter and need_grad) else None
+        # Deterministic mode stores whole gradient rows for cuBLAS, contiguously: no sort there (a gathered
+        # store needs an address register per element and spills on sm_80); the filter still skips teachers.
+        sort = use_filter and need_grad and not torch.are_deterministic_algorithms_enabled()
+        perm = _vocab_order(xs, ws, bs) if sort else None
         _launch("forward", _forward_kernel,
                 lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * splits,), dtype_name,
                 *args["tensors"], part, part if perm is None else perm, n, v, *args["sizes"], *args["strides"],

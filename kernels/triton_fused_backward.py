@@ -39,7 +39,7 @@ from .triton_fused_tiles import _grad_operand, _grouped_pid, _logit_tile, _mm, _
 def _apply_grad(g, XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask, col_mask, H_S,
                 stride_xs, stride_ws, stride_g,
                 HAS_BS: tl.constexpr, PRECISION: tl.constexpr, STORE_G: tl.constexpr,
-                BLOCK_H: tl.constexpr):
+                BLOCK_HG: tl.constexpr):
     tl.atomic_add(COUNTER, 1)
     if STORE_G:
         tl.store(G + local[:, None] * stride_g + cols[None, :], g.to(G.dtype.element_ty),
@@ -48,8 +48,10 @@ def _apply_grad(g, XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask, 
         if HAS_BS:
             tl.atomic_add(DB + cols, tl.sum(g, axis=0), mask=col_mask)
         g_in = _grad_operand(g, XS, PRECISION)
-        for h0 in range(0, H_S, BLOCK_H):
-            hs = h0 + tl.arange(0, BLOCK_H)
+        # Its own H step: each fp32 atomic needs its own address register (no vector atomics on sm_80),
+        # so the [BLOCK_V, BLOCK_HG] dW tile is what sets the register budget here.
+        for h0 in range(0, H_S, BLOCK_HG):
+            hs = h0 + tl.arange(0, BLOCK_HG)
             h_mask = hs < H_S
             x = tl.load(XS + rows[:, None] * stride_xs + hs[None, :], mask=row_mask[:, None] & h_mask[None, :], other=0.0)
             w = tl.load(WS + cols[:, None] * stride_ws + hs[None, :], mask=col_mask[:, None] & h_mask[None, :], other=0.0)
@@ -76,7 +78,8 @@ def _backward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, GRAD_OUT, PERM, 
                      HAS_AUG: tl.constexpr, HAS_BS: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr,
                      REVERSE: tl.constexpr, PRECISION: tl.constexpr, FILTER: tl.constexpr,
                      SORTED: tl.constexpr, STORE_G: tl.constexpr, GROUP: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+                     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+                     BLOCK_HG: tl.constexpr):
     pid_n, pid_v = _grouped_pid(tl.program_id(0), tl.cdiv(NUM_ROWS, BLOCK_N), tl.cdiv(V, BLOCK_V), GROUP)
     local = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = local < NUM_ROWS
@@ -98,11 +101,14 @@ def _backward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, GRAD_OUT, PERM, 
 
     zs = _logit_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws,
                      HAS_BS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
-    p_s = tl.exp(tl.where(inside, (zs - m_s[:, None]) - log_d_s[:, None], float("-inf")))
     if REVERSE:
+        # Only z_s - M_s stays live across the teacher GEMMs (p_s is recomputed from it, same rounding):
+        # at most three fp32 tiles at a time.
+        zs = zs - m_s[:, None]
         keep = True
         if FILTER:
-            keep = tl.max(tl.max(p_s, axis=1), axis=0) >= eps
+            p_max = tl.exp(tl.max(tl.max(tl.where(inside, zs, float("-inf")), axis=1) - log_d_s, axis=0))
+            keep = p_max >= eps
         if keep:
             zt = _teacher_tile(XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H_O, H_A,
                                stride_xo, stride_wo, stride_xa, stride_wa, alpha,
@@ -111,19 +117,21 @@ def _backward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, GRAD_OUT, PERM, 
             # analytically and nothing of a common offset's size is formed. When p_s is one-hot in fp32
             # the forward's mean is exactly the argmax's term and the gradient is exactly 0.
             mean = tl.load(STATS + rows * 5 + 4, mask=row_mask, other=0.0)
-            g = p_s * (((zs - m_s[:, None]) - (zt - m_t[:, None])) - mean[:, None])
+            p_s = tl.exp(tl.where(inside, zs - log_d_s[:, None], float("-inf")))
+            g = p_s * ((zs - (zt - m_t[:, None])) - mean[:, None])
             _apply_grad(g * upstream[:, None], XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask,
-                        col_mask, H_S, stride_xs, stride_ws, stride_g, HAS_BS, PRECISION, STORE_G, BLOCK_H)
+                        col_mask, H_S, stride_xs, stride_ws, stride_g, HAS_BS, PRECISION, STORE_G, BLOCK_HG)
         else:
             _store_zero(G, local, cols, row_mask, col_mask, stride_g, STORE_G, BLOCK_N, BLOCK_V)
     else:
+        p_s = tl.exp(tl.where(inside, (zs - m_s[:, None]) - log_d_s[:, None], float("-inf")))
         zo = _logit_tile(XO, WO, BO, rows, cols, row_mask, col_mask, H_O, stride_xo, stride_wo,
                          HAS_BO, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
         keep = True
         if FILTER:
             # z_t <= z_o, so exp(z_o - M_t - log D_t) bounds p_t from above.
-            bound = tl.exp(tl.where(inside, (zo - m_t[:, None]) - log_d_t[:, None], float("-inf")))
-            keep = tl.max(tl.max(tl.maximum(p_s, bound), axis=1), axis=0) >= eps
+            bound = tl.max(tl.max(tl.where(inside, (zo - m_t[:, None]) - log_d_t[:, None], float("-inf")), axis=1), axis=0)
+            keep = tl.maximum(tl.max(tl.max(p_s, axis=1), axis=0), tl.exp(bound)) >= eps
         if keep:
             zt = zo
             if HAS_AUG:
@@ -133,6 +141,6 @@ def _backward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, GRAD_OUT, PERM, 
             p_t = tl.exp(tl.where(inside, (zt - m_t[:, None]) - log_d_t[:, None], float("-inf")))
             g = p_s - p_t
             _apply_grad(g * upstream[:, None], XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask,
-                        col_mask, H_S, stride_xs, stride_ws, stride_g, HAS_BS, PRECISION, STORE_G, BLOCK_H)
+                        col_mask, H_S, stride_xs, stride_ws, stride_g, HAS_BS, PRECISION, STORE_G, BLOCK_HG)
         else:
             _store_zero(G, local, cols, row_mask, col_mask, stride_g, STORE_G, BLOCK_N, BLOCK_V)

@@ -19,46 +19,45 @@ GROUP = 8  # row blocks per group in the grouped program order
 # (BLOCK_N, BLOCK_V, BLOCK_H, num_warps, num_stages). The first entry is the fixed default
 # (RKLU_TRITON_AUTOTUNE=0).
 FORWARD_SHAPES = {
-    "bf16": [(64, 128, 64, 8, 3), (128, 128, 64, 8, 3), (128, 64, 64, 4, 3), (64, 256, 64, 8, 3)],
-    "fp32": [(64, 64, 32, 4, 2), (64, 128, 32, 8, 2), (32, 128, 32, 4, 2)],
+    "bf16": [(64, 128, 64, 8, 3), (64, 64, 64, 8, 3)],
+    "fp32": [(64, 64, 32, 8, 2)],
 }
+# (BLOCK_N, BLOCK_V, BLOCK_H, BLOCK_HG, num_warps, num_stages): BLOCK_HG is the H step of the gradient
+# GEMMs + atomics. BLOCK_H equals the forward's per dtype: see triton_fused_forward.py (bitwise recompute).
 BACKWARD_SHAPES = {
-    "bf16": [(128, 128, 64, 8, 2), (64, 128, 64, 8, 3), (128, 64, 64, 8, 3), (64, 256, 64, 8, 2)],
-    "fp32": [(64, 64, 32, 4, 2), (64, 128, 32, 8, 2), (32, 128, 32, 4, 2)],
+    "bf16": [(64, 128, 64, 32, 8, 3), (128, 64, 64, 32, 8, 3), (64, 64, 64, 32, 8, 3)],
+    "fp32": [(64, 64, 32, 16, 8, 2)],
 }
-
-
-def _configs(shapes) -> list:
-    return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh), num_warps=w, num_stages=st)
-            for bn, bv, bh, w, st in shapes]
-
-
-def dtype_key(dtype) -> str:
-    """bf16 and fp16 share the tensor-core configs; fp32 (IEEE dot) has its own."""
-    return "fp32" if str(dtype).endswith("float32") or dtype == "fp32" else "bf16"
 
 
 def forward_configs(dtype_name: str) -> list:
-    return _configs(FORWARD_SHAPES[dtype_name])
+    return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh), num_warps=w, num_stages=st)
+            for bn, bv, bh, w, st in FORWARD_SHAPES[dtype_name]]
 
 
 def backward_configs(dtype_name: str) -> list:
-    return _configs(BACKWARD_SHAPES[dtype_name])
+    return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh, BLOCK_HG=bhg), num_warps=w, num_stages=st)
+            for bn, bv, bh, bhg, w, st in BACKWARD_SHAPES[dtype_name]]
 
 
 def autotune_configs() -> list:
     """Every config any kernel can be launched with (for reports)."""
-    shapes = {s for table in (FORWARD_SHAPES, BACKWARD_SHAPES) for lst in table.values() for s in lst}
-    return _configs(sorted(shapes))
+    return [c for dt in ("bf16", "fp32") for c in forward_configs(dt) + backward_configs(dt)]
 
 
 def block_sizes(kernel: str, dtype_name: str) -> dict:
     """Fixed tiles: the interpreter steps through blocks in Python, so it gets few, large tiles; on CUDA
     (RKLU_TRITON_AUTOTUNE=0) the first entry of the kernel's autotune list."""
     if INTERPRET:
-        return dict(BLOCK_N=32, BLOCK_V=256, BLOCK_H=64, num_warps=4)
-    bn, bv, bh, w, st = (FORWARD_SHAPES if kernel == "forward" else BACKWARD_SHAPES)[dtype_name][0]
-    return dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh, num_warps=w, num_stages=st)
+        blocks = dict(BLOCK_N=32, BLOCK_V=256, BLOCK_H=64, num_warps=4)
+        return blocks if kernel == "forward" else dict(blocks, BLOCK_HG=64)
+    cfg = (forward_configs if kernel == "forward" else backward_configs)(dtype_name)[0]
+    return dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def dtype_key(dtype) -> str:
+    """bf16 and fp16 share the tensor-core configs; fp32 (IEEE dot) has its own."""
+    return "fp32" if str(dtype).endswith("float32") or dtype == "fp32" else "bf16"
 
 
 # Every SPLIT_V is a multiple of every BLOCK_V above, so vocab blocks never straddle two splits.
@@ -107,12 +106,13 @@ def compile_specs() -> list:
                             divisible=(*tensors, "PART", "PERM", *ints, "SPLIT_V")))
                     for filt in (True, False):
                         for store in (False, True):
-                            bflags = dict(flags, FILTER=filt, SORTED=filt, STORE_G=store)
+                            # Deterministic mode (store) walks the vocabulary unsorted: see triton_fused.py.
+                            bflags = dict(flags, FILTER=filt, SORTED=filt and not store, STORE_G=store)
                             bsig = {**tensors, "STATS": "*fp32", "GRAD_OUT": "*fp32", "PERM": "*i64",
                                     "DX": "*fp32", "DW": "*fp32", "DB": "*fp32", "G": ptr, "COUNTER": "*i32",
                                     "ROW0": "i32", "NUM_ROWS": "i32", "V": "i32",
                                     **{k: "i32" for k in ints}, "stride_g": "i32", "alpha": "fp32", "eps": "fp32",
-                                    **{k: "constexpr" for k in (*bflags, "BLOCK_N", "BLOCK_V", "BLOCK_H")}}
+                                    **{k: "constexpr" for k in (*bflags, "BLOCK_N", "BLOCK_V", "BLOCK_H", "BLOCK_HG")}}
                             bvariant = variant + ("," + ("filter" if filt else "no-filter")
                                                   + ("," + "store-g" if store else ",atomic"))
                             specs.append(CompileSpec(

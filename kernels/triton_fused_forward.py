@@ -64,34 +64,39 @@ def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM,
             cols = tl.load(PERM + pos, mask=col_mask, other=0)
         else:
             cols = pos
+        # Teacher first, folded into its statistics at once, so only one teacher tile (z_t - c_t, or e_t
+        # for the forward KL) stays live while the student GEMM runs: two fp32 tiles at a time.
         zt = _teacher_tile(XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H_O, H_A,
                            stride_xo, stride_wo, stride_xa, stride_wa, alpha,
                            HAS_AUG, HAS_BO, HAS_BA, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
-        zs = _logit_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws,
-                         HAS_BS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
         # Every block holds at least one valid column, so the maxima are finite and the rescale factors
         # exp(m_old - m_new) are exp(-inf) = 0 on the first block, never exp(nan).
-        tile_m_s = tl.max(tl.where(valid, zs, float("-inf")), axis=1)
         tile_m_t = tl.max(tl.where(valid, zt, float("-inf")), axis=1)
         first = v0 == v_start
-        c_s = tl.where(first, tile_m_s, c_s)
         c_t = tl.where(first, tile_m_t, c_t)
-        new_m_s = tl.maximum(m_s, tile_m_s)
         new_m_t = tl.maximum(m_t, tile_m_t)
-        scale_s = tl.exp(m_s - new_m_s)
         scale_t = tl.exp(m_t - new_m_t)
         # Padding columns go through exp(-inf) = 0: exp of their (zero) logits minus the max could overflow.
-        e_s = tl.exp(tl.where(valid, zs - new_m_s[:, None], float("-inf")))
         e_t = tl.exp(tl.where(valid, zt - new_m_t[:, None], float("-inf")))
-        d_s = d_s * scale_s + tl.sum(e_s, axis=1)
         d_t = d_t * scale_t + tl.sum(e_t, axis=1)
-        diff = (zs - c_s[:, None]) - (zt - c_t[:, None])
-        if REVERSE:
-            acc = acc * scale_s + tl.sum(e_s * diff, axis=1)
-        else:
-            acc = acc * scale_t - tl.sum(e_t * diff, axis=1)
-        m_s = new_m_s
         m_t = new_m_t
+        zt = zt - c_t[:, None]
+        if not REVERSE:
+            acc = acc * scale_t + tl.sum(e_t * zt, axis=1)
+        zs = _logit_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws,
+                         HAS_BS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+        tile_m_s = tl.max(tl.where(valid, zs, float("-inf")), axis=1)
+        c_s = tl.where(first, tile_m_s, c_s)
+        new_m_s = tl.maximum(m_s, tile_m_s)
+        scale_s = tl.exp(m_s - new_m_s)
+        zs = zs - c_s[:, None]
+        e_s = tl.exp(tl.where(valid, zs - (new_m_s - c_s)[:, None], float("-inf")))
+        if REVERSE:
+            acc = acc * scale_s + tl.sum(e_s * (zs - zt), axis=1)
+        else:
+            acc = acc - tl.sum(e_t * zs, axis=1)
+        d_s = d_s * scale_s + tl.sum(e_s, axis=1)
+        m_s = new_m_s
     # Re-center the mean on the split's own maxima: (m - c) is a difference of two logits of the row.
     shift = (m_s - c_s) - (m_t - c_t)
     if REVERSE:

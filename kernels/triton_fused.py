@@ -22,6 +22,8 @@ the dense floor of 5; with gradient filtering and a kept fraction f of backward 
 original: 2 + f * 3). ``grad_filter`` (default on; ``RKLU_GRAD_FILTER=0`` turns the default off) skips a
 tile only when every gradient entry in it is below eps = finfo(dtype).eps / 32 (2^-12 in bf16, 2^-28 in
 fp32), see triton_fused_backward.py. ``last_backward_tile_stats()`` reports the kept fraction.
+Which backward: fp32 atomics by default (O(N) memory, as the issue asks and as CCE does); the store-g +
+cuBLAS backward under deterministic mode or ``RKLU_FUSED_BACKWARD=store`` (see ``store_backward``).
 """
 from __future__ import annotations
 
@@ -94,6 +96,14 @@ def filter_eps(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps / 32
 
 
+def store_backward() -> bool:
+    """Backward through the [chunk, V] gradient buffer + torch.mm instead of fp32 atomics: always under
+    ``torch.use_deterministic_algorithms(True)``; also with ``RKLU_FUSED_BACKWARD=store`` (the cost model in
+    benchmarks/roofline.py prefers it when most tiles are kept: dense dX/dW at cuBLAS rate beat tile GEMMs
+    plus atomics; it costs O(chunk * V) memory instead of O(N))."""
+    return torch.are_deterministic_algorithms_enabled() or os.environ.get("RKLU_FUSED_BACKWARD") == "store"
+
+
 _LAST_STATS: dict = {}
 
 
@@ -160,7 +170,7 @@ class TritonFusedUnlearningKL(torch.autograd.Function):
         need_grad = any(ctx.needs_input_grad[:3])
         # Deterministic mode stores whole gradient rows for cuBLAS, contiguously: no sort there (a gathered
         # store needs an address register per element and spills on sm_80); the filter still skips teachers.
-        sort = use_filter and need_grad and not torch.are_deterministic_algorithms_enabled()
+        sort = use_filter and need_grad and not store_backward()
         perm = _vocab_order(xs, ws, bs) if sort else None
         _launch("forward", _forward_kernel,
                 lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * splits,), dtype_name,
@@ -184,7 +194,7 @@ class TritonFusedUnlearningKL(torch.autograd.Function):
         common = dict(REVERSE=ctx.direction == "reverse", FILTER=ctx.use_filter, SORTED=sorted_, **args["flags"])
         eps = filter_eps(xs.dtype)
         perm_arg = perm if sorted_ else counter  # never dereferenced unless SORTED
-        if not torch.are_deterministic_algorithms_enabled():
+        if not store_backward():
             dx = torch.zeros((n, h), dtype=torch.float32, device=xs.device)
             dw = torch.zeros((v, h), dtype=torch.float32, device=xs.device)
             db = torch.zeros(v, dtype=torch.float32, device=xs.device) if bs is not None else dx

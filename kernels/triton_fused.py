@@ -37,7 +37,7 @@ from .triton_fused_configs import (
     GROUP, autotune_configs, backward_configs, block_sizes, compile_specs, dtype_key, forward_configs,
     vocab_split_size,
 )
-from .triton_fused_forward import NUM_STATS, _forward_kernel, combine_partials
+from .triton_fused_forward import NUM_STATS, _forward_kernel, combine_partials, reference_logits
 from .triton_fused_tiles import IEEE, INTERPRET, NATIVE, UPCAST, _mm  # noqa: F401  (re-exported)
 
 __all__ = ["TritonFusedUnlearningKL", "last_backward_tile_stats", "grad_filter_default", "compile_specs",
@@ -172,11 +172,13 @@ class TritonFusedUnlearningKL(torch.autograd.Function):
         # store needs an address register per element and spills on sm_80); the filter still skips teachers.
         sort = use_filter and need_grad and not store_backward()
         perm = _vocab_order(xs, ws, bs) if sort else None
+        ref = reference_logits(xs, ws, bs, xo, wo, bo, xa, wa, ba, float(alpha))
         _launch("forward", _forward_kernel,
                 lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * splits,), dtype_name,
-                *args["tensors"], part, part if perm is None else perm, n, v, *args["sizes"], *args["strides"],
-                float(alpha), split_v, splits, REVERSE=reverse, SORTED=perm is not None, **args["flags"])
-        loss, stats = combine_partials(part, reverse)
+                *args["tensors"], part, part if perm is None else perm, ref, n, v, *args["sizes"],
+                *args["strides"], float(alpha), split_v, splits, REVERSE=reverse, SORTED=perm is not None,
+                **args["flags"])
+        loss, stats = combine_partials(part, ref, reverse)
         ctx.save_for_backward(xs, ws, bs, xo, wo, bo, xa, wa, ba, stats, perm)
         ctx.alpha, ctx.direction, ctx.use_filter = float(alpha), direction, use_filter
         return loss

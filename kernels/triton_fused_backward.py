@@ -93,32 +93,32 @@ def _backward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, GRAD_OUT, PERM, 
     inside = row_mask[:, None] & col_mask[None, :]
     tl.atomic_add(COUNTER + 1, 1)  # every tile; COUNTER[0] counts the kept ones
 
-    m_s = tl.load(STATS + rows * 5 + 0, mask=row_mask, other=0.0)
-    log_d_s = tl.load(STATS + rows * 5 + 1, mask=row_mask, other=0.0)
-    m_t = tl.load(STATS + rows * 5 + 2, mask=row_mask, other=0.0)
-    log_d_t = tl.load(STATS + rows * 5 + 3, mask=row_mask, other=0.0)
+    m_s = tl.load(STATS + rows * 7 + 0, mask=row_mask, other=0.0)
+    log_d_s = tl.load(STATS + rows * 7 + 1, mask=row_mask, other=0.0)
+    m_t = tl.load(STATS + rows * 7 + 2, mask=row_mask, other=0.0)
+    log_d_t = tl.load(STATS + rows * 7 + 3, mask=row_mask, other=0.0)
     upstream = tl.load(GRAD_OUT + rows, mask=row_mask, other=0.0)
 
     zs = _logit_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws,
                      HAS_BS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
     if REVERSE:
-        # Only z_s - M_s stays live across the teacher GEMMs (p_s is recomputed from it, same rounding):
-        # at most three fp32 tiles at a time.
-        zs = zs - m_s[:, None]
         keep = True
         if FILTER:
-            p_max = tl.exp(tl.max(tl.max(tl.where(inside, zs, float("-inf")), axis=1) - log_d_s, axis=0))
+            p_max = tl.exp(tl.max(tl.max(tl.where(inside, zs - m_s[:, None], float("-inf")), axis=1) - log_d_s, axis=0))
             keep = p_max >= eps
         if keep:
             zt = _teacher_tile(XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H_O, H_A,
                                stride_xo, stride_wo, stride_xa, stride_wa, alpha,
                                HAS_AUG, HAS_BO, HAS_BA, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
-            # log p_s - log p_t - KL == ((z_s - M_s) - (z_t - M_t)) - E_ps[same]: the normalizers cancel
-            # analytically and nothing of a common offset's size is formed. When p_s is one-hot in fp32
-            # the forward's mean is exactly the argmax's term and the gradient is exactly 0.
-            mean = tl.load(STATS + rows * 5 + 4, mask=row_mask, other=0.0)
-            p_s = tl.exp(tl.where(inside, zs - log_d_s[:, None], float("-inf")))
-            g = p_s * ((zs - (zt - m_t[:, None])) - mean[:, None])
+            # log p_s - log p_t - KL == ((z_s - c_s) - (z_t - c_t)) - E_ps[same]: the normalizers cancel
+            # analytically, nothing of a common offset's size is formed, and the log-ratio is the forward's
+            # expression on bitwise the forward's logits: when p_s is one-hot in fp32 the mean is exactly
+            # the argmax's term and the gradient exactly 0.
+            mean = tl.load(STATS + rows * 7 + 4, mask=row_mask, other=0.0)
+            c_s = tl.load(STATS + rows * 7 + 5, mask=row_mask, other=0.0)
+            c_t = tl.load(STATS + rows * 7 + 6, mask=row_mask, other=0.0)
+            p_s = tl.exp(tl.where(inside, (zs - m_s[:, None]) - log_d_s[:, None], float("-inf")))
+            g = p_s * (((zs - c_s[:, None]) - (zt - c_t[:, None])) - mean[:, None])
             _apply_grad(g * upstream[:, None], XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask,
                         col_mask, H_S, stride_xs, stride_ws, stride_g, HAS_BS, PRECISION, STORE_G, BLOCK_HG)
         else:

@@ -95,7 +95,7 @@ def compile_specs() -> list:
                     tensors = {k: ptr for k in ("XS", "WS", "BS", "XO", "WO", "BO", "XA", "WA", "BA")}
                     ints = ("H_S", "H_O", "H_A", "stride_xs", "stride_ws", "stride_xo", "stride_wo",
                             "stride_xa", "stride_wa")
-                    sig = {**tensors, "PART": "*fp32", "PERM": "*i64", "N": "i32", "V": "i32",
+                    sig = {**tensors, "PART": "*fp32", "PERM": "*i64", "REF": "*fp32", "N": "i32", "V": "i32",
                            **{k: "i32" for k in ints}, "alpha": "fp32", "SPLIT_V": "i32", "NUM_SPLITS": "i32",
                            **{k: "constexpr" for k in (*flags, "SORTED", "BLOCK_N", "BLOCK_V", "BLOCK_H")}}
                     for sort in (True, False):
@@ -103,7 +103,7 @@ def compile_specs() -> list:
                             kernel="unlearning_kl_forward", fn=_forward_kernel, signature=sig,
                             constexprs=dict(flags, SORTED=sort), configs=tuple(forward_configs(dt)), dtype=dt,
                             variant=variant + (",sorted" if sort else ",unsorted"),
-                            divisible=(*tensors, "PART", "PERM", *ints, "SPLIT_V")))
+                            divisible=(*tensors, "PART", "PERM", "REF", *ints, "SPLIT_V")))
                     for filt in (True, False):
                         for store in (False, True):
                             # Deterministic mode (store) walks the vocabulary unsorted: see triton_fused.py.

@@ -11,13 +11,16 @@ block by few programs; with splits the grid fills the machine and the W tiles of
 row blocks of a group while they sit in L2.
 
 Statistics of a split, per token: the student and teacher maxima m_s, m_t, the normalizers
-d = sum exp(z - m), and r, the mean of the log-ratio *relative to the maxima*:
-    reverse: r = E_{p_s}[(z_s - m_s) - (z_t - m_t)]      forward: r = E_{p_t}[(z_t - m_t) - (z_s - m_s)]
-Relative, because a softmax-invariant common offset (a teacher bias of 1e4) would otherwise make
-E[z_s - z_t] and (m_s - m_t) two numbers of the offset's size whose difference is the small KL: 5x the
-torch backend's error at 1e4 in v1. Inside a split the sum is kept against fixed per-token reference
-values c (the first block's maxima), so no running re-centering; every difference that is formed is of
-two logits of the same row (exact when they are within 2x of each other, Sterbenz), never of the offset.
+d = sum exp(z - m), and r, the mean log-ratio *relative to per-row reference logits* c_s, c_t:
+    reverse: r = E_{p_s}[(z_s - c_s) - (z_t - c_t)]      forward: r = E_{p_t}[(z_t - c_t) - (z_s - c_s)]
+Why a reference: a softmax-invariant common offset (a teacher bias of 1e4) would otherwise make E[z_s - z_t]
+and (m_s - m_t) two numbers of the offset's size whose difference is the small KL (v1: 5x the torch
+backend's error at 1e4). Every difference formed here is of two logits of the same row, in which the offset
+cancels. The reference is the row's logit of vocabulary entry 0 (``reference_logits``: a GEMV in torch,
+O(N * H)), the same constant for every split and for the backward, so the splits combine without
+re-centering and the backward forms the log-ratio with exactly the forward's expression: where p_s is
+one-hot in fp32 (logits ~1e4) the mean is bitwise the argmax's term and the gradient exactly 0, as in
+the materialized reference (a running-max re-centering would round differently and leave ~1e-3 there).
 
 With gradient filtering the forward walks the vocabulary through the same permutation as the backward
 (``PERM``, statistics don't depend on the order): a logit then sits at the same place of the same-shaped
@@ -34,11 +37,12 @@ import triton.language as tl
 
 from .triton_fused_tiles import _grouped_pid, _logit_tile, _teacher_tile
 
-NUM_STATS = 5  # m_s, d_s, m_t, d_t, r (partials); m_s, log d_s, m_t, log d_t, mean (combined)
+NUM_STATS = 5  # per split: m_s, d_s, m_t, d_t, r
+NUM_ROW_STATS = 7  # combined: M_s, log D_s, M_t, log D_t, mean, c_s, c_t
 
 
 @triton.jit
-def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM,
+def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM, REF,
                     N, V, H_S, H_O, H_A, stride_xs, stride_ws, stride_xo, stride_wo, stride_xa, stride_wa,
                     alpha, SPLIT_V, NUM_SPLITS,
                     HAS_AUG: tl.constexpr, HAS_BS: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr,
@@ -51,8 +55,8 @@ def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM,
     v_end = tl.minimum(V, v_start + SPLIT_V)
     m_s = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     m_t = tl.full((BLOCK_N,), float("-inf"), tl.float32)
-    c_s = tl.zeros((BLOCK_N,), tl.float32)
-    c_t = tl.zeros((BLOCK_N,), tl.float32)
+    c_s = tl.load(REF + rows * 2 + 0, mask=row_mask, other=0.0)
+    c_t = tl.load(REF + rows * 2 + 1, mask=row_mask, other=0.0)
     d_s = tl.zeros((BLOCK_N,), tl.float32)
     d_t = tl.zeros((BLOCK_N,), tl.float32)
     acc = tl.zeros((BLOCK_N,), tl.float32)
@@ -72,8 +76,6 @@ def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM,
         # Every block holds at least one valid column, so the maxima are finite and the rescale factors
         # exp(m_old - m_new) are exp(-inf) = 0 on the first block, never exp(nan).
         tile_m_t = tl.max(tl.where(valid, zt, float("-inf")), axis=1)
-        first = v0 == v_start
-        c_t = tl.where(first, tile_m_t, c_t)
         new_m_t = tl.maximum(m_t, tile_m_t)
         scale_t = tl.exp(m_t - new_m_t)
         # Padding columns go through exp(-inf) = 0: exp of their (zero) logits minus the max could overflow.
@@ -86,23 +88,20 @@ def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM,
         zs = _logit_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws,
                          HAS_BS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
         tile_m_s = tl.max(tl.where(valid, zs, float("-inf")), axis=1)
-        c_s = tl.where(first, tile_m_s, c_s)
         new_m_s = tl.maximum(m_s, tile_m_s)
         scale_s = tl.exp(m_s - new_m_s)
+        e_s = tl.exp(tl.where(valid, zs - new_m_s[:, None], float("-inf")))
         zs = zs - c_s[:, None]
-        e_s = tl.exp(tl.where(valid, zs - (new_m_s - c_s)[:, None], float("-inf")))
         if REVERSE:
             acc = acc * scale_s + tl.sum(e_s * (zs - zt), axis=1)
         else:
             acc = acc - tl.sum(e_t * zs, axis=1)
         d_s = d_s * scale_s + tl.sum(e_s, axis=1)
         m_s = new_m_s
-    # Re-center the mean on the split's own maxima: (m - c) is a difference of two logits of the row.
-    shift = (m_s - c_s) - (m_t - c_t)
     if REVERSE:
-        r = acc / d_s - shift
+        r = acc / d_s
     else:
-        r = acc / d_t + shift
+        r = acc / d_t
     base = PART + (pid_s * N + rows) * 5
     tl.store(base + 0, m_s, mask=row_mask)
     tl.store(base + 1, d_s, mask=row_mask)
@@ -111,11 +110,11 @@ def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM,
     tl.store(base + 4, r, mask=row_mask)
 
 
-def combine_partials(part: torch.Tensor, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """[splits, N, 5] partial statistics -> (per-token loss [N], stats [N, 5] for the backward).
+def combine_partials(part: torch.Tensor, ref: torch.Tensor, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """[splits, N, 5] partial statistics and the [N, 2] references -> (per-token loss [N], stats [N, 7]).
 
-    stats = (M_s, log D_s, M_t, log D_t, mean) with mean = E_{p_s}[(z_s - M_s) - (z_t - M_t)] (reverse; the
-    forward KL's backward does not need it). Max and log-normalizer are kept apart: log p = (z - M) - log D
+    stats = (M_s, log D_s, M_t, log D_t, mean, c_s, c_t) with mean = E_{p_s}[(z_s - c_s) - (z_t - c_t)]
+    (reverse; the forward KL's backward does not need it). Max and log-normalizer are kept apart: log p = (z - M) - log D
     stays exact near the max, where z - (M + log D) would round the lse at the logits' magnitude.
     """
     m_s, d_s, m_t, d_t, r = part.unbind(-1)
@@ -124,12 +123,28 @@ def combine_partials(part: torch.Tensor, reverse: bool) -> tuple[torch.Tensor, t
     w_s = d_s * torch.exp(m_s - big_s)
     w_t = d_t * torch.exp(m_t - big_t)
     sum_s, sum_t = w_s.sum(0), w_t.sum(0)
-    shift = (big_s - m_s) - (big_t - m_t)  # differences of logits of the same row, small
+    c_s, c_t = ref.unbind(-1)
+    # (M - c): differences of two logits of the same row, free of any common offset.
     if reverse:
-        mean = (w_s * (r - shift)).sum(0) / sum_s
-        loss = mean - torch.log(sum_s) + torch.log(sum_t)
+        mean = (w_s * r).sum(0) / sum_s
+        loss = mean - (big_s - c_s) + (big_t - c_t) - torch.log(sum_s) + torch.log(sum_t)
     else:
-        mean = (w_t * (r + shift)).sum(0) / sum_t
-        loss = mean - torch.log(sum_t) + torch.log(sum_s)
-    stats = torch.stack((big_s, torch.log(sum_s), big_t, torch.log(sum_t), mean), dim=1)
+        mean = (w_t * r).sum(0) / sum_t
+        loss = mean - (big_t - c_t) + (big_s - c_s) - torch.log(sum_t) + torch.log(sum_s)
+    stats = torch.stack((big_s, torch.log(sum_s), big_t, torch.log(sum_t), mean, c_s, c_t), dim=1)
     return loss, stats
+
+
+def reference_logits(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha: float) -> torch.Tensor:
+    """[N, 2] fp32: each row's student and teacher logit of vocabulary entry 0 (any per-row constant would
+    do; it only has to be the same in the forward and the backward)."""
+    def logit0(x, w, b):
+        z = x.float() @ w[0].float()
+        return z if b is None else z + b[0].float()
+
+    with torch.autocast(xs.device.type, enabled=False):
+        c_s = logit0(xs, ws, bs)
+        c_t = logit0(xo, wo, bo)
+        if xa is not None:
+            c_t = c_t - alpha * torch.relu(logit0(xa, wa, ba) - c_t)
+    return torch.stack((c_s, c_t), dim=1).contiguous()

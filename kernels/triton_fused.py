@@ -130,13 +130,18 @@ def _common_args(xs, ws, bs, xo, wo, bo, xa, wa, ba):
     )
 
 
-def _vocab_order(xs, ws, bs) -> torch.Tensor:
-    """Vocabulary sorted by decreasing mean student logit over the tokens (= W @ mean(x) + b), so the
-    entries that carry probability for many rows share vocab blocks. A GEMV: O(V * H)."""
+def _mean_logits(xs, ws, bs) -> torch.Tensor:
+    """Mean student logit of each vocabulary entry over the tokens (= W @ mean(x) + b). A GEMV: O(V * H)."""
     with torch.autocast(xs.device.type, enabled=False):
         mean_logit = ws.float() @ xs.float().mean(0)
         if bs is not None:
             mean_logit = mean_logit + bs.float()
+    return mean_logit
+
+
+def _vocab_order(mean_logit: torch.Tensor) -> torch.Tensor:
+    """Vocabulary sorted by decreasing mean student logit, so the entries that carry probability for many
+    rows share vocab blocks."""
     return torch.argsort(mean_logit, descending=True, stable=True)
 
 
@@ -171,8 +176,11 @@ class TritonFusedUnlearningKL(torch.autograd.Function):
         # Deterministic mode stores whole gradient rows for cuBLAS, contiguously: no sort there (a gathered
         # store needs an address register per element and spills on sm_80); the filter still skips teachers.
         sort = use_filter and need_grad and not store_backward()
-        perm = _vocab_order(xs, ws, bs) if sort else None
-        ref = reference_logits(xs, ws, bs, xo, wo, bo, xa, wa, ba, float(alpha))
+        mean_logit = _mean_logits(xs, ws, bs)
+        perm = _vocab_order(mean_logit) if sort else None
+        # The per-row reference logits: at the entry of largest mean logit, usually near each row's max, so
+        # the log-ratio terms (z - c) stay small and exact (see triton_fused_forward.py).
+        ref = reference_logits(xs, ws, bs, xo, wo, bo, xa, wa, ba, float(alpha), int(mean_logit.argmax()))
         _launch("forward", _forward_kernel,
                 lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * splits,), dtype_name,
                 *args["tensors"], part, part if perm is None else perm, ref, n, v, *args["sizes"],

@@ -2,10 +2,16 @@
 
 Every config in an autotune list must be spill-free and fit the shared memory of sm_80 (166912 bytes per
 block) and sm_90 (232448 bytes), for bf16 and fp32 and every variant (direction, augmented teacher, bias,
-filter, deterministic store): ``compile_specs()`` enumerates that matrix and ``benchmarks/gpu_compile.py``
-(tests/test_gpu_compile.py) compiles each case for both targets on CPU. The lists below are what survived
-that check (registers and spills are in benchmarks/results/gpu-compile.md); fp32 runs tl.dot in full IEEE
-fp32 (FMA, no tensor cores), whose operands live in registers, so it gets smaller tiles than bf16.
+sorted vocabulary, filter, deterministic store): ``compile_specs()`` enumerates that matrix and
+``benchmarks/gpu_compile.py`` (tests/test_gpu_compile.py) compiles each case for both targets on CPU.
+The lists below are what survived that check. What limits them is registers, not shared memory: a
+[64, 128] fp32 tile is 32 registers per thread at 8 warps, the kernels hold up to three (two GEMM
+accumulators + one teacher/student tile), and sm_80 has no vector float atomics, so every element of the
+atomic dX/dW tiles needs its own 64-bit address (hence the separate, smaller BLOCK_HG of the gradient
+loop). 16 warps cap a thread at 128 registers and spill everywhere; 128x128 spills at 8 warps. fp32 runs
+tl.dot in full IEEE fp32 (FMA, no tensor cores; the accuracy mode, not the fast one) with operands in
+registers, so it gets the smallest tiles. Forward and backward of a dtype share BLOCK_H (bitwise
+recompute, see triton_fused_forward.py).
 """
 from __future__ import annotations
 
@@ -20,12 +26,12 @@ GROUP = 8  # row blocks per group in the grouped program order
 # (RKLU_TRITON_AUTOTUNE=0).
 FORWARD_SHAPES = {
     "bf16": [(64, 128, 64, 8, 3), (64, 64, 64, 8, 3)],
-    "fp32": [(64, 64, 16, 8, 2)],
+    "fp32": [(32, 64, 16, 8, 2)],
 }
 # (BLOCK_N, BLOCK_V, BLOCK_H, BLOCK_HG, num_warps, num_stages): BLOCK_HG is the H step of the gradient
 # GEMMs + atomics. BLOCK_H equals the forward's per dtype: see triton_fused_forward.py (bitwise recompute).
 BACKWARD_SHAPES = {
-    "bf16": [(64, 128, 64, 32, 8, 3), (128, 64, 64, 32, 8, 3), (64, 64, 64, 32, 8, 3)],
+    "bf16": [(128, 64, 64, 32, 8, 3), (64, 64, 64, 32, 8, 3)],
     "fp32": [(64, 64, 16, 16, 8, 2)],
 }
 

@@ -16,8 +16,9 @@ d = sum exp(z - m), and r, the mean log-ratio *relative to per-row reference log
 Why a reference: a softmax-invariant common offset (a teacher bias of 1e4) would otherwise make E[z_s - z_t]
 and (m_s - m_t) two numbers of the offset's size whose difference is the small KL (v1: 5x the torch
 backend's error at 1e4). Every difference formed here is of two logits of the same row, in which the offset
-cancels. The reference is the row's logit of vocabulary entry 0 (``reference_logits``: a GEMV in torch,
-O(N * H)), the same constant for every split and for the backward, so the splits combine without
+cancels. The reference is the row's logit of the vocabulary entry with the largest mean student logit
+(``reference_logits``: a GEMV in torch, O(N * H); near the row's top logits, so (z - c) is small and
+exact where the probability is), the same constant for every split and for the backward, so the splits combine without
 re-centering and the backward forms the log-ratio with exactly the forward's expression: where p_s is
 one-hot in fp32 (logits ~1e4) the mean is bitwise the argmax's term and the gradient exactly 0, as in
 the materialized reference (a running-max re-centering would round differently and leave ~1e-3 there).
@@ -135,12 +136,13 @@ def combine_partials(part: torch.Tensor, ref: torch.Tensor, reverse: bool) -> tu
     return loss, stats
 
 
-def reference_logits(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha: float) -> torch.Tensor:
-    """[N, 2] fp32: each row's student and teacher logit of vocabulary entry 0 (any per-row constant would
-    do; it only has to be the same in the forward and the backward)."""
+def reference_logits(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha: float, col: int = 0) -> torch.Tensor:
+    """[N, 2] fp32: each row's student and teacher logit of vocabulary entry ``col``. Any per-row constant
+    is correct (it only has to be the same in the forward and the backward); one near the row's largest
+    logits keeps the terms (z - c) small, hence exact."""
     def logit0(x, w, b):
-        z = x.float() @ w[0].float()
-        return z if b is None else z + b[0].float()
+        z = x.float() @ w[col].float()
+        return z if b is None else z + b[col].float()
 
     with torch.autocast(xs.device.type, enabled=False):
         c_s = logit0(xs, ws, bs)

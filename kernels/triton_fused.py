@@ -180,7 +180,7 @@ class TritonFusedUnlearningKL(torch.autograd.Function):
         perm = _vocab_order(mean_logit) if sort else None
         # The per-row reference logits: at the entry of largest mean logit, usually near each row's max, so
         # the log-ratio terms (z - c) stay small and exact (see triton_fused_forward.py).
-        ref = reference_logits(xs, ws, bs, xo, wo, bo, xa, wa, ba, float(alpha), int(mean_logit.argmax()))
+        ref = reference_logits(xs, ws, bs, xo, wo, bo, xa, wa, ba, float(alpha), mean_logit.argmax())
         _launch("forward", _forward_kernel,
                 lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * splits,), dtype_name,
                 *args["tensors"], part, part if perm is None else perm, ref, n, v, *args["sizes"],

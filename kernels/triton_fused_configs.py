@@ -26,13 +26,13 @@ GROUP = 8  # row blocks per group in the grouped program order
 # (RKLU_TRITON_AUTOTUNE=0).
 FORWARD_SHAPES = {
     "bf16": [(64, 128, 64, 8, 3), (64, 64, 64, 8, 3)],
-    "fp32": [(32, 64, 16, 8, 2)],
+    "fp32": [(32, 32, 16, 4, 2)],
 }
 # (BLOCK_N, BLOCK_V, BLOCK_H, BLOCK_HG, num_warps, num_stages): BLOCK_HG is the H step of the gradient
 # GEMMs + atomics. BLOCK_H equals the forward's per dtype: see triton_fused_forward.py (bitwise recompute).
 BACKWARD_SHAPES = {
     "bf16": [(128, 64, 64, 32, 8, 3), (64, 64, 64, 32, 8, 3)],
-    "fp32": [(64, 64, 16, 16, 8, 2)],
+    "fp32": [(64, 64, 16, 16, 8, 1)],
 }
 
 

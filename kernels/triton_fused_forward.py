@@ -136,13 +136,15 @@ def combine_partials(part: torch.Tensor, ref: torch.Tensor, reverse: bool) -> tu
     return loss, stats
 
 
-def reference_logits(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha: float, col: int = 0) -> torch.Tensor:
-    """[N, 2] fp32: each row's student and teacher logit of vocabulary entry ``col``. Any per-row constant
+def reference_logits(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha: float, col=None) -> torch.Tensor:
+    """[N, 2] fp32: each row's student and teacher logit of vocabulary entry ``col`` (a 1-element tensor). Any per-row constant
     is correct (it only has to be the same in the forward and the backward); one near the row's largest
     logits keeps the terms (z - c) small, hence exact."""
-    def logit0(x, w, b):
-        z = x.float() @ w[col].float()
-        return z if b is None else z + b[col].float()
+    index = torch.zeros(1, dtype=torch.long, device=xs.device) if col is None else col.reshape(1)
+
+    def logit0(x, w, b):  # a tensor index: no host synchronization
+        z = x.float() @ w.index_select(0, index)[0].float()
+        return z if b is None else z + b.index_select(0, index).float()
 
     with torch.autocast(xs.device.type, enabled=False):
         c_s = logit0(xs, ws, bs)

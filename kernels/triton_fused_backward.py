@@ -131,7 +131,8 @@ def _backward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, GRAD_OUT, PERM, 
         if FILTER:
             # z_t <= z_o, so exp(z_o - M_t - log D_t) bounds p_t from above.
             bound = tl.max(tl.max(tl.where(inside, (zo - m_t[:, None]) - log_d_t[:, None], float("-inf")), axis=1), axis=0)
-            keep = tl.maximum(tl.max(tl.max(p_s, axis=1), axis=0), tl.exp(bound)) >= eps
+            # p_t <= 1 too: clamp the exponent (z_o may sit far above the pushed-down teacher's max).
+            keep = tl.maximum(tl.max(tl.max(p_s, axis=1), axis=0), tl.exp(tl.minimum(bound, 0.0))) >= eps
         if keep:
             zt = zo
             if HAS_AUG:

@@ -32,7 +32,7 @@ FORWARD_SHAPES = {
 # GEMMs + atomics. BLOCK_H equals the forward's per dtype: see triton_fused_forward.py (bitwise recompute).
 BACKWARD_SHAPES = {
     "bf16": [(128, 64, 64, 32, 8, 3), (64, 64, 64, 32, 8, 3)],
-    "fp32": [(64, 64, 16, 16, 8, 2)],
+    "fp32": [(32, 64, 16, 16, 4, 1)],
 }
 
 

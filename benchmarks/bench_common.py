@@ -18,12 +18,14 @@ import time
 
 import torch
 
-IMPLS = ("eager", "compiled", "torch_chunked", "triton", "liger", "floor")
+IMPLS = ("eager", "compiled", "torch_chunked", "triton", "triton_nofilter", "chunked", "liger", "floor")
 LABELS = {
     "eager": "eager PyTorch (materialized logits)",
     "compiled": "torch.compile(eager)",
     "torch_chunked": "rklu torch chunked",
-    "triton": "rklu triton fused",
+    "triton": "rklu triton fused (grad filter on)",
+    "triton_nofilter": "rklu triton fused, grad filter off",
+    "chunked": "rklu chunked cuBLAS",
     "liger": "Liger FusedLinearJSD beta=1",
     "floor": "GEMM floor (5 GEMMs)",
 }
@@ -41,8 +43,8 @@ def liger_available() -> bool:
 
 def unavailable_reason(impl: str, device: str) -> str | None:
     """None when ``impl`` can run on ``device`` here, else why not (printed and stored, never silent)."""
-    if impl == "triton" and device != "cuda":
-        return "Triton fused backend needs CUDA (TRITON_INTERPRET=1 runs it on CPU, far too slowly to time)"
+    if impl in ("triton", "triton_nofilter", "chunked") and device != "cuda":
+        return "Triton backends need CUDA (TRITON_INTERPRET=1 runs them on CPU, far too slowly to time)"
     if impl == "liger":
         if device != "cuda":
             return "Liger kernels are Triton/CUDA only"
@@ -98,15 +100,16 @@ def build_step(impl: str, case: dict, chunk_tokens: int | None = None):
             clear()
             compiled(xs, ws, xo, wo, xa, wa).backward()
         return step
-    if impl in ("torch_chunked", "triton"):
+    if impl in ("torch_chunked", "triton", "triton_nofilter", "chunked"):
         from rklu.kernels import fused_linear_unlearning_kl
 
-        backend = "torch" if impl == "torch_chunked" else "triton"
+        backend = {"torch_chunked": "torch", "triton_nofilter": "triton"}.get(impl, impl)
+        extra = {"grad_filter": impl == "triton"} if impl.startswith("triton") else {}
 
         def step():
             clear()
             fused_linear_unlearning_kl(xs, ws, xo, wo, xa, wa, alpha=ALPHA, direction="reverse", backend=backend,
-                                       chunk_tokens=chunk_tokens, check_inputs_finite=False).backward()
+                                       chunk_tokens=chunk_tokens, check_inputs_finite=False, **extra).backward()
         return step
     if impl == "liger":
         from liger_kernel.transformers.fused_linear_jsd import LigerFusedLinearJSD
@@ -223,8 +226,12 @@ def run_case(impl: str, n: int, h: int, v: int, dtype: str, device: str, repeats
         row["tokens_per_s"] = n / row["median_s"]
         if impl == "floor":
             row["tflops"] = 5 * 2 * n * h * v / row["median_s"] / 1e12
-        if impl == "triton":
+        if impl in ("triton", "triton_nofilter", "chunked"):
             row["autotune"] = autotune_choices()
+        if impl in ("triton", "triton_nofilter"):
+            from rklu.kernels.triton_fused import last_backward_tile_stats
+
+            row["backward_tiles"] = last_backward_tile_stats()  # kept fraction f of the gradient filter
     except Exception as e:  # noqa: BLE001 -- OOM and compile failures are results too
         msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
         row.update(status="oom" if "out of memory" in str(e).lower() else "error", reason=msg)
@@ -237,13 +244,14 @@ def run_case(impl: str, n: int, h: int, v: int, dtype: str, device: str, repeats
 
 def autotune_choices() -> dict:
     """The Triton configs the autotuner picked so far, per kernel and (H, V, dtypes) key."""
-    try:
-        from rklu.kernels import triton_fused
-    except Exception:
-        return {}
     out = {}
-    for name, kernel in getattr(triton_fused, "TUNED_KERNELS", {}).items():
-        out[name] = {str(key[:2] + key[2:3]): str(cfg) for key, cfg in getattr(kernel, "cache", {}).items()}
+    for module in ("triton_fused", "triton_chunked"):
+        try:
+            mod = __import__(f"rklu.kernels.{module}", fromlist=["TUNED_KERNELS"])
+        except Exception:
+            continue
+        for name, kernel in getattr(mod, "TUNED_KERNELS", {}).items():
+            out[f"{module}.{name}"] = {str(key): str(cfg) for key, cfg in getattr(kernel, "cache", {}).items()}
     return out
 
 

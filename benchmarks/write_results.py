@@ -86,6 +86,55 @@ def step_summary(result) -> list[str]:
     return out
 
 
+# roofline.json backend (filter off / measured f) -> bench_kernel implementation name
+ROOFLINE_IMPLS = [("eager", False, "eager"), ("torch chunked", False, "torch_chunked"),
+                  ("triton fused v2, atomic dX/dW", False, "triton_nofilter"),
+                  ("triton fused v2, atomic dX/dW", True, "triton"), ("chunked cuBLAS", False, "chunked")]
+
+
+def roofline_section(gpu_dir: Path) -> list[str]:
+    """The cost model's estimate next to the measured figures (when a GPU run exists) at the benchmark shapes."""
+    rows = _load(RESULTS / "roofline.json")
+    if rows is None:
+        return []
+    measured = {}
+    for stem in ("kernel-headline-bf16", "kernel-sweep-bf16"):
+        data = _load(gpu_dir / f"{stem}.json")
+        for r in (data or {}).get("rows", []):
+            if r["status"] == "ok":
+                measured.setdefault((r["impl"], r["n"], r["h"], r["v"]), r)
+    device = next((d["meta"]["device_name"] for d in (_load(gpu_dir / "kernel-headline-bf16.json"),) if d), None)
+    out = ["## Roofline estimate vs measured", "",
+           "Estimates from `benchmarks/roofline.py` (`kernels/cost_model.py`; assumptions in `results/roofline-table.md`); "
+           "'filter f' is the kept fraction measured on SmolLM2 logits (`results/grad-sparsity.md`). Measured: "
+           + (f"**{device}**, bf16, same run as the GEMM floor." if device else "no GPU run yet (—)."), "",
+           "| N | H | V | backend | filter | H100 est ms | H100 est x floor | A100 est x floor | measured ms | "
+           "measured x floor |", "|---:|---:|---:|---|---|---:|---:|---:|---:|---:|"]
+    shapes = list(dict.fromkeys((r["N"], r["H"], r["V"]) for r in rows if r["dtype"] == "bf16"))
+    for shape in shapes:
+        for backend, filt, impl in ROOFLINE_IMPLS:
+            def pick(gpu):
+                sel = [r for r in rows if (r["N"], r["H"], r["V"]) == shape and r["gpu"] == gpu and r["dtype"] == "bf16"
+                       and r["backend"] == backend and r["filtering"] == filt
+                       and (not filt or str(r.get("kept_fraction_source", "")).startswith("measured"))]
+                return sel[0] if sel else None
+            h100, a100 = pick("H100"), pick("A100")
+            if h100 is None:
+                continue
+            m = measured.get((impl, *shape))
+            floor = measured.get(("floor", *shape))
+            meas = f"{m['median_s'] * 1e3:.1f}" if m else "—"
+            meas_x = f"{m['median_s'] / floor['median_s']:.2f}" if m and floor else "—"
+            f = f"f={h100['kept_fraction']:.3f}" if filt else "off"
+            a100_x = f"{a100['ratio_to_floor']:.2f}" if a100 else "—"
+            out.append(f"| {shape[0]} | {shape[1]} | {shape[2]} | {backend} | {f} | {h100['est_ms']:.1f} | "
+                       f"{h100['ratio_to_floor']:.2f} | {a100_x} | {meas} | {meas_x} |")
+    note = HERE / "results" / "roofline.md"
+    if note.exists():
+        out += ["", note.read_text().strip()]
+    return out + [""]
+
+
 def section(title: str, md_path: Path, json_path: Path, summary) -> list[str]:
     data = _load(json_path)
     if data is None:
@@ -141,6 +190,7 @@ def main(argv=None):
                   "file with the device name. None of the GPU targets of issue 7 (<= 1.15x floor, >= 3x eager, "
                   ">= 1.5x torch.compile, <= 2% extra memory, >= 1.3x tokens/s, >= 2x batch) has been measured.",
                   ""]
+    lines += roofline_section(gpu)
     lines += ["## CPU", ""]
     notes = HERE / "NOTES-cpu.md"
     if notes.exists():

@@ -23,13 +23,27 @@ def triton_available(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+def resolve_backend(backend: str, device: torch.device, problem: dict | None = None) -> str:
+    """The backend a call runs on. ``"auto"``: ``"torch"`` off CUDA (or without Triton). On CUDA, given the
+    ``problem`` (n, h, v, dtype "bf16"/"fp32", augmented, reverse, grad_filter), ``"chunked"`` when its
+    O(chunk x V) working set fits in a quarter of the free GPU memory (torch.cuda.mem_get_info) at a chunk of >= 512
+    tokens (or all of them) and the roofline model (``cost_model.choose_cuda_backend``) says it is faster
+    than the O(N)-memory fused kernel with the gradient filter at the kept fraction measured on SmolLM2
+    logits; else ``"triton"`` (also when no problem is given).
+    """
     check_backend(backend)
     if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_available(device) else "torch"
-    if backend == "triton" and not triton_available(device):
+        if device.type != "cuda" or not triton_available(device):
+            return "torch"
+        if problem is None:
+            return "triton"
+        from .cost_model import choose_cuda_backend
+
+        free, _ = torch.cuda.mem_get_info(device)
+        return choose_cuda_backend(free_bytes=free, **problem)
+    if backend in ("triton", "chunked") and not triton_available(device):
         raise ValueError(
-            f"backend='triton' needs a CUDA device or TRITON_INTERPRET=1 (tensors are on {device}); "
+            f"backend={backend!r} needs a CUDA device or TRITON_INTERPRET=1 (tensors are on {device}); "
             "use backend='torch' or 'auto'")
     return backend
 
@@ -53,6 +67,7 @@ def fused_linear_unlearning_kl(
     augmented_bias: torch.Tensor | None = None,
     chunk_tokens: int | None = None,
     check_inputs_finite: bool = True,
+    grad_filter: bool | None = None,
 ) -> torch.Tensor:
     """Unlearning KL between the student and the (modified) teacher, from hidden states and lm_head weights.
 
@@ -61,13 +76,21 @@ def fused_linear_unlearning_kl(
     ``"forward"`` is KL(p_teacher || p_student) (FKLU, and the "+KL" retain term). Gradients flow to the
     student's hidden states, weight and bias; the teachers are constants. With the fused backends no
     [tokens x vocab] tensor is built. Labels only mask: pass them already shifted for next-token
-    prediction (hidden[:, :-1] with labels[:, 1:]).
+    prediction (hidden[:, :-1] with labels[:, 1:]). Each model may have its own hidden size.
+
+    ``grad_filter`` (Triton backend): skip backward tiles whose every gradient entry is below
+    finfo(dtype).eps / 32 (see ``kernels/triton_fused_backward.py``); None = on unless the environment sets
+    ``RKLU_GRAD_FILTER=0``. The torch and reference backends compute dense gradients and ignore it.
     """
     check_direction_reduction(direction, reduction)
     check_alpha(alpha)
     check_linear_inputs(student_hidden, student_weight, student_bias, original_hidden, original_weight,
                         original_bias, augmented_hidden, augmented_weight, augmented_bias, labels)
-    backend = resolve_backend(backend, student_hidden.device)
+    backend = resolve_backend(backend, student_hidden.device, problem=dict(
+        n=student_hidden[..., 0].numel(), h=max(student_hidden.shape[-1], original_hidden.shape[-1]),
+        v=student_weight.shape[0], dtype="fp32" if student_hidden.dtype == torch.float32 else "bf16",
+        augmented=augmented_hidden is not None, reverse=direction == "reverse",
+        grad_filter=grad_filter is not False))
     if check_inputs_finite:
         for name, t in (("student_hidden", student_hidden), ("original_hidden", original_hidden),
                         ("augmented_hidden", augmented_hidden)):
@@ -92,6 +115,13 @@ def fused_linear_unlearning_kl(
         per_token = TorchChunkedUnlearningKL.apply(
             xs, student_weight, student_bias, xo, wo, bo, xa, wa, ba, float(alpha), direction,
             reduction != "none", chunk_tokens)
+    elif backend == "chunked":
+        from .triton_chunked import TritonChunkedUnlearningKL
+
+        xs_c, ws_c, bs_c, tw = _common_dtype(xs, student_weight, student_bias, xo, xa, teachers)
+        per_token = TritonChunkedUnlearningKL.apply(
+            xs_c, ws_c, bs_c, xo.to(xs_c.dtype), tw[0], tw[1], None if xa is None else xa.to(xs_c.dtype),
+            tw[2], tw[3], float(alpha), direction, reduction != "none", chunk_tokens)
     else:
         from .triton_fused import TritonFusedUnlearningKL
 
@@ -99,7 +129,7 @@ def fused_linear_unlearning_kl(
         xo_c = xo.to(xs_c.dtype)
         xa_c = None if xa is None else xa.to(xs_c.dtype)
         per_token = TritonFusedUnlearningKL.apply(
-            xs_c, ws_c, bs_c, xo_c, tw[0], tw[1], xa_c, tw[2], tw[3], float(alpha), direction)
+            xs_c, ws_c, bs_c, xo_c, tw[0], tw[1], xa_c, tw[2], tw[3], float(alpha), direction, grad_filter)
 
     return reduce_counted(per_token, counted, lead_shape, reduction)
 

@@ -1,20 +1,29 @@
 """Triton backend: the fused linear unlearning KL, tiled over tokens x vocab, never building [N, V].
 
-Forward (one program per block of tokens) walks the vocabulary in blocks. For each block it computes the
-student, original and augmented logit tiles with float32 accumulation (tl.dot over the hidden size), builds
-the teacher tile ``l_o - alpha * relu(l_aug - l_o)``, and updates online log-sum-exps of student and teacher
-plus the running sum that becomes the KL. Only per-token statistics (max and log-normalizer of both, E[z_s - z_t], loss) are stored: O(N).
+Kernel v2 (issue 11). The pieces, one file each:
+  triton_fused_tiles.py     logit / teacher tiles (one H loop per model, each model its own H), grouped order
+  triton_fused_forward.py   forward: (token block x vocab split) programs -> [splits, N, 5] partial
+                            statistics, merged by ``combine_partials`` (O(N * splits) torch ops)
+  triton_fused_backward.py  backward: (token block x vocab block) tiles, each recomputing its logits once;
+                            dX/dW by fp32 atomics, or (deterministic mode) the gradient of a token chunk
+                            written to a [chunk, V] buffer and torch.mm for dX/dW; gradient filtering
+  triton_fused_configs.py   autotune lists (spill-free on sm_80/sm_90), fixed tiles, compile_specs()
+This file: the autograd Function, launches, the vocabulary sort, the filter switch, the kept-tile counter.
 
-Backward recomputes the tiles. We recompute in backward instead of computing the gradient in the forward:
-the gradient tile needs the final lse_s/lse_t/KL of its rows, so a second pass over the logits is needed
-either way; putting it in backward keeps forward-only calls (evaluation, logging a teacher loss) at three
-GEMMs instead of eight, and lets ``reduction="none"`` apply a different upstream weight per token.
+Why recompute in backward instead of computing the gradient in the forward: the gradient tile needs the
+final statistics of its rows, so a second pass over the logits is needed either way; putting it in the
+backward keeps forward-only calls (evaluation, logging) at three GEMMs, lets ``reduction="none"`` weight
+each token differently, and keeps memory beyond inputs and gradients O(N * splits) (the cuBLAS-chunked
+backend, ``triton_chunked.py``, is the other trade-off: 5 GEMMs, O(chunk * V) memory).
 
-dW: one program per vocab block owns its rows of dW and loops over all token blocks, so dW is a plain
-per-vocab-block GEMM accumulated without atomics. dx: each (vocab block) program adds its contribution
-with atomics, starting at a different token block per program so they don't all hit the same rows at once.
-In deterministic mode (``torch.use_deterministic_algorithms(True)``) dx instead comes from a second kernel
-in which one program per token block owns its rows (one more recomputation of the logits, bitwise stable).
+Cost (per logit GEMM unit 2*N*V*H FLOPs): forward 3, backward 3 recomputed + 2 gradient = 8 units against
+the dense floor of 5; with gradient filtering and a kept fraction f of backward tiles the backward is
+1 (student) + f * (2 teacher + 2 gradient) for the reverse KL (the forward KL also always recomputes the
+original: 2 + f * 3). ``grad_filter`` (default on; ``RKLU_GRAD_FILTER=0`` turns the default off) skips a
+tile only when every gradient entry in it is below eps = finfo(dtype).eps / 32 (2^-12 in bf16, 2^-28 in
+fp32), see triton_fused_backward.py. ``last_backward_tile_stats()`` reports the kept fraction.
+Which backward: fp32 atomics by default (O(N) memory, as the issue asks and as CCE does); the store-g +
+cuBLAS backward under deterministic mode or ``RKLU_FUSED_BACKWARD=store`` (see ``store_backward``).
 """
 from __future__ import annotations
 
@@ -22,253 +31,50 @@ import os
 
 import torch
 import triton
-import triton.language as tl
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from .triton_fused_backward import _backward_kernel
+from .triton_fused_configs import (
+    GROUP, autotune_configs, backward_configs, block_sizes, compile_specs, dtype_key, forward_configs,
+    vocab_split_size,
+)
+from .triton_fused_forward import NUM_STATS, _forward_kernel, combine_partials, reference_logits
+from .triton_fused_tiles import IEEE, INTERPRET, NATIVE, UPCAST, _mm  # noqa: F401  (re-exported)
 
+__all__ = ["TritonFusedUnlearningKL", "last_backward_tile_stats", "grad_filter_default", "compile_specs",
+           "autotune_configs", "block_sizes", "TUNED_KERNELS"]
 
-# How tl.dot treats its operands. NATIVE: input dtype on tensor cores (bf16/fp16), fp32 accumulation.
-# IEEE: fp32 inputs in full fp32 (no TF32 rounding). UPCAST: operands cast to fp32 first; the Triton CPU
-# interpreter gets bf16 tl.dot wrong, so bf16 runs this way under TRITON_INTERPRET=1.
-NATIVE, IEEE, UPCAST = 0, 1, 2
-
-
-@triton.jit
-def _mm(a, b, PRECISION: tl.constexpr):
-    if PRECISION == 2:
-        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    elif PRECISION == 1:
-        out = tl.dot(a, b, input_precision="ieee")
-    else:
-        out = tl.dot(a, b)
-    return out
-
-
-@triton.jit
-def _grad_operand(g, X, PRECISION: tl.constexpr):
-    """The gradient tile as a GEMM operand: in the input dtype like eager autograd (except UPCAST)."""
-    if PRECISION == 2:
-        out = g
-    else:
-        out = g.to(X.dtype.element_ty)
-    return out
-
-
-@triton.jit
-def _logit_tile(X, W, B, rows, cols, row_mask, col_mask, H, stride_x, stride_w,
-                HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
-    """float32 [BLOCK_N, BLOCK_V] tile of X @ W.T (+ B); logits are never rounded to the input dtype."""
-    acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
-    for h0 in range(0, H, BLOCK_H):
-        hs = h0 + tl.arange(0, BLOCK_H)
-        h_mask = hs < H
-        x = tl.load(X + rows[:, None] * stride_x + hs[None, :], mask=row_mask[:, None] & h_mask[None, :], other=0.0)
-        w = tl.load(W + cols[:, None] * stride_w + hs[None, :], mask=col_mask[:, None] & h_mask[None, :], other=0.0)
-        acc += _mm(x, tl.trans(w), PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-    return acc
-
-
-@triton.jit
-def _student_teacher_tiles(XS, WS, BS, XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H,
-                           stride_xs, stride_ws, stride_xo, stride_wo, stride_xa, stride_wa, alpha,
-                           HAS_AUG: tl.constexpr, HAS_BS: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr,
-                           PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
-    zs = _logit_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H, stride_xs, stride_ws, HAS_BS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
-    zt = _logit_tile(XO, WO, BO, rows, cols, row_mask, col_mask, H, stride_xo, stride_wo, HAS_BO, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
-    if HAS_AUG:
-        za = _logit_tile(XA, WA, BA, rows, cols, row_mask, col_mask, H, stride_xa, stride_wa, HAS_BA, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
-        zt = zt - alpha * tl.maximum(za - zt, 0.0)
-    return zs, zt
-
-
-@triton.jit
-def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, LOSS,
-                    N, V, H, stride_xs, stride_ws, stride_xo, stride_wo, stride_xa, stride_wa, alpha,
-                    HAS_AUG: tl.constexpr, HAS_BS: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr,
-                    REVERSE: tl.constexpr, PRECISION: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = rows < N
-    # Running max and normalizer of student and teacher, and the running sum of
-    # exp(z_s - m_s) * (z_s - z_t) (reverse) or exp(z_t - m_t) * (z_t - z_s) (forward).
-    m_s = tl.full((BLOCK_N,), float("-inf"), tl.float32)
-    m_t = tl.full((BLOCK_N,), float("-inf"), tl.float32)
-    d_s = tl.zeros((BLOCK_N,), tl.float32)
-    d_t = tl.zeros((BLOCK_N,), tl.float32)
-    acc = tl.zeros((BLOCK_N,), tl.float32)
-    for v0 in range(0, V, BLOCK_V):
-        cols = v0 + tl.arange(0, BLOCK_V)
-        col_mask = cols < V
-        zs, zt = _student_teacher_tiles(XS, WS, BS, XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H,
-                                        stride_xs, stride_ws, stride_xo, stride_wo, stride_xa, stride_wa, alpha,
-                                        HAS_AUG, HAS_BS, HAS_BO, HAS_BA, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
-        valid = col_mask[None, :]
-        # Every vocab block holds at least one valid column, so the new maxima are finite and the rescale
-        # factors exp(m_old - m_new) are exp(-inf) = 0 on the first block, never exp(nan).
-        new_m_s = tl.maximum(m_s, tl.max(tl.where(valid, zs, float("-inf")), axis=1))
-        new_m_t = tl.maximum(m_t, tl.max(tl.where(valid, zt, float("-inf")), axis=1))
-        scale_s = tl.exp(m_s - new_m_s)
-        scale_t = tl.exp(m_t - new_m_t)
-        # Padding columns go through exp(-inf) = 0: exp of their (zero) logits minus the max could overflow.
-        e_s = tl.exp(tl.where(valid, zs - new_m_s[:, None], float("-inf")))
-        e_t = tl.exp(tl.where(valid, zt - new_m_t[:, None], float("-inf")))
-        d_s = d_s * scale_s + tl.sum(e_s, axis=1)
-        d_t = d_t * scale_t + tl.sum(e_t, axis=1)
-        if REVERSE:
-            acc = acc * scale_s + tl.sum(e_s * (zs - zt), axis=1)
-        else:
-            acc = acc * scale_t + tl.sum(e_t * (zt - zs), axis=1)
-        m_s = new_m_s
-        m_t = new_m_t
-    log_d_s = tl.log(d_s)
-    log_d_t = tl.log(d_t)
-    if REVERSE:
-        mean_diff = acc / d_s  # E_ps[z_s - z_t]
-        loss = mean_diff - log_d_s + log_d_t - (m_s - m_t)  # E_ps[z_s - z_t] - (lse_s - lse_t)
-    else:
-        mean_diff = acc / d_t  # E_pt[z_t - z_s]
-        loss = mean_diff - log_d_t + log_d_s - (m_t - m_s)
-    # Max and log-normalizer are kept apart: log p = (z - m) - log d stays exact near the max, where
-    # z - (m + log d) would round the lse at the logits' magnitude (ulp ~1e-3 at 1e4).
-    tl.store(STATS + rows * 5 + 0, m_s, mask=row_mask)
-    tl.store(STATS + rows * 5 + 1, log_d_s, mask=row_mask)
-    tl.store(STATS + rows * 5 + 2, m_t, mask=row_mask)
-    tl.store(STATS + rows * 5 + 3, log_d_t, mask=row_mask)
-    tl.store(STATS + rows * 5 + 4, mean_diff, mask=row_mask)
-    tl.store(LOSS + rows, loss, mask=row_mask)
-
-
-@triton.jit
-def _grad_tile(zs, zt, STATS, GRAD_OUT, rows, row_mask, col_mask, REVERSE: tl.constexpr):
-    """d loss / d student logits for one tile, times the upstream per-token weight; zero off the edges."""
-    m_s = tl.load(STATS + rows * 5 + 0, mask=row_mask, other=0.0)
-    log_d_s = tl.load(STATS + rows * 5 + 1, mask=row_mask, other=0.0)
-    upstream = tl.load(GRAD_OUT + rows, mask=row_mask, other=0.0)
-    inside = row_mask[:, None] & col_mask[None, :]
-    p_s = tl.exp(tl.where(inside, (zs - m_s[:, None]) - log_d_s[:, None], float("-inf")))
-    if REVERSE:
-        # log p_s - log p_t - KL == (z_s - z_t) - E_ps[z_s - z_t]: the two normalizers cancel analytically,
-        # so we never subtract the large KL from the large log-ratio. When p_s is one-hot in fp32 (logits
-        # ~1e4) the forward's mean is exactly the argmax's difference and the gradient is exactly 0.
-        mean_diff = tl.load(STATS + rows * 5 + 4, mask=row_mask, other=0.0)
-        g = p_s * ((zs - zt) - mean_diff[:, None])
-    else:
-        m_t = tl.load(STATS + rows * 5 + 2, mask=row_mask, other=0.0)
-        log_d_t = tl.load(STATS + rows * 5 + 3, mask=row_mask, other=0.0)
-        g = p_s - tl.exp(tl.where(inside, (zt - m_t[:, None]) - log_d_t[:, None], float("-inf")))
-    return g * upstream[:, None]
-
-
-@triton.jit
-def _backward_dw_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, GRAD_OUT, DX, DW, DB,
-                        N, V, H, stride_xs, stride_ws, stride_xo, stride_wo, stride_xa, stride_wa, alpha,
-                        HAS_AUG: tl.constexpr, HAS_BS: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr,
-                        REVERSE: tl.constexpr, PRECISION: tl.constexpr, ATOMIC_DX: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
-    pid = tl.program_id(0)
-    cols = pid * BLOCK_V + tl.arange(0, BLOCK_V)
-    col_mask = cols < V
-    num_row_blocks = tl.cdiv(N, BLOCK_N)
-    db = tl.zeros((BLOCK_V,), tl.float32)
-    for i in range(0, num_row_blocks):
-        # Staggered start: programs touch different dx rows at the same time (less atomic contention).
-        row_block = (pid + i) % num_row_blocks
-        rows = row_block * BLOCK_N + tl.arange(0, BLOCK_N)
-        row_mask = rows < N
-        zs, zt = _student_teacher_tiles(XS, WS, BS, XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H,
-                                        stride_xs, stride_ws, stride_xo, stride_wo, stride_xa, stride_wa, alpha,
-                                        HAS_AUG, HAS_BS, HAS_BO, HAS_BA, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
-        g = _grad_tile(zs, zt, STATS, GRAD_OUT, rows, row_mask, col_mask, REVERSE)
-        db += tl.sum(g, axis=0)
-        g_in = _grad_operand(g, XS, PRECISION)
-        for h0 in range(0, H, BLOCK_H):
-            hs = h0 + tl.arange(0, BLOCK_H)
-            h_mask = hs < H
-            x = tl.load(XS + rows[:, None] * stride_xs + hs[None, :], mask=row_mask[:, None] & h_mask[None, :], other=0.0)
-            dw_ptrs = DW + cols[:, None] * H + hs[None, :]
-            dw_mask = col_mask[:, None] & h_mask[None, :]
-            dw_tile = _mm(tl.trans(g_in), x, PRECISION)
-            tl.store(dw_ptrs, tl.load(dw_ptrs, mask=dw_mask, other=0.0) + dw_tile, mask=dw_mask)
-            if ATOMIC_DX:
-                w = tl.load(WS + cols[:, None] * stride_ws + hs[None, :], mask=dw_mask, other=0.0)
-                dx_tile = _mm(g_in, w, PRECISION)
-                tl.atomic_add(DX + rows[:, None] * H + hs[None, :], dx_tile, mask=row_mask[:, None] & h_mask[None, :])
-    if HAS_BS:
-        tl.store(DB + cols, db, mask=col_mask)
-
-
-@triton.jit
-def _backward_dx_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, GRAD_OUT, DX,
-                        N, V, H, stride_xs, stride_ws, stride_xo, stride_wo, stride_xa, stride_wa, alpha,
-                        HAS_AUG: tl.constexpr, HAS_BS: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr,
-                        REVERSE: tl.constexpr, PRECISION: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
-    """Deterministic dx: one program per token block owns its rows and walks the vocabulary in order."""
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = rows < N
-    for v0 in range(0, V, BLOCK_V):
-        cols = v0 + tl.arange(0, BLOCK_V)
-        col_mask = cols < V
-        zs, zt = _student_teacher_tiles(XS, WS, BS, XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H,
-                                        stride_xs, stride_ws, stride_xo, stride_wo, stride_xa, stride_wa, alpha,
-                                        HAS_AUG, HAS_BS, HAS_BO, HAS_BA, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
-        g = _grad_tile(zs, zt, STATS, GRAD_OUT, rows, row_mask, col_mask, REVERSE)
-        g_in = _grad_operand(g, XS, PRECISION)
-        for h0 in range(0, H, BLOCK_H):
-            hs = h0 + tl.arange(0, BLOCK_H)
-            h_mask = hs < H
-            w = tl.load(WS + cols[:, None] * stride_ws + hs[None, :], mask=col_mask[:, None] & h_mask[None, :], other=0.0)
-            dx_tile = _mm(g_in, w, PRECISION)
-            dx_ptrs = DX + rows[:, None] * H + hs[None, :]
-            dx_mask = row_mask[:, None] & h_mask[None, :]
-            tl.store(dx_ptrs, tl.load(dx_ptrs, mask=dx_mask, other=0.0) + dx_tile, mask=dx_mask)
-
-
-def block_sizes(n: int, v: int, h: int) -> dict:
-    """Tile sizes. The interpreter steps through blocks in Python, so it gets large tiles; on GPU these
-    fit the registers of one program for H up to 8k with three live [BLOCK_N, BLOCK_V] float32 tiles."""
-    if INTERPRET:
-        return dict(BLOCK_N=32, BLOCK_V=256, BLOCK_H=64, num_warps=4)
-    return dict(BLOCK_N=64, BLOCK_V=128, BLOCK_H=64, num_warps=8)
-
-
-# CUDA only: triton.autotune over a few tile configs keyed on (H, V) -- the autotuner appends the dtypes of
-# the tensor arguments to the key, so the effective key is (H, V, dtype). N is not in the key: one config
-# per model head, whatever the batch. The interpreter keeps the fixed block_sizes() above (autotuning would
-# only time the Python interpreter). RKLU_TRITON_AUTOTUNE=0 also uses block_sizes() on CUDA, so a benchmark
-# can compare fixed and tuned tiles. The backward kernels accumulate into DX/DW/DB (loads + adds, atomics),
-# so every timed trial starts from zeroed buffers (reset_to_zero; the autotuner zeroes them again after
-# choosing). Which config won is in ``<kernel>.cache`` ({key: Config}); benchmarks/bench_kernel.py records it.
+# CUDA only: triton.autotune over the configs of triton_fused_configs, keyed on (H_S, H_O, V) -- the
+# autotuner appends the dtypes of the tensor arguments, so the effective key includes the dtype. N is not
+# in the key: one config per model head, whatever the batch. The interpreter keeps the fixed block_sizes()
+# (autotuning would only time the Python interpreter); RKLU_TRITON_AUTOTUNE=0 uses them on CUDA too. The
+# atomic backward accumulates into DX/DW/DB/COUNTER, so every timed trial starts from zeroed buffers
+# (reset_to_zero; the autotuner zeroes them again before the real launch). Which config won is in
+# ``<kernel>.cache`` ({key: Config}); benchmarks/bench_kernel.py records it.
 AUTOTUNE = not INTERPRET and os.environ.get("RKLU_TRITON_AUTOTUNE", "1") != "0"
-
-
-def autotune_configs() -> list:
-    # (BLOCK_N, BLOCK_V, BLOCK_H, num_warps, num_stages); the first is the fixed default above.
-    shapes = [(64, 128, 64, 8, 3), (128, 128, 64, 8, 3), (64, 256, 64, 8, 3), (128, 64, 64, 4, 3),
-              (64, 128, 32, 4, 4), (128, 128, 32, 8, 4)]
-    return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh), num_warps=w, num_stages=st)
-            for bn, bv, bh, w, st in shapes]
-
+_KEY = ["H_S", "H_O", "V"]
 
 if AUTOTUNE:
-    _forward_tuned = triton.autotune(autotune_configs(), key=["H", "V"])(_forward_kernel)
-    _backward_dw_tuned = triton.autotune(autotune_configs(), key=["H", "V"],
-                                         reset_to_zero=["DX", "DW", "DB"])(_backward_dw_kernel)
-    _backward_dx_tuned = triton.autotune(autotune_configs(), key=["H", "V"], reset_to_zero=["DX"])(_backward_dx_kernel)
-    TUNED_KERNELS = {"forward": _forward_tuned, "backward_dw": _backward_dw_tuned, "backward_dx": _backward_dx_tuned}
+    TUNED_KERNELS = {}
+    for _dt in ("bf16", "fp32"):
+        TUNED_KERNELS[f"forward_{_dt}"] = triton.autotune(forward_configs(_dt), key=_KEY)(_forward_kernel)
+        TUNED_KERNELS[f"backward_{_dt}"] = triton.autotune(
+            backward_configs(_dt), key=_KEY, reset_to_zero=["DX", "DW", "DB", "COUNTER"])(_backward_kernel)
+        TUNED_KERNELS[f"backward_store_{_dt}"] = triton.autotune(
+            backward_configs(_dt), key=_KEY, reset_to_zero=["COUNTER"])(_backward_kernel)
 else:
     TUNED_KERNELS = {}
 
+# Deterministic mode: tokens per chunk of the [chunk, V] gradient buffer (~2^25 elements, 64 MiB in bf16).
+DETERMINISTIC_CHUNK_ELEMENTS = 1 << 25
 
-def _launch(name, kernel, grid_of, n, v, h, *args, **kwargs):
+
+def _launch(name, kernel, grid_of, dtype_name, *args, **kwargs):
     """Launch ``kernel`` with the autotuned tiles on CUDA, else the fixed block_sizes();
     ``grid_of(meta)`` gives the grid from the chosen BLOCK_* values."""
-    if name in TUNED_KERNELS:
-        return TUNED_KERNELS[name][grid_of](*args, **kwargs)
-    blocks = block_sizes(n, v, h)
+    tuned = TUNED_KERNELS.get(f"{name}_{dtype_name}")
+    if tuned is not None:
+        return tuned[grid_of](*args, **kwargs)
+    blocks = block_sizes("forward" if name == "forward" else "backward", dtype_name)
     return kernel[grid_of(blocks)](*args, **kwargs, **blocks)
 
 
@@ -280,57 +86,164 @@ def _precision(dtype: torch.dtype) -> int:
     return NATIVE
 
 
+def grad_filter_default() -> bool:
+    """The filter's default (``grad_filter=None``): on, unless the environment says RKLU_GRAD_FILTER=0."""
+    return os.environ.get("RKLU_GRAD_FILTER", "1") != "0"
+
+
+def filter_eps(dtype: torch.dtype) -> float:
+    """Largest probability a skipped gradient entry can carry: finfo(dtype).eps / 32 (CCE's "auto")."""
+    return torch.finfo(dtype).eps / 32
+
+
+def store_backward() -> bool:
+    """Backward through the [chunk, V] gradient buffer + torch.mm instead of fp32 atomics: always under
+    ``torch.use_deterministic_algorithms(True)``; also with ``RKLU_FUSED_BACKWARD=store`` (the cost model in
+    benchmarks/roofline.py prefers it when most tiles are kept: dense dX/dW at cuBLAS rate beat tile GEMMs
+    plus atomics; it costs O(chunk * V) memory instead of O(N))."""
+    return torch.are_deterministic_algorithms_enabled() or os.environ.get("RKLU_FUSED_BACKWARD") == "store"
+
+
+_LAST_STATS: dict = {}
+
+
+def last_backward_tile_stats() -> dict | None:
+    """Tiles of the most recent Triton backward: {"kept", "total", "fraction", "filter"} (None before any).
+    Reading it synchronizes with the GPU (the kept count is an int32 counter the kernel increments)."""
+    if not _LAST_STATS:
+        return None
+    kept, total = (int(c) for c in _LAST_STATS["counter"].tolist())
+    return dict(kept=kept, total=total, fraction=kept / max(total, 1), filter=_LAST_STATS["filter"])
+
+
 def _common_args(xs, ws, bs, xo, wo, bo, xa, wa, ba):
     has_aug = xa is not None
     dummy = xs  # never dereferenced: the HAS_* flags switch the loads off
     return dict(
         tensors=(xs, ws, bs if bs is not None else dummy, xo, wo, bo if bo is not None else dummy,
                  xa if has_aug else dummy, wa if has_aug else dummy, ba if ba is not None else dummy),
+        sizes=(xs.shape[1], xo.shape[1], xa.shape[1] if has_aug else 0),
         strides=(xs.stride(0), ws.stride(0), xo.stride(0), wo.stride(0),
                  xa.stride(0) if has_aug else 0, wa.stride(0) if has_aug else 0),
         flags=dict(HAS_AUG=has_aug, HAS_BS=bs is not None, HAS_BO=bo is not None, HAS_BA=ba is not None,
-                   PRECISION=_precision(xs.dtype)),
+                   PRECISION=_precision(xs.dtype), GROUP=GROUP),
     )
 
 
+def _mean_logits(xs, ws, bs) -> torch.Tensor:
+    """Mean student logit of each vocabulary entry over the tokens (= W @ mean(x) + b). A GEMV: O(V * H)."""
+    with torch.autocast(xs.device.type, enabled=False):
+        mean_logit = ws.float() @ xs.float().mean(0)
+        if bs is not None:
+            mean_logit = mean_logit + bs.float()
+    return mean_logit
+
+
+def _vocab_order(mean_logit: torch.Tensor) -> torch.Tensor:
+    """Vocabulary sorted by decreasing mean student logit, so the entries that carry probability for many
+    rows share vocab blocks."""
+    return torch.argsort(mean_logit, descending=True, stable=True)
+
+
+def _mm32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with fp32 output (fp32 accumulation) whatever the input dtype."""
+    if a.dtype == torch.float32 and b.dtype == torch.float32:
+        return a @ b
+    if a.is_cuda:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return a.float() @ b.float()
+
+
 class TritonFusedUnlearningKL(torch.autograd.Function):
-    """Counted tokens only: [N, H] hidden states (one dtype for all GEMM inputs) -> per-token loss [N] float32."""
+    """Counted tokens only: [N, H_*] hidden states (one dtype for all GEMM inputs; each model its own hidden
+    size) -> per-token loss [N] float32."""
 
     @staticmethod
-    def forward(ctx, xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction):
+    def forward(ctx, xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_filter=None):
         xs, ws, xo, wo = (t.contiguous() for t in (xs, ws, xo, wo))
         xa = None if xa is None else xa.contiguous()
         wa = None if wa is None else wa.contiguous()
-        n, h = xs.shape
+        n = xs.shape[0]
         v = ws.shape[0]
-        stats = torch.empty((n, 5), dtype=torch.float32, device=xs.device)  # m_s, log d_s, m_t, log d_t, E[diff]
-        loss = torch.empty(n, dtype=torch.float32, device=xs.device)
+        reverse = direction == "reverse"
         args = _common_args(xs, ws, bs, xo, wo, bo, xa, wa, ba)
-        _launch("forward", _forward_kernel, lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),), n, v, h,
-                *args["tensors"], stats, loss, n, v, h, *args["strides"], float(alpha),
-                REVERSE=direction == "reverse", **args["flags"])
-        ctx.save_for_backward(xs, ws, bs, xo, wo, bo, xa, wa, ba, stats)
-        ctx.alpha, ctx.direction = float(alpha), direction
+        split_v = vocab_split_size(n, v)
+        splits = triton.cdiv(v, split_v)
+        part = torch.empty((splits, n, NUM_STATS), dtype=torch.float32, device=xs.device)
+        dtype_name = dtype_key(xs.dtype)
+        use_filter = grad_filter_default() if grad_filter is None else bool(grad_filter)
+        need_grad = any(ctx.needs_input_grad[:3])
+        # Deterministic mode stores whole gradient rows for cuBLAS, contiguously: no sort there (a gathered
+        # store needs an address register per element and spills on sm_80); the filter still skips teachers.
+        sort = use_filter and need_grad and not store_backward()
+        mean_logit = _mean_logits(xs, ws, bs)
+        perm = _vocab_order(mean_logit) if sort else None
+        # The per-row reference logits: at the entry of largest mean logit, usually near each row's max, so
+        # the log-ratio terms (z - c) stay small and exact (see triton_fused_forward.py).
+        ref = reference_logits(xs, ws, bs, xo, wo, bo, xa, wa, ba, float(alpha), mean_logit.argmax())
+        _launch("forward", _forward_kernel,
+                lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * splits,), dtype_name,
+                *args["tensors"], part, part if perm is None else perm, ref, n, v, *args["sizes"],
+                *args["strides"], float(alpha), split_v, splits, REVERSE=reverse, SORTED=perm is not None,
+                **args["flags"])
+        loss, stats = combine_partials(part, ref, reverse)
+        ctx.save_for_backward(xs, ws, bs, xo, wo, bo, xa, wa, ba, stats, perm)
+        ctx.alpha, ctx.direction, ctx.use_filter = float(alpha), direction, use_filter
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        xs, ws, bs, xo, wo, bo, xa, wa, ba, stats = ctx.saved_tensors
+        xs, ws, bs, xo, wo, bo, xa, wa, ba, stats, perm = ctx.saved_tensors
         n, h = xs.shape
         v = ws.shape[0]
         grad_loss = grad_loss.float().contiguous()
-        dx = torch.zeros((n, h), dtype=torch.float32, device=xs.device)
-        dw = torch.zeros((v, h), dtype=torch.float32, device=xs.device)
-        db = torch.zeros(v, dtype=torch.float32, device=xs.device) if bs is not None else dx
         args = _common_args(xs, ws, bs, xo, wo, bo, xa, wa, ba)
-        deterministic = torch.are_deterministic_algorithms_enabled()
-        reverse = ctx.direction == "reverse"
-        _launch("backward_dw", _backward_dw_kernel, lambda meta: (triton.cdiv(v, meta["BLOCK_V"]),), n, v, h,
-                *args["tensors"], stats, grad_loss, dx, dw, db, n, v, h, *args["strides"], ctx.alpha,
-                REVERSE=reverse, ATOMIC_DX=not deterministic, **args["flags"])
-        if deterministic:
-            _launch("backward_dx", _backward_dx_kernel, lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),), n, v, h,
-                    *args["tensors"], stats, grad_loss, dx, n, v, h, *args["strides"], ctx.alpha,
-                    REVERSE=reverse, **args["flags"])
+        dtype_name = dtype_key(xs.dtype)
+        counter = torch.zeros(2, dtype=torch.int32, device=xs.device)  # kept tiles, all tiles
+        sorted_ = perm is not None
+        common = dict(REVERSE=ctx.direction == "reverse", FILTER=ctx.use_filter, SORTED=sorted_, **args["flags"])
+        eps = filter_eps(xs.dtype)
+        perm_arg = perm if sorted_ else counter  # never dereferenced unless SORTED
+        if not store_backward():
+            dx = torch.zeros((n, h), dtype=torch.float32, device=xs.device)
+            dw = torch.zeros((v, h), dtype=torch.float32, device=xs.device)
+            db = torch.zeros(v, dtype=torch.float32, device=xs.device) if bs is not None else dx
+            _launch("backward", _backward_kernel,
+                    lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * triton.cdiv(v, meta["BLOCK_V"]),),
+                    dtype_name, *args["tensors"], stats, grad_loss, perm_arg, dx, dw, db, dx, counter,
+                    0, n, v, *args["sizes"], *args["strides"], 0, ctx.alpha, eps, STORE_G=False, **common)
+        else:
+            dx, dw, db = _deterministic_backward(xs, ws, bs, args, stats, grad_loss, perm_arg, counter,
+                                                        ctx.alpha, eps, dtype_name, common)
+        _LAST_STATS.update(counter=counter, filter=ctx.use_filter)
         return (dx.to(xs.dtype), dw.to(ws.dtype), None if bs is None else db.to(bs.dtype),
-                None, None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None, None)
+
+
+def _deterministic_backward(xs, ws, bs, args, stats, grad_loss, perm_arg, counter, alpha, eps, dtype_name, common):
+    """Bitwise reproducible: per token chunk, the kernel writes the gradient tile of each (token, vocab)
+    block once (no atomics on floats) and torch.mm does dX and dW in a fixed order."""
+    n, h = xs.shape
+    v = ws.shape[0]
+    # The gradient operand in the GEMM input dtype, like eager autograd; fp32 where the kernels upcast.
+    g_dtype = torch.float32 if common["PRECISION"] != NATIVE else xs.dtype
+    chunk = max(128, (DETERMINISTIC_CHUNK_ELEMENTS // max(v, 1)) // 128 * 128)
+    chunk = min(chunk, n)
+    g = torch.empty((chunk, v), dtype=g_dtype, device=xs.device)
+    dx = torch.empty((n, h), dtype=torch.float32, device=xs.device)
+    dw = torch.zeros((v, h), dtype=torch.float32, device=xs.device)
+    db = torch.zeros(v, dtype=torch.float32, device=xs.device) if bs is not None else None
+    with torch.autocast(xs.device.type, enabled=False):
+        for start in range(0, n, chunk):
+            rows = min(chunk, n - start)
+            _launch("backward_store", _backward_kernel,
+                    lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]) * triton.cdiv(v, meta["BLOCK_V"]),),
+                    dtype_name, *args["tensors"], stats, grad_loss, perm_arg, dx, dw, dx, g, counter,
+                    start, rows, v, *args["sizes"], *args["strides"], g.stride(0), alpha, eps,
+                    STORE_G=True, **common)
+            g_c = g[:rows]
+            dx[start:start + rows] = _mm32(g_c, ws)
+            dw += _mm32(g_c.T, xs[start:start + rows])
+            if db is not None:
+                db += g_c.float().sum(0)
+    return dx, dw, db

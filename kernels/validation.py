@@ -5,7 +5,7 @@ import torch
 
 from .reference import DIRECTIONS, REDUCTIONS
 
-BACKENDS = ("auto", "triton", "torch", "reference")
+BACKENDS = ("auto", "triton", "chunked", "torch", "reference")
 
 
 def check_direction_reduction(direction: str, reduction: str) -> None:

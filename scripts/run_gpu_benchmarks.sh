@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # One command on a CUDA machine (from the repo root or anywhere):   bash scripts/run_gpu_benchmarks.sh
 #
-#  1. the kernel tests on the GPU (fp32 / bf16 / fp16; TRITON_INTERPRET unset, so they pick CUDA),
-#  2. kernel benchmarks at the shapes: N=8192, H=4096, V=32000 and V=128256 (Llama-3), bf16,
-#     autotuned Triton tiles, plus the same shapes with the fixed default tiles (RKLU_TRITON_AUTOTUNE=0),
+#  1. the kernel tests on the GPU (fp32 / bf16 / fp16; TRITON_INTERPRET unset, so they pick CUDA), every
+#     backend incl. backend="chunked", with the gradient filter on (the default),
+#  1b. the sm_80/sm_90 compile check (CI subset: spills / shared memory) and the roofline estimate,
+#  2. kernel benchmarks at the shapes: N=8192, H=4096, V=32000 and V=128256 (Llama-3), bf16:
+#     eager, torch.compile, torch chunked, Triton fused with the gradient filter on and off, chunked cuBLAS,
+#     Liger FusedLinearJSD(beta=1) when installed, GEMM floor; autotuned Triton tiles, plus the Triton rows
+#     with the fixed default tiles (RKLU_TRITON_AUTOTUNE=0),
 #  3. the V / N / H sweeps (PNG + JSON + markdown),
 #  4. the pytest-benchmark cases,
 #  5. the end-to-end unlearning step (125M, 1B, 7B Llama configs; largest batch that fits), and the fused
@@ -33,11 +37,13 @@ stage() {  # stage NAME CMD... : run, log to $OUT/NAME.log, remember failures
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 
 stage kernel-tests "$PY" -m pytest -q -ra -p no:cacheprovider tests/test_kernel_*.py
+stage gpu-compile "$PY" benchmarks/gpu_compile.py --subset ci --check --jobs 8 --quiet --out "$OUT/gpu-compile-ci"
+stage roofline "$PY" benchmarks/roofline.py
 HEADLINE=8192x4096x32000,8192x4096x128256
 stage kernel-headline "$PY" benchmarks/bench_kernel.py --device cuda --dtype bf16 --shapes "$HEADLINE" \
   --out "$OUT/kernel-headline-bf16"
 stage kernel-headline-fixed-tiles env RKLU_TRITON_AUTOTUNE=0 "$PY" benchmarks/bench_kernel.py --device cuda --dtype bf16 \
-  --shapes "$HEADLINE" --impls triton,floor --out "$OUT/kernel-headline-bf16-fixed-tiles"
+  --shapes "$HEADLINE" --impls triton,triton_nofilter,chunked,floor --out "$OUT/kernel-headline-bf16-fixed-tiles"
 if [ "${SKIP_SWEEPS:-0}" != 1 ]; then
   stage kernel-sweeps "$PY" benchmarks/bench_kernel.py --device cuda --dtype bf16 --compile-sweeps vocab \
     --out "$OUT/kernel-sweep-bf16"

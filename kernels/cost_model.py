@@ -1,0 +1,289 @@
+"""Roofline cost model of the unlearning-KL backends on a GPU: FLOPs and bytes per launched kernel, derived
+from each backend's own grid and tile constants (imported from the kernel modules), turned into time as
+sum over kernels of max(compute, DRAM traffic, L2 traffic). Used by ``backend="auto"`` (interface.py) to pick
+between the fused kernel and the chunked cuBLAS path, and by benchmarks/roofline.py for the report.
+
+Assumptions (stated once, here):
+* peak rates: H100 SXM 989 TFLOP/s bf16 dense, 67 TFLOP/s fp32 FMA (fp32 inputs: Triton's IEEE tl.dot and
+  cuBLAS SGEMM with TF32 off run on the FMA units), HBM 3.35 TB/s; A100 SXM 312 / 19.5 TFLOP/s, 2.0 TB/s.
+  GEMMs at peak (the dense floor too), so ratios to the floor are the model's, not cuBLAS efficiency.
+* L2 -> SM bandwidth: 8 TB/s (H100 SXM), 5 TB/s (A100): Chips and Cheese measured 5.5-7 TB/s on an H100 PCIe
+  (114 SMs, 1.755 GHz), scaled to the SXM's 132 SMs; not a datasheet number (roofline.py prints the
+  estimate with 1.5x that bandwidth as a sensitivity column). Every tile of a Triton kernel reads its X and W
+  operand tiles from L2 (the tile's arithmetic intensity is BN*BV/(BN+BV) FLOP per byte in bf16: 43 at
+  64x128, 64 at 128x128, so small tiles are L2-bound, not tensor-bound); DRAM sees them once per group of
+  programs that share them (grouped order: W tiles shared by GROUP row blocks, X tiles by the vocab blocks of
+  one wave, one resident program per SM -- the fused kernels use ~255 registers x 256 threads, the whole
+  file). The fused kernels' autotune picks the fastest config: the model takes the best of each list.
+* fp32 atomics (``tl.atomic_add`` of dX/dW tiles) are reductions executed in L2: 4 bytes of L2 traffic per
+  add, at the L2 bandwidth times ATOMIC_EFFICIENCY (default 1.0; roofline.py prints the estimate at 0.5
+  and with atomics free as a sensitivity line). The reduced dX/dW are written to DRAM once at the end.
+* exp/log run on the SFUs (16 per SM per clock): H100 132 SMs x 1.83 GHz, A100 108 SMs x 1.41 GHz; inside a
+  fused kernel they serialize with the MMAs (no warp specialization), so they add to its compute time.
+* cuBLAS GEMMs move each operand and the output through DRAM once (their tiling gets L2 reuse); an addmm
+  accumulating into an fp32 buffer also reads it.
+* eager PyTorch: its elementwise traffic per logit element is traced from the reference code (torch
+  dispatch: bytes of every non-GEMM op's inputs and outputs) by benchmarks/roofline.py, passed in here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    tensor_tflops: float  # bf16/fp16 dense
+    fp32_tflops: float    # FMA (no TF32)
+    hbm_tbs: float
+    l2_tbs: float
+    sms: int
+    sfu_per_s: float      # exp/log per second
+
+
+GPUS = {
+    "H100": GPU("H100 SXM", 989.0, 67.0, 3.35, 8.0, 132, 132 * 16 * 1.83e9),
+    "A100": GPU("A100 SXM", 312.0, 19.5, 2.0, 5.0, 108, 108 * 16 * 1.41e9),
+}
+ATOMIC_EFFICIENCY = 1.0
+
+
+@dataclass
+class Kernel:
+    name: str
+    flops: float = 0.0          # GEMM FLOPs
+    dram: float = 0.0           # bytes
+    l2: float = 0.0             # bytes through L2 (tile operand reads)
+    atomics: float = 0.0        # bytes of fp32 atomic adds
+    sfu: float = 0.0            # exp/log count
+    fused_epilogue: bool = True  # SFU work serializes with the MMAs
+
+    def seconds(self, gpu: GPU, fp32: bool, atomic_efficiency: float) -> float:
+        rate = (gpu.fp32_tflops if fp32 else gpu.tensor_tflops) * 1e12
+        compute = self.flops / rate
+        sfu = self.sfu / gpu.sfu_per_s
+        compute = compute + sfu if self.fused_epilogue else max(compute, sfu)
+        atomic_time = 0.0 if atomic_efficiency == math.inf else self.atomics / (gpu.l2_tbs * 1e12 * atomic_efficiency)
+        l2 = self.l2 / (gpu.l2_tbs * 1e12) + atomic_time
+        return max(compute, self.dram / (gpu.hbm_tbs * 1e12), l2)
+
+
+@dataclass
+class Shape:
+    n: int
+    h: int
+    v: int
+    dtype: str = "bf16"  # bf16 | fp32
+    augmented: bool = True
+    reverse: bool = True
+
+    @property
+    def b(self) -> int:
+        return 2 if self.dtype == "bf16" else 4
+
+    @property
+    def models(self) -> int:
+        return 3 if self.augmented else 2
+
+    @property
+    def gemm(self) -> float:
+        return 2.0 * self.n * self.h * self.v
+
+
+def floor_seconds(s: Shape, gpu: GPU) -> float:
+    """The dense floor: three logit GEMMs + dX + dW at peak (two logit GEMMs without the augmented model)."""
+    rate = (gpu.fp32_tflops if s.dtype == "fp32" else gpu.tensor_tflops) * 1e12
+    return (s.models + 2) * s.gemm / rate
+
+
+def _cublas(name, m, k, n, b_in, b_out, accumulate=False) -> Kernel:
+    return Kernel(name, flops=2.0 * m * k * n,
+                  dram=(m * k + k * n) * b_in + m * n * b_out * (2 if accumulate else 1), fused_epilogue=False)
+
+
+def _tiled_gemm_traffic(s: Shape, bn: int, bv: int, group: int, gpu: GPU, rows: float = None):
+    """(DRAM, L2) bytes of one model's X and W tiles over a (row block x vocab block) grid, grouped order."""
+    n = s.n if rows is None else rows
+    x, w = n * s.h * s.b, s.v * s.h * s.b
+    row_blocks, col_blocks = math.ceil(n / bn), math.ceil(s.v / bv)
+    l2 = x * col_blocks + w * row_blocks
+    cols_per_wave = max(1, gpu.sms // group)
+    dram = x * math.ceil(col_blocks / cols_per_wave) + w * math.ceil(row_blocks / group)
+    return dram, l2
+
+
+# ---- backends ------------------------------------------------------------------------------------------------
+
+def fused_v2(s: Shape, gpu: GPU, kept_fraction: float = 1.0, store_g: bool = False,
+             forward_tile=None, backward_tile=None) -> list[Kernel]:
+    """The fused Triton backend (kernels/triton_fused*.py): 2D-tile forward with vocab splits + combine,
+    2D-tile backward with the gradient filter (kept fraction f) and fp32 atomics for dX/dW, or (store_g,
+    deterministic mode) the gradient of a token chunk in the input dtype + cuBLAS dX/dW. Tiles: the best
+    config of each autotune list (what the autotuner would pick), or the given (BLOCK_N, BLOCK_V)."""
+    from . import triton_fused as tf
+    from .triton_fused_configs import BACKWARD_SHAPES, FORWARD_SHAPES, GROUP, vocab_split_size
+
+    key = "fp32" if s.dtype == "fp32" else "bf16"
+    fp32 = s.dtype == "fp32"
+    f = kept_fraction
+
+    def forward_kernel(tile):
+        dram, l2 = _tiled_gemm_traffic(s, tile[0], tile[1], GROUP, gpu)
+        part = math.ceil(s.v / vocab_split_size(s.n, s.v)) * s.n * 5 * 4
+        return Kernel(f"forward tiles {tile[0]}x{tile[1]}", flops=s.models * s.gemm, dram=s.models * dram + part,
+                      l2=s.models * l2, sfu=2.0 * s.n * s.v)
+
+    # Reverse KL: the student tile always, the teacher (models - 1 GEMMs) only for kept tiles. Forward KL:
+    # the original too (its tile bounds p_teacher), the augmented one only for kept tiles.
+    always = 1 if s.reverse else 2
+    teacher = (s.models - always) * f
+    sfu = (1 if s.reverse else 3) * s.n * s.v
+
+    def backward_kernel(tile):
+        bbn, bbv = tile
+        dram, l2 = _tiled_gemm_traffic(s, bbn, bbv, GROUP, gpu)
+        if store_g:
+            return Kernel(f"backward tiles {bbn}x{bbv} (store g)", flops=(always + teacher) * s.gemm,
+                          dram=(always + teacher) * dram + s.n * s.v * s.b, l2=(always + teacher) * l2, sfu=sfu)
+        # dX and dW tile GEMMs: 2 GEMMs of FLOPs, but the gradient tile is in registers, so each reads one
+        # operand (W for dX, X for dW): together one GEMM's worth of operand traffic.
+        atomics = f * 4.0 * (s.n * s.h * math.ceil(s.v / bbv) + s.v * s.h * math.ceil(s.n / bbn))
+        return Kernel(f"backward tiles {bbn}x{bbv} (atomic dX/dW)", flops=(always + teacher + 2 * f) * s.gemm,
+                      dram=(always + teacher + f) * dram + 4.0 * (s.n * s.h + s.v * s.h),
+                      l2=(always + teacher + f) * l2, atomics=atomics, sfu=sfu)
+
+    def best(make, shapes, given):
+        cands = [given] if given else [tuple(t[:2]) for t in shapes[key]]
+        return min((make(t) for t in cands), key=lambda k: k.seconds(gpu, fp32, ATOMIC_EFFICIENCY))
+
+    out = [Kernel("vocab order (GEMV + argsort)", dram=s.v * s.h * s.b + s.n * s.h * s.b + 16 * s.v,
+                  fused_epilogue=False)]
+    fwd = best(forward_kernel, FORWARD_SHAPES, forward_tile)
+    part = math.ceil(s.v / vocab_split_size(s.n, s.v)) * s.n * 5 * 4
+    out += [fwd, Kernel("combine splits", dram=2 * part, fused_epilogue=False)]
+    if not store_g:
+        out.append(Kernel("zero dX, dW", dram=4.0 * (s.n * s.h + s.v * s.h), fused_epilogue=False))
+    out.append(best(backward_kernel, BACKWARD_SHAPES, backward_tile))
+    if store_g:
+        chunk = max(1, tf.DETERMINISTIC_CHUNK_ELEMENTS // s.v)
+        chunks = math.ceil(s.n / chunk)
+        out.append(_cublas("dX = G @ W (cuBLAS)", s.n, s.v, s.h, s.b, 4))
+        dw = _cublas("dW += G.T @ X (cuBLAS, per chunk)", s.v, s.n, s.h, s.b, 4)
+        dw.dram += (chunks - 1) * 2 * 4.0 * s.v * s.h  # the fp32 accumulator read+written per chunk
+        out.append(dw)
+    out.append(Kernel("cast dX, dW to input dtype", dram=(4 + s.b) * (s.n * s.h + s.v * s.h), fused_epilogue=False))
+    return out
+
+
+def chunked(s: Shape, gpu: GPU, chunk_tokens: int | None = None) -> list[Kernel]:
+    """backend="chunked" (kernels/triton_chunked.py): per chunk, fp32-output cuBLAS logit GEMMs, one Triton
+    kernel (two passes over the chunk's fp32 logits; the second assumed to miss L2: a chunk's logits are
+    hundreds of MB), the gradient in the input dtype, cuBLAS dX and dW (fp32 accumulator)."""
+    from . import triton_chunked as tc
+
+    gb = 2 if s.dtype == "bf16" else 4
+    chunk = chunk_tokens or tc.default_chunk_tokens(s.n, s.v, gb, _Cuda(), s.augmented, free_bytes=FREE_BYTES)
+    chunks = math.ceil(s.n / chunk)
+    out = [_cublas(f"logit GEMM x{s.models} (fp32 out)", s.n, s.h, s.v, s.b, 4) for _ in range(s.models)]
+    out.append(Kernel("loss + gradient kernel (2 passes)", dram=s.n * s.v * (2 * 4 * s.models + gb),
+                      sfu=(3 if s.reverse else 4) * s.n * s.v, fused_epilogue=False))
+    out.append(_cublas("dX = G @ W", s.n, s.v, s.h, gb, 4))
+    dw = _cublas("dW += G.T @ X (per chunk)", s.v, s.n, s.h, gb, 4)
+    dw.dram += (chunks - 1) * 2 * 4.0 * s.v * s.h
+    out.append(dw)
+    out.append(Kernel("cast dX, dW", dram=(4 + s.b) * (s.n * s.h + s.v * s.h), fused_epilogue=False))
+    return out
+
+
+class _Cuda:
+    type = "cuda"
+
+
+# Free GPU memory assumed by the report (an 80 GB card holding a 7B model's training state: ~40 GB free).
+FREE_BYTES = 40 << 30
+
+
+# The kernel before issue 11 (git history: kernels/triton_fused.py at cce77be), tile (64, 128, 64): forward
+# one program per row block walking all of V; backward one program per vocab block walking all row blocks,
+# dW read-modify-written per row block in global memory, dX by atomics.
+V1_TILE = (64, 128, 64)
+
+
+def fused_v1(s: Shape, gpu: GPU) -> list[Kernel]:
+    bn, bv, _ = V1_TILE
+    row_blocks, col_blocks = math.ceil(s.n / bn), math.ceil(s.v / bv)
+    x, w = s.n * s.h * s.b, s.v * s.h * s.b
+    # forward: programs = row blocks, all walk V in the same order, so W blocks are shared in L2 across the
+    # wave; each program re-reads its X tile per vocab block (512 KB per program: no reuse in L2 at 132+).
+    fwd = Kernel("v1 forward", flops=s.models * s.gemm, dram=s.models * (x * col_blocks + w * math.ceil(row_blocks / gpu.sms)),
+                 l2=s.models * (x * col_blocks + w * row_blocks), sfu=2.0 * s.n * s.v)
+    # backward: programs = vocab blocks; each walks every row block: X re-read per vocab block (shared in L2
+    # across the wave), W tiles re-read per row block, dW tile read+written per row block, dX atomics.
+    bwd = Kernel("v1 backward", flops=(s.models + 2) * s.gemm,
+                 dram=(s.models + 1) * x * math.ceil(col_blocks / gpu.sms) + (s.models + 1) * w * row_blocks
+                 + 2 * 4.0 * s.v * s.h * row_blocks,
+                 l2=(s.models + 1) * (x * col_blocks + w * row_blocks),
+                 atomics=4.0 * s.n * s.h * col_blocks, sfu=1.0 * s.n * s.v)
+    return [fwd, bwd]
+
+
+def eager(s: Shape, gpu: GPU, bytes_per_element: float) -> list[Kernel]:
+    """Materialized logits: 3 cuBLAS logit GEMMs (input-dtype output), the reference math on [N, V] as
+    separate elementwise kernels (``bytes_per_element``, traced), dX/dW GEMMs from the logit gradient."""
+    out = [_cublas("logit GEMM (materialized)", s.n, s.h, s.v, s.b, s.b) for _ in range(s.models)]
+    out.append(Kernel("elementwise reference math (fwd+bwd)", dram=bytes_per_element * s.n * s.v,
+                      sfu=4.0 * s.n * s.v, fused_epilogue=False))
+    out.append(_cublas("dX GEMM", s.n, s.v, s.h, s.b, s.b))
+    out.append(_cublas("dW GEMM", s.v, s.n, s.h, s.b, s.b))
+    return out
+
+
+def torch_chunked(s: Shape, gpu: GPU, bytes_per_element: float) -> list[Kernel]:
+    """The torch backend on a GPU: fp32 weights (cast once), fp32 cuBLAS GEMMs per chunk (FMA rate, no TF32),
+    torch elementwise chunk math (``bytes_per_element``, traced)."""
+    from .torch_chunked import default_chunk_tokens
+
+    chunks = math.ceil(s.n / default_chunk_tokens(s.v))
+    out = [Kernel("cast weights to fp32", dram=s.models * s.v * s.h * (s.b + 4), fused_epilogue=False)]
+    fp = Shape(s.n, s.h, s.v, "fp32", s.augmented, s.reverse)
+    out += [_cublas("fp32 logit GEMM", s.n, s.h, s.v, 4, 4) for _ in range(s.models)]
+    out.append(Kernel("chunk math (torch ops)", dram=bytes_per_element * s.n * s.v, sfu=4.0 * s.n * s.v,
+                      fused_epilogue=False))
+    out.append(_cublas("fp32 dX GEMM", s.n, s.v, s.h, 4, 4))
+    dw = _cublas("fp32 dW addmm per chunk", s.v, s.n, s.h, 4, 4)
+    dw.dram += (chunks - 1) * 2 * 4.0 * s.v * s.h
+    out.append(dw)
+    del fp
+    return out
+
+
+def estimate(kernels: list[Kernel], s: Shape, gpu: GPU, atomic_efficiency: float = ATOMIC_EFFICIENCY,
+             fp32_gemms: bool | None = None) -> float:
+    fp32 = s.dtype == "fp32" if fp32_gemms is None else fp32_gemms
+    return sum(k.seconds(gpu, fp32, atomic_efficiency) for k in kernels)
+
+
+# ---- what backend="auto" uses --------------------------------------------------------------------------------
+
+# Kept fraction assumed by the policy when choosing between the filtered fused kernel and the chunked path:
+# measured on SmolLM2-135M logits over TOFU answers, reverse KL, 64x128 tiles, threshold 2^-12, sorted
+# vocabulary (benchmarks/results/grad-sparsity.md: 0.64; 0.84 for the forward KL).
+ASSUMED_KEPT_FRACTION = 0.64
+
+
+def choose_cuda_backend(n: int, h: int, v: int, dtype: str, augmented: bool, reverse: bool, free_bytes: int,
+                        grad_filter: bool = True, gpu: str = "H100") -> str:
+    """"chunked" when its working set fits in a quarter of the free memory at a chunk of at least
+    MIN_EFFICIENT_CHUNK tokens (or all of N) and the model says it is faster; else the O(N) fused "triton"."""
+    from . import triton_chunked as tc
+
+    s = Shape(n, h, v, dtype, augmented, reverse)
+    g = GPUS[gpu]
+    gb = 2 if dtype == "bf16" else 4
+    chunk = tc.default_chunk_tokens(n, v, gb, _Cuda(), augmented, free_bytes=free_bytes)
+    if chunk < min(n, tc.MIN_EFFICIENT_CHUNK):
+        return "triton"
+    t_chunked = estimate(chunked(s, g, chunk), s, g)
+    t_fused = estimate(fused_v2(s, g, ASSUMED_KEPT_FRACTION if grad_filter else 1.0), s, g)
+    return "chunked" if t_chunked <= t_fused else "triton"

@@ -1,0 +1,362 @@
+"""Chunked cuBLAS backend (``backend="chunked"``): Liger's structure -- the gradient is computed in the
+forward pass, a chunk of tokens at a time -- but the logits are never rounded to bf16.
+
+Per chunk of tokens:
+  1. three GEMMs with float32 output from the bf16/fp16 inputs (``torch.mm(x, w.T, out_dtype=torch.float32)``
+     on CUDA: tensor cores, fp32 accumulation, fp32 result) for the student, original and augmented logits;
+  2. ONE Triton kernel reads the three fp32 logit tiles (plus biases) once to build the teacher and the
+     online log-sum-exps of student and teacher and the KL, then a second time to write the gradient
+     d loss / d student logits in the input dtype (the row was just read, so the re-read mostly hits L2);
+  3. two GEMMs for the gradient: dX[chunk] = G @ W_s and dW += G.T @ X_s[chunk] (fp32 outputs/accumulator).
+Five cuBLAS GEMMs per chunk, O(chunk * V) extra memory (three fp32 logit buffers and one gradient buffer),
+plus O(N * H + V * H) for the fp32 gradient accumulators every backend returns.
+
+Unlike the fused kernel (``triton_fused``, O(N) memory, recomputes the logits in the backward), this path
+spends O(chunk * V) memory to run every GEMM through cuBLAS at full tensor-core rate and never recompute.
+Where it pays is decided by ``backend="auto"`` (see ``interface.resolve_backend``) from the free memory and
+the cost model in ``cost_model.py`` (benchmarks/results/roofline.md: on an H100 at N=8192, H=4096, V=32000
+bf16 the model puts it at ~1.2x the dense GEMM floor).
+
+Numerics: statistics are accumulated relative to the running maxima (no subtraction of two offset-sized
+numbers, so a common offset of 1e4 on the teacher logits costs no accuracy); the gradient tile is
+``p_s * ((z_s - m_s) - (z_t - m_t) - E_ps[...])`` (reverse) or ``p_s - p_t`` (forward), computed in fp32 and
+rounded once to the input dtype as eager autograd would, but from fp32 logits.
+
+On CPU (tests, under TRITON_INTERPRET=1) ``torch.mm`` has no ``out_dtype``: 16-bit operands are upcast to
+fp32 first, which is exact (bf16/fp16 -> fp32) and accumulates in fp32 like the CUDA path.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .compile_spec import CompileSpec
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+# Chunk size. On CUDA: TARGET_CHUNK_TOKENS (the GEMMs chunk x H x V run at full rate, and dW's fp32
+# accumulator is read and written once per chunk: fewer, larger chunks), capped so the working set (3 fp32
+# logit buffers + the gradient, per token (4 * 3 + 2) * V bytes: 0.9 GB at V=32000, 7.3 GB at V=256000)
+# takes at most a quarter of the free GPU memory. On CPU (tests, under TRITON_INTERPRET=1) a 16 MiB budget:
+# several chunks per call.
+TARGET_CHUNK_TOKENS = 2048
+CPU_CHUNK_BYTES = 1 << 24
+# Smallest chunk worth running on CUDA: below it the logit GEMMs (chunk x H x V) lose tensor-core efficiency.
+MIN_EFFICIENT_CHUNK = 512
+
+
+@triton.jit
+def _logits(Z, B, rows, cols, col_mask, stride_z, HAS_B: tl.constexpr):
+    z = tl.load(Z + rows[:, None] * stride_z + cols[None, :], mask=col_mask[None, :], other=0.0).to(tl.float32)
+    if HAS_B:
+        z += tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    return z
+
+
+@triton.jit
+def _student_teacher(ZS, ZO, ZA, BS, BO, BA, rows, cols, col_mask, stride_z, alpha,
+                     HAS_AUG: tl.constexpr, HAS_BS: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr):
+    zs = _logits(ZS, BS, rows, cols, col_mask, stride_z, HAS_BS)
+    zt = _logits(ZO, BO, rows, cols, col_mask, stride_z, HAS_BO)
+    if HAS_AUG:
+        za = _logits(ZA, BA, rows, cols, col_mask, stride_z, HAS_BA)
+        zt = zt - alpha * tl.maximum(za - zt, 0.0)
+    return zs, zt
+
+
+@triton.jit
+def _chunk_kernel(ZS, ZO, ZA, BS, BO, BA, ROW_SCALE, G, LOSS,
+                  n_rows, V, stride_z, stride_g, alpha,
+                  HAS_AUG: tl.constexpr, HAS_BS: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr,
+                  REVERSE: tl.constexpr, WRITE_GRAD: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
+    """BLOCK_N rows of the chunk per program: loss [rows] and (WRITE_GRAD) the logit gradient [rows, V]."""
+    # Rows past the chunk read row n_rows - 1 again (finite values, nothing stored): no all-masked rows,
+    # whose -inf maxima would turn the rescale factors into exp(nan).
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < n_rows
+    rows = tl.minimum(rows, n_rows - 1).to(tl.int64)
+    m_s = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    m_t = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    d_s = tl.zeros((BLOCK_N,), tl.float32)
+    d_t = tl.zeros((BLOCK_N,), tl.float32)
+    # acc = sum_v exp(z_s - m_s) * ((z_s - m_s) - (z_t - m_t)) (reverse; forward: s <-> t), kept relative to
+    # the running maxima: E[z_s - z_t] - (m_s - m_t) would cancel two numbers of the logits' offset size.
+    acc = tl.zeros((BLOCK_N,), tl.float32)
+    for v0 in range(0, V, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        col_mask = cols < V
+        zs, zt = _student_teacher(ZS, ZO, ZA, BS, BO, BA, rows, cols, col_mask, stride_z, alpha,
+                                  HAS_AUG, HAS_BS, HAS_BO, HAS_BA)
+        valid = col_mask[None, :]
+        # Every block holds a valid column: the new maxima are finite, exp(m_old - m_new) is 0 on the first.
+        new_m_s = tl.maximum(m_s, tl.max(tl.where(valid, zs, float("-inf")), axis=1))
+        new_m_t = tl.maximum(m_t, tl.max(tl.where(valid, zt, float("-inf")), axis=1))
+        scale_s = tl.exp(m_s - new_m_s)
+        scale_t = tl.exp(m_t - new_m_t)
+        rel_s = zs - new_m_s[:, None]
+        rel_t = zt - new_m_t[:, None]
+        e_s = tl.exp(tl.where(valid, rel_s, float("-inf")))
+        e_t = tl.exp(tl.where(valid, rel_t, float("-inf")))
+        # Moving the maxima shifts every earlier term's bracket by the same amount: d_old * shift. On the
+        # first block there are no earlier terms (and m_old = -inf): take the shift as 0, never inf - inf.
+        first = m_s == float("-inf")
+        old_m_s = tl.where(first, new_m_s, m_s)
+        old_m_t = tl.where(first, new_m_t, m_t)
+        if REVERSE:
+            shift = (new_m_t - old_m_t) - (new_m_s - old_m_s)
+            acc = scale_s * (acc + d_s * shift) + tl.sum(e_s * (rel_s - rel_t), axis=1)
+        else:
+            shift = (new_m_s - old_m_s) - (new_m_t - old_m_t)
+            acc = scale_t * (acc + d_t * shift) + tl.sum(e_t * (rel_t - rel_s), axis=1)
+        d_s = d_s * scale_s + tl.sum(e_s, axis=1)
+        d_t = d_t * scale_t + tl.sum(e_t, axis=1)
+        m_s = new_m_s
+        m_t = new_m_t
+    log_d_s = tl.log(d_s)
+    log_d_t = tl.log(d_t)
+    if REVERSE:
+        mean_rel = acc / d_s  # E_ps[(z_s - m_s) - (z_t - m_t)]
+        loss = mean_rel - log_d_s + log_d_t
+    else:
+        mean_rel = acc / d_t  # E_pt[(z_t - m_t) - (z_s - m_s)]
+        loss = mean_rel - log_d_t + log_d_s
+    tl.store(LOSS + rows, loss, mask=row_mask)
+    if WRITE_GRAD:
+        row_scale = tl.load(ROW_SCALE + rows, mask=row_mask, other=0.0)
+        for v0 in range(0, V, BLOCK_V):
+            cols = v0 + tl.arange(0, BLOCK_V)
+            col_mask = cols < V
+            zs, zt = _student_teacher(ZS, ZO, ZA, BS, BO, BA, rows, cols, col_mask, stride_z, alpha,
+                                      HAS_AUG, HAS_BS, HAS_BO, HAS_BA)
+            valid = col_mask[None, :]
+            rel_s = zs - m_s[:, None]
+            rel_t = zt - m_t[:, None]
+            p_s = tl.exp(tl.where(valid, rel_s - log_d_s[:, None], float("-inf")))
+            if REVERSE:
+                # log p_s - log p_t - KL == (z_s - m_s) - (z_t - m_t) - E_ps[...]: the normalizers cancel.
+                g = p_s * ((rel_s - rel_t) - mean_rel[:, None])
+            else:
+                g = p_s - tl.exp(tl.where(valid, rel_t - log_d_t[:, None], float("-inf")))
+            g = g * row_scale[:, None]
+            tl.store(G + rows[:, None] * stride_g + cols[None, :], g.to(G.dtype.element_ty),
+                     mask=row_mask[:, None] & valid)
+
+
+def autotune_configs() -> list:
+    """CUDA tiles (BLOCK_N rows x BLOCK_V vocab entries per step): a memory-bound row kernel, so few rows and
+    long vocab strips; every config is checked spill-free on sm_80/sm_90 by benchmarks/gpu_compile.py."""
+    # (4, 1024) spilled 8 bytes on sm_90 with 8 warps (fp32) and with 16 warps (bf16, 128-register cap):
+    # dropped (benchmarks/results/gpu-compile.md).
+    shapes = [(1, 2048, 8, 1), (2, 1024, 8, 1), (1, 4096, 16, 1)]
+    return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv), num_warps=w, num_stages=s) for bn, bv, w, s in shapes]
+
+
+def block_sizes() -> dict:
+    """Fixed tiles for the interpreter (it steps through blocks in Python: fewer, larger ones)."""
+    return dict(BLOCK_N=32, BLOCK_V=1024, num_warps=4)
+
+
+AUTOTUNE = not INTERPRET and os.environ.get("RKLU_TRITON_AUTOTUNE", "1") != "0"
+_chunk_tuned = triton.autotune(autotune_configs(), key=["V"])(_chunk_kernel) if AUTOTUNE else None
+TUNED_KERNELS = {"chunk": _chunk_tuned} if AUTOTUNE else {}
+
+
+def _run_chunk_kernel(zs, zo, za, bs, bo, ba, row_scale, g, loss, alpha, reverse, write_grad):
+    n, v = zs.shape
+    dummy = zs  # never dereferenced: the HAS_* / WRITE_GRAD flags switch the accesses off
+    args = (zs, zo, za if za is not None else dummy, bs if bs is not None else dummy,
+            bo if bo is not None else dummy, ba if ba is not None else dummy,
+            row_scale if row_scale is not None else dummy, g if g is not None else dummy, loss,
+            n, v, zs.stride(0), g.stride(0) if g is not None else 0, float(alpha))
+    flags = dict(HAS_AUG=za is not None, HAS_BS=bs is not None, HAS_BO=bo is not None, HAS_BA=ba is not None,
+                 REVERSE=reverse, WRITE_GRAD=write_grad)
+    if AUTOTUNE:
+        _chunk_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, **flags)
+    else:
+        blocks = block_sizes() if INTERPRET else dict(autotune_configs()[0].kwargs, num_warps=8)
+        _chunk_kernel[(triton.cdiv(n, blocks["BLOCK_N"]),)](*args, **flags, **blocks)
+
+
+# ---- GEMMs with fp32 output ----------------------------------------------------------------------------------
+
+def _has_out_dtype(device: torch.device) -> bool:
+    """cuBLAS bf16/fp16 GEMMs with an fp32 result (torch >= 2.8: ``torch.mm(..., out_dtype=)``) on CUDA."""
+    return device.type == "cuda" and hasattr(torch.ops.aten.mm, "dtype")
+
+
+_ADDMM_OUT_DTYPE = True
+
+
+class _Gemms:
+    """fp32-output GEMMs from the input dtype. CUDA + 16-bit: cuBLAS with ``out_dtype=float32`` (tensor cores,
+    fp32 accumulation, no rounding of the result). Elsewhere (CPU, torch without out_dtype, fp32 inputs):
+    operands in fp32 -- upcasting bf16/fp16 is exact, so the result differs only in summation order."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype):
+        self.native = dtype in (torch.bfloat16, torch.float16) and _has_out_dtype(device)
+
+    def operand(self, t: torch.Tensor) -> torch.Tensor:
+        """A weight as it enters the GEMMs (converted once per call, not once per chunk)."""
+        return t if self.native or t.dtype == torch.float32 else t.float()
+
+    def mm(self, a, b, out):
+        if self.native:
+            return torch.mm(a, b, out_dtype=torch.float32, out=out)
+        return torch.mm(a.float(), b.float(), out=out)
+
+    def addmm_(self, acc, a, b):
+        """acc += a @ b, acc float32 (cuBLAS accumulates into it in place: beta = 1)."""
+        global _ADDMM_OUT_DTYPE
+        if self.native:
+            if _ADDMM_OUT_DTYPE:
+                try:
+                    return torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+                except (RuntimeError, TypeError):  # a torch without addmm.dtype_out into its own input
+                    _ADDMM_OUT_DTYPE = False
+            return acc.add_(torch.mm(a, b, out_dtype=torch.float32))
+        return acc.addmm_(a.float(), b.float())
+
+
+def default_chunk_tokens(n: int, v: int, grad_bytes: int, device: torch.device, augmented: bool = True,
+                         free_bytes: int | None = None) -> int:
+    """Tokens per chunk: TARGET_CHUNK_TOKENS on CUDA within a quarter of ``free_bytes`` (default: what
+    torch.cuda.mem_get_info reports), a 16 MiB working set on CPU; never more than ``n``."""
+    per_token = working_set_bytes(1, v, grad_bytes, augmented)
+    if device.type == "cuda":
+        if free_bytes is None:
+            free_bytes = torch.cuda.mem_get_info(device)[0]
+        chunk = min(TARGET_CHUNK_TOKENS, free_bytes // 4 // per_token)
+    else:
+        chunk = CPU_CHUNK_BYTES // per_token
+    chunk = max(1, chunk)
+    if chunk >= 256:
+        chunk -= chunk % 256  # whole cuBLAS tiles
+    return int(min(n, chunk))
+
+
+def working_set_bytes(chunk: int, v: int, grad_bytes: int, augmented: bool = True) -> int:
+    """Extra memory of one call besides inputs and the fp32 gradient accumulators: the chunk buffers."""
+    return chunk * v * (4 * (3 if augmented else 2) + grad_bytes)
+
+
+class TritonChunkedUnlearningKL(torch.autograd.Function):
+    """Counted tokens only: [N, H_model] hidden states (each model its own H), lm_head weights [V, H_model]
+    -> per-token loss [N] float32. With ``grad_in_forward`` (mean/sum reductions: one upstream weight for
+    every token) the gradient is computed in the forward pass and backward only rescales it; with
+    ``reduction="none"`` backward recomputes each chunk's logits with the per-token weights."""
+
+    @staticmethod
+    def forward(ctx, xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_in_forward, chunk_tokens):
+        need_grad = any(ctx.needs_input_grad[:3])
+        in_forward = grad_in_forward and need_grad
+        with torch.no_grad(), torch.autocast(xs.device.type, enabled=False):
+            loss, grads = _run(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, chunk_tokens,
+                               row_weights=None, need_grad=in_forward)
+        ctx.alpha, ctx.direction, ctx.chunk_tokens = alpha, direction, chunk_tokens
+        ctx.grad_in_forward = in_forward
+        ctx.dtypes = (xs.dtype, ws.dtype, None if bs is None else bs.dtype)
+        if in_forward:
+            ctx.save_for_backward(*grads)
+        else:
+            ctx.save_for_backward(xs, ws, bs, xo, wo, bo, xa, wa, ba)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        if ctx.grad_in_forward:
+            dx, dw, db = ctx.saved_tensors
+            scale = grad_loss[0].float() if grad_loss.numel() else 0.0
+            dx, dw = dx * scale, dw * scale
+            db = None if db is None else db * scale
+        else:
+            xs, ws, bs, xo, wo, bo, xa, wa, ba = ctx.saved_tensors
+            with torch.no_grad(), torch.autocast(xs.device.type, enabled=False):
+                _, (dx, dw, db) = _run(xs, ws, bs, xo, wo, bo, xa, wa, ba, ctx.alpha, ctx.direction,
+                                       ctx.chunk_tokens, row_weights=grad_loss.float().contiguous(), need_grad=True)
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        return (dx.to(x_dtype), dw.to(w_dtype), None if db is None else db.to(b_dtype),
+                None, None, None, None, None, None, None, None, None, None)
+
+
+def _run(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, chunk_tokens, row_weights, need_grad):
+    """Loss [N] and, when ``need_grad``, fp32 (dX, dW, dB) weighted per token by ``row_weights`` (None: 1)."""
+    device = xs.device
+    xs, xo = xs.contiguous(), xo.contiguous()
+    xa = None if xa is None else xa.contiguous()
+    n, v = xs.shape[0], ws.shape[0]
+    gemm = _Gemms(device, xs.dtype)
+    wst, wot = gemm.operand(ws).T, gemm.operand(wo).T
+    wat = None if wa is None else gemm.operand(wa).T
+    grad_dtype = xs.dtype if xs.dtype in (torch.bfloat16, torch.float16) else torch.float32
+    chunk = chunk_tokens or default_chunk_tokens(n, v, torch.finfo(grad_dtype).bits // 8, device, xa is not None)
+    zs_buf = torch.empty((chunk, v), dtype=torch.float32, device=device)
+    zo_buf = torch.empty_like(zs_buf)
+    za_buf = None if xa is None else torch.empty_like(zs_buf)
+    g_buf = torch.empty((chunk, v), dtype=grad_dtype, device=device) if need_grad else None
+    ones = torch.ones(chunk, dtype=torch.float32, device=device) if need_grad and row_weights is None else None
+    loss = torch.empty(n, dtype=torch.float32, device=device)
+    if need_grad:
+        dx = torch.empty((n, xs.shape[1]), dtype=torch.float32, device=device)
+        dw = torch.zeros(ws.shape, dtype=torch.float32, device=device)
+        db = None if bs is None else torch.zeros(v, dtype=torch.float32, device=device)
+        ws_op = gemm.operand(ws)
+    for start in range(0, n, chunk):
+        end = min(n, start + chunk)
+        m = end - start
+        zs, zo = zs_buf[:m], zo_buf[:m]
+        gemm.mm(xs[start:end], wst, zs)
+        gemm.mm(xo[start:end], wot, zo)
+        za = None
+        if xa is not None:
+            za = za_buf[:m]
+            gemm.mm(xa[start:end], wat, za)
+        g = None if g_buf is None else g_buf[:m]
+        weights = None
+        if need_grad:
+            weights = ones[:m] if row_weights is None else row_weights[start:end]
+        _run_chunk_kernel(zs, zo, za, bs, bo, ba, weights, g, loss[start:end], alpha, direction == "reverse",
+                          need_grad)
+        if need_grad:
+            gemm.mm(g, ws_op, dx[start:end])
+            gemm.addmm_(dw, g.T, xs[start:end])
+            if db is not None:
+                db += g.sum(0, dtype=torch.float32)
+    return loss, ((dx, dw, db) if need_grad else None)
+
+
+# ---- compile specs (benchmarks/gpu_compile.py) -------------------------------------------------------------
+
+def compile_specs() -> list[CompileSpec]:
+    """The chunk kernel over dtype x direction x augmented x bias, with every CUDA config."""
+    specs = []
+    names = _chunk_kernel.arg_names
+    for dtype in ("bf16", "fp32"):
+        for reverse in (True, False):
+            for aug in (True, False):
+                for bias in (True, False):
+                    sig = {}
+                    for a in names:
+                        if a in ("ZS", "ZO", "ZA", "ROW_SCALE", "LOSS"):
+                            sig[a] = "*fp32"
+                        elif a in ("BS", "BO", "BA", "G"):
+                            sig[a] = f"*{dtype}"
+                        elif a == "alpha":
+                            sig[a] = "fp32"
+                        elif a in ("n_rows", "V", "stride_z", "stride_g"):
+                            sig[a] = "i32"
+                        else:
+                            sig[a] = "constexpr"
+                    constexprs = dict(HAS_AUG=aug, HAS_BS=bias, HAS_BO=bias, HAS_BA=bias and aug,
+                                      REVERSE=reverse, WRITE_GRAD=True)
+                    variant = ",".join(["reverse" if reverse else "forward", "aug" if aug else "no-aug",
+                                        "bias" if bias else "no-bias"])
+                    specs.append(CompileSpec(
+                        kernel="chunked_unlearning_kl", fn=_chunk_kernel, signature=sig, constexprs=constexprs,
+                        configs=tuple(autotune_configs()), dtype=dtype, variant=variant,
+                        divisible=("ZS", "ZO", "ZA", "BS", "BO", "BA", "ROW_SCALE", "G", "LOSS", "V",
+                                   "stride_z", "stride_g")))
+    return specs

@@ -1,0 +1,147 @@
+"""Backward of the fused unlearning KL: one program per (token block x vocab block) tile, grouped order.
+
+Each tile recomputes its logits once (student first, then the teacher) and turns them into the gradient
+tile g = d loss / d z_student (times the upstream per-token weight). Two ways to finish:
+
+* default (``STORE_G=False``), Cut-Cross-Entropy's way: the tile multiplies g into dX (g @ W) and dW
+  (g.T @ X) and adds both with fp32 atomics. No program owns a dW row block, so nothing is read-modified-
+  written per row block; the atomic traffic is N*H*4 bytes per vocab block for dX and V*H*4 per token
+  block for dW, hidden behind the GEMMs at large tiles.
+* deterministic (``torch.use_deterministic_algorithms(True)``, ``STORE_G=True``): the launch covers one
+  chunk of tokens and the tile writes g, in the GEMM input dtype, to a [chunk, V] buffer; cuBLAS / torch.mm
+  then does dX and dW (fixed reduction order: bitwise reproducible). O(chunk * V) extra memory.
+
+Gradient filtering (``FILTER``, Cut-Cross-Entropy's filter, applied to a KL): the student tile comes first.
+  reverse KL: g = p_s * (log-ratio - KL) is exactly proportional to p_s, so a tile whose largest p_s is
+    below ``eps`` skips the teacher recompute (one or two GEMMs) and both gradient GEMMs;
+  forward KL: g = p_s - p_t needs p_t. The teacher z_t = z_o - alpha * relu(z_a - z_o) <= z_o, so
+    p_t <= exp(z_o - M_t - log D_t): with the original tile alone we bound p_t, and a tile where both p_s
+    and that bound are below ``eps`` skips the augmented recompute and both gradient GEMMs (the original
+    GEMM cannot be skipped: without it nothing bounds p_t).
+Skipped entries are each below eps in magnitude (|g| <= p * max(1, |log-ratio - KL|) for the reverse KL);
+eps = finfo(input dtype).eps / 32 like CCE's "auto": 2^-12 for bf16 (below the bf16 rounding of the
+gradient itself), 2^-28 for fp32 (far inside the 1e-5 relative tolerance). The vocabulary is visited in the
+order of decreasing mean student logit (``PERM``, computed in the forward), so the few tokens that carry
+probability for a block of rows gather in few vocab blocks and token-level sparsity becomes tile sparsity;
+W, bias and the teachers' W rows are read through the permutation, dW/db written through it.
+Every tile adds 1 to ``COUNTER[1]`` and every kept tile 1 to ``COUNTER[0]`` (int32), so the kept fraction
+f can be measured.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .triton_fused_tiles import _grad_operand, _grouped_pid, _logit_tile, _mm, _teacher_tile
+
+
+@triton.jit
+def _apply_grad(g, XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask, col_mask, H_S,
+                stride_xs, stride_ws, stride_g,
+                HAS_BS: tl.constexpr, PRECISION: tl.constexpr, STORE_G: tl.constexpr,
+                BLOCK_HG: tl.constexpr):
+    tl.atomic_add(COUNTER, 1)
+    if STORE_G:
+        tl.store(G + local[:, None] * stride_g + cols[None, :], g.to(G.dtype.element_ty),
+                 mask=row_mask[:, None] & col_mask[None, :])
+    else:
+        if HAS_BS:
+            tl.atomic_add(DB + cols, tl.sum(g, axis=0), mask=col_mask)
+        g_in = _grad_operand(g, XS, PRECISION)
+        # Its own H step: each fp32 atomic needs its own address register (no vector atomics on sm_80),
+        # so the [BLOCK_V, BLOCK_HG] dW tile is what sets the register budget here.
+        for h0 in range(0, H_S, BLOCK_HG):
+            hs = h0 + tl.arange(0, BLOCK_HG)
+            h_mask = hs < H_S
+            x = tl.load(XS + rows[:, None] * stride_xs + hs[None, :], mask=row_mask[:, None] & h_mask[None, :], other=0.0)
+            w = tl.load(WS + cols[:, None] * stride_ws + hs[None, :], mask=col_mask[:, None] & h_mask[None, :], other=0.0)
+            tl.atomic_add(DX + rows[:, None] * H_S + hs[None, :], _mm(g_in, w, PRECISION),
+                          mask=row_mask[:, None] & h_mask[None, :])
+            tl.atomic_add(DW + cols[:, None] * H_S + hs[None, :], _mm(tl.trans(g_in), x, PRECISION),
+                          mask=col_mask[:, None] & h_mask[None, :])
+
+
+@triton.jit
+def _store_zero(G, local, cols, row_mask, col_mask, stride_g,
+                STORE_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
+    # A skipped tile still owns its part of the deterministic mode's gradient buffer (reused per chunk).
+    if STORE_G:
+        tl.store(G + local[:, None] * stride_g + cols[None, :],
+                 tl.zeros((BLOCK_N, BLOCK_V), tl.float32).to(G.dtype.element_ty),
+                 mask=row_mask[:, None] & col_mask[None, :])
+
+
+@triton.jit
+def _backward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, GRAD_OUT, PERM, DX, DW, DB, G, COUNTER,
+                     ROW0, NUM_ROWS, V, H_S, H_O, H_A,
+                     stride_xs, stride_ws, stride_xo, stride_wo, stride_xa, stride_wa, stride_g, alpha, eps,
+                     HAS_AUG: tl.constexpr, HAS_BS: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr,
+                     REVERSE: tl.constexpr, PRECISION: tl.constexpr, FILTER: tl.constexpr,
+                     SORTED: tl.constexpr, STORE_G: tl.constexpr, GROUP: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+                     BLOCK_HG: tl.constexpr):
+    pid_n, pid_v = _grouped_pid(tl.program_id(0), tl.cdiv(NUM_ROWS, BLOCK_N), tl.cdiv(V, BLOCK_V), GROUP)
+    local = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = local < NUM_ROWS
+    rows = ROW0 + local
+    pos = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    col_mask = pos < V
+    if SORTED:
+        cols = tl.load(PERM + pos, mask=col_mask, other=0)
+    else:
+        cols = pos
+    inside = row_mask[:, None] & col_mask[None, :]
+    tl.atomic_add(COUNTER + 1, 1)  # every tile; COUNTER[0] counts the kept ones
+
+    m_s = tl.load(STATS + rows * 7 + 0, mask=row_mask, other=0.0)
+    log_d_s = tl.load(STATS + rows * 7 + 1, mask=row_mask, other=0.0)
+    m_t = tl.load(STATS + rows * 7 + 2, mask=row_mask, other=0.0)
+    log_d_t = tl.load(STATS + rows * 7 + 3, mask=row_mask, other=0.0)
+    upstream = tl.load(GRAD_OUT + rows, mask=row_mask, other=0.0)
+
+    zs = _logit_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws,
+                     HAS_BS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+    if REVERSE:
+        keep = True
+        if FILTER:
+            p_max = tl.exp(tl.max(tl.max(tl.where(inside, zs - m_s[:, None], float("-inf")), axis=1) - log_d_s, axis=0))
+            keep = p_max >= eps
+        if keep:
+            zt = _teacher_tile(XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H_O, H_A,
+                               stride_xo, stride_wo, stride_xa, stride_wa, alpha,
+                               HAS_AUG, HAS_BO, HAS_BA, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+            # log p_s - log p_t - KL == ((z_s - c_s) - (z_t - c_t)) - E_ps[same]: the normalizers cancel
+            # analytically, nothing of a common offset's size is formed, and the log-ratio is the forward's
+            # expression on bitwise the forward's logits: when p_s is one-hot in fp32 the mean is exactly
+            # the argmax's term and the gradient exactly 0.
+            mean = tl.load(STATS + rows * 7 + 4, mask=row_mask, other=0.0)
+            c_s = tl.load(STATS + rows * 7 + 5, mask=row_mask, other=0.0)
+            c_t = tl.load(STATS + rows * 7 + 6, mask=row_mask, other=0.0)
+            p_s = tl.exp(tl.where(inside, (zs - m_s[:, None]) - log_d_s[:, None], float("-inf")))
+            g = p_s * (((zs - c_s[:, None]) - (zt - c_t[:, None])) - mean[:, None])
+            _apply_grad(g * upstream[:, None], XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask,
+                        col_mask, H_S, stride_xs, stride_ws, stride_g, HAS_BS, PRECISION, STORE_G, BLOCK_HG)
+        else:
+            _store_zero(G, local, cols, row_mask, col_mask, stride_g, STORE_G, BLOCK_N, BLOCK_V)
+    else:
+        p_s = tl.exp(tl.where(inside, (zs - m_s[:, None]) - log_d_s[:, None], float("-inf")))
+        zo = _logit_tile(XO, WO, BO, rows, cols, row_mask, col_mask, H_O, stride_xo, stride_wo,
+                         HAS_BO, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+        keep = True
+        if FILTER:
+            # z_t <= z_o, so exp(z_o - M_t - log D_t) bounds p_t from above.
+            bound = tl.max(tl.max(tl.where(inside, (zo - m_t[:, None]) - log_d_t[:, None], float("-inf")), axis=1), axis=0)
+            # p_t <= 1 too: clamp the exponent (z_o may sit far above the pushed-down teacher's max).
+            keep = tl.maximum(tl.max(tl.max(p_s, axis=1), axis=0), tl.exp(tl.minimum(bound, 0.0))) >= eps
+        if keep:
+            zt = zo
+            if HAS_AUG:
+                za = _logit_tile(XA, WA, BA, rows, cols, row_mask, col_mask, H_A, stride_xa, stride_wa,
+                                 HAS_BA, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+                zt = zo - alpha * tl.maximum(za - zo, 0.0)
+            p_t = tl.exp(tl.where(inside, (zt - m_t[:, None]) - log_d_t[:, None], float("-inf")))
+            g = p_s - p_t
+            _apply_grad(g * upstream[:, None], XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask,
+                        col_mask, H_S, stride_xs, stride_ws, stride_g, HAS_BS, PRECISION, STORE_G, BLOCK_HG)
+        else:
+            _store_zero(G, local, cols, row_mask, col_mask, stride_g, STORE_G, BLOCK_N, BLOCK_V)

@@ -1,0 +1,133 @@
+"""Tile configurations of the fused kernels, and their compile specs for the CPU GPU-readiness check.
+
+Every config in an autotune list must be spill-free and fit the shared memory of sm_80 (166912 bytes per
+block) and sm_90 (232448 bytes), for bf16 and fp32 and every variant (direction, augmented teacher, bias,
+sorted vocabulary, filter, deterministic store): ``compile_specs()`` enumerates that matrix and
+``benchmarks/gpu_compile.py`` (tests/test_gpu_compile.py) compiles each case for both targets on CPU.
+The lists below are what survived that check. What limits them is registers, not shared memory: a
+[64, 128] fp32 tile is 32 registers per thread at 8 warps, the kernels hold up to three (two GEMM
+accumulators + one teacher/student tile), and sm_80 has no vector float atomics, so every element of the
+atomic dX/dW tiles needs its own 64-bit address (hence the separate, smaller BLOCK_HG of the gradient
+loop). 16 warps cap a thread at 128 registers and spill everywhere; 128x128 spills at 8 warps. fp32 runs
+tl.dot in full IEEE fp32 (FMA, no tensor cores; the accuracy mode, not the fast one) with operands in
+registers, so it gets the smallest tiles. Forward and backward of a dtype share BLOCK_H (bitwise
+recompute, see triton_fused_forward.py).
+"""
+from __future__ import annotations
+
+import triton
+
+from .compile_spec import CompileSpec
+from .triton_fused_tiles import INTERPRET
+
+GROUP = 8  # row blocks per group in the grouped program order
+
+# (BLOCK_N, BLOCK_V, BLOCK_H, num_warps, num_stages). The first entry is the fixed default
+# (RKLU_TRITON_AUTOTUNE=0).
+FORWARD_SHAPES = {
+    "bf16": [(64, 128, 64, 8, 3), (64, 64, 64, 8, 3)],
+    "fp32": [(32, 32, 16, 4, 2)],
+}
+# (BLOCK_N, BLOCK_V, BLOCK_H, BLOCK_HG, num_warps, num_stages): BLOCK_HG is the H step of the gradient
+# GEMMs + atomics. BLOCK_H equals the forward's per dtype: see triton_fused_forward.py (bitwise recompute).
+BACKWARD_SHAPES = {
+    "bf16": [(128, 64, 64, 32, 8, 3), (64, 64, 64, 32, 8, 3)],
+    "fp32": [(32, 64, 16, 16, 4, 1)],
+}
+
+
+def forward_configs(dtype_name: str) -> list:
+    return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh), num_warps=w, num_stages=st)
+            for bn, bv, bh, w, st in FORWARD_SHAPES[dtype_name]]
+
+
+def backward_configs(dtype_name: str) -> list:
+    return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh, BLOCK_HG=bhg), num_warps=w, num_stages=st)
+            for bn, bv, bh, bhg, w, st in BACKWARD_SHAPES[dtype_name]]
+
+
+def autotune_configs() -> list:
+    """Every config any kernel can be launched with (for reports)."""
+    return [c for dt in ("bf16", "fp32") for c in forward_configs(dt) + backward_configs(dt)]
+
+
+def block_sizes(kernel: str, dtype_name: str) -> dict:
+    """Fixed tiles: the interpreter steps through blocks in Python, so it gets few, large tiles; on CUDA
+    (RKLU_TRITON_AUTOTUNE=0) the first entry of the kernel's autotune list."""
+    if INTERPRET:
+        blocks = dict(BLOCK_N=32, BLOCK_V=256, BLOCK_H=64, num_warps=4)
+        return blocks if kernel == "forward" else dict(blocks, BLOCK_HG=64)
+    cfg = (forward_configs if kernel == "forward" else backward_configs)(dtype_name)[0]
+    return dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def dtype_key(dtype) -> str:
+    """bf16 and fp16 share the tensor-core configs; fp32 (IEEE dot) has its own."""
+    return "fp32" if str(dtype).endswith("float32") or dtype == "fp32" else "bf16"
+
+
+# Every SPLIT_V is a multiple of every BLOCK_V above, so vocab blocks never straddle two splits.
+SPLIT_ALIGN = 256
+# Enough programs to fill an H100/A100 a few times over (132/108 SMs) before the splits add traffic.
+TARGET_FORWARD_PROGRAMS = 1024
+
+
+def vocab_split_size(n: int, v: int) -> int:
+    """Vocabulary entries per forward program: as few splits as fill the GPU (each split adds O(N) stats
+    and a re-read of X), at least one aligned block. The interpreter pays per program, not per idle SM: one
+    split there (tests/test_kernel_v2.py forces many splits explicitly)."""
+    if INTERPRET:
+        return triton.cdiv(max(v, 1), SPLIT_ALIGN) * SPLIT_ALIGN
+    row_blocks = triton.cdiv(n, 64)
+    splits = max(1, min(triton.cdiv(v, SPLIT_ALIGN), triton.cdiv(TARGET_FORWARD_PROGRAMS, row_blocks)))
+    per_split = triton.cdiv(v, splits)
+    return triton.cdiv(per_split, SPLIT_ALIGN) * SPLIT_ALIGN
+
+
+def compile_specs() -> list:
+    """Every kernel this backend launches on CUDA, over dtype x direction x augmented x bias (x filter x
+    deterministic store for the backward), with the configs it can be launched with."""
+    from .triton_fused_backward import _backward_kernel
+    from .triton_fused_forward import _forward_kernel
+
+    specs = []
+    for dt in ("bf16", "fp32"):
+        ptr = f"*{dt}"
+        precision = 1 if dt == "fp32" else 0
+        for reverse in (True, False):
+            for aug in (True, False):
+                for bias in (True, False):
+                    flags = dict(HAS_AUG=aug, HAS_BS=bias, HAS_BO=bias, HAS_BA=bias and aug,
+                                 REVERSE=reverse, PRECISION=precision, GROUP=GROUP)
+                    variant = ",".join(["reverse" if reverse else "forward", "aug" if aug else "no-aug",
+                                        "bias" if bias else "no-bias"])
+                    tensors = {k: ptr for k in ("XS", "WS", "BS", "XO", "WO", "BO", "XA", "WA", "BA")}
+                    ints = ("H_S", "H_O", "H_A", "stride_xs", "stride_ws", "stride_xo", "stride_wo",
+                            "stride_xa", "stride_wa")
+                    sig = {**tensors, "PART": "*fp32", "PERM": "*i64", "REF": "*fp32", "N": "i32", "V": "i32",
+                           **{k: "i32" for k in ints}, "alpha": "fp32", "SPLIT_V": "i32", "NUM_SPLITS": "i32",
+                           **{k: "constexpr" for k in (*flags, "SORTED", "BLOCK_N", "BLOCK_V", "BLOCK_H")}}
+                    for sort in (True, False):
+                        specs.append(CompileSpec(
+                            kernel="unlearning_kl_forward", fn=_forward_kernel, signature=sig,
+                            constexprs=dict(flags, SORTED=sort), configs=tuple(forward_configs(dt)), dtype=dt,
+                            variant=variant + (",sorted" if sort else ",unsorted"),
+                            divisible=(*tensors, "PART", "PERM", "REF", *ints, "SPLIT_V")))
+                    for filt in (True, False):
+                        for store in (False, True):
+                            # Deterministic mode (store) walks the vocabulary unsorted: see triton_fused.py.
+                            bflags = dict(flags, FILTER=filt, SORTED=filt and not store, STORE_G=store)
+                            bsig = {**tensors, "STATS": "*fp32", "GRAD_OUT": "*fp32", "PERM": "*i64",
+                                    "DX": "*fp32", "DW": "*fp32", "DB": "*fp32", "G": ptr, "COUNTER": "*i32",
+                                    "ROW0": "i32", "NUM_ROWS": "i32", "V": "i32",
+                                    **{k: "i32" for k in ints}, "stride_g": "i32", "alpha": "fp32", "eps": "fp32",
+                                    **{k: "constexpr" for k in (*bflags, "BLOCK_N", "BLOCK_V", "BLOCK_H", "BLOCK_HG")}}
+                            bvariant = variant + ("," + ("filter" if filt else "no-filter")
+                                                  + ("," + "store-g" if store else ",atomic"))
+                            specs.append(CompileSpec(
+                                kernel="unlearning_kl_backward", fn=_backward_kernel, signature=bsig,
+                                constexprs=bflags, configs=tuple(backward_configs(dt)), dtype=dt,
+                                variant=bvariant,
+                                divisible=(*tensors, "STATS", "GRAD_OUT", "PERM", "DX", "DW", "DB", "G",
+                                           "COUNTER", *ints, "stride_g")))
+    return specs

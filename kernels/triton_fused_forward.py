@@ -1,0 +1,154 @@
+"""Forward of the fused unlearning KL: per-(token block x vocab split) partial statistics, then a combine.
+
+Grid: one program per (block of BLOCK_N tokens, vocab split of SPLIT_V entries), in grouped order
+(``_grouped_pid``). A program walks its split in BLOCK_V blocks; per block it computes the teacher tile
+first (original, then augmented -> teacher: at most two fp32 [BLOCK_N, BLOCK_V] tiles live), then the
+student tile, one H loop per model. It keeps online statistics of its split per token and writes them to a
+[splits, N, 5] fp32 buffer; ``combine_partials`` (torch ops on O(N * splits) data) merges the splits. Why
+splits and not one program per token block walking the whole vocabulary: with N = 8192 and BLOCK_N = 64
+that is 128 programs on a 132-SM GPU (one wave, no latency hiding) and X re-read from L2 for each vocab
+block by few programs; with splits the grid fills the machine and the W tiles of a split are shared by the
+row blocks of a group while they sit in L2.
+
+Statistics of a split, per token: the student and teacher maxima m_s, m_t, the normalizers
+d = sum exp(z - m), and r, the mean log-ratio *relative to per-row reference logits* c_s, c_t:
+    reverse: r = E_{p_s}[(z_s - c_s) - (z_t - c_t)]      forward: r = E_{p_t}[(z_t - c_t) - (z_s - c_s)]
+Why a reference: a softmax-invariant common offset (a teacher bias of 1e4) would otherwise make E[z_s - z_t]
+and (m_s - m_t) two numbers of the offset's size whose difference is the small KL (v1: 5x the torch
+backend's error at 1e4). Every difference formed here is of two logits of the same row, in which the offset
+cancels. The reference is the row's logit of the vocabulary entry with the largest mean student logit
+(``reference_logits``: a GEMV in torch, O(N * H); near the row's top logits, so (z - c) is small and
+exact where the probability is), the same constant for every split and for the backward, so the splits combine without
+re-centering and the backward forms the log-ratio with exactly the forward's expression: where p_s is
+one-hot in fp32 (logits ~1e4) the mean is bitwise the argmax's term and the gradient exactly 0, as in
+the materialized reference (a running-max re-centering would round differently and leave ~1e-3 there).
+
+With gradient filtering the forward walks the vocabulary through the same permutation as the backward
+(``PERM``, statistics don't depend on the order): a logit then sits at the same place of the same-shaped
+tile in both passes, so the backward's recomputed logit is bitwise the one the statistics came from. At
+|z| ~ 1e4 one ulp of fp32 is 1e-3, and p = exp(z - M - log D) would move by that much (the CPU
+interpreter's numpy GEMMs round differently by position in the tile; on a GPU each element's K-order is
+fixed by BLOCK_H, which is why the forward and backward configs of a dtype share BLOCK_H).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_fused_tiles import _grouped_pid, _logit_tile, _teacher_tile
+
+NUM_STATS = 5  # per split: m_s, d_s, m_t, d_t, r
+NUM_ROW_STATS = 7  # combined: M_s, log D_s, M_t, log D_t, mean, c_s, c_t
+
+
+@triton.jit
+def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM, REF,
+                    N, V, H_S, H_O, H_A, stride_xs, stride_ws, stride_xo, stride_wo, stride_xa, stride_wa,
+                    alpha, SPLIT_V, NUM_SPLITS,
+                    HAS_AUG: tl.constexpr, HAS_BS: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr,
+                    REVERSE: tl.constexpr, PRECISION: tl.constexpr, SORTED: tl.constexpr, GROUP: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+    pid_n, pid_s = _grouped_pid(tl.program_id(0), tl.cdiv(N, BLOCK_N), NUM_SPLITS, GROUP)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < N
+    v_start = pid_s * SPLIT_V
+    v_end = tl.minimum(V, v_start + SPLIT_V)
+    m_s = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    m_t = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    c_s = tl.load(REF + rows * 2 + 0, mask=row_mask, other=0.0)
+    c_t = tl.load(REF + rows * 2 + 1, mask=row_mask, other=0.0)
+    d_s = tl.zeros((BLOCK_N,), tl.float32)
+    d_t = tl.zeros((BLOCK_N,), tl.float32)
+    acc = tl.zeros((BLOCK_N,), tl.float32)
+    for v0 in range(v_start, v_end, BLOCK_V):
+        pos = v0 + tl.arange(0, BLOCK_V)
+        col_mask = pos < v_end
+        valid = col_mask[None, :]
+        if SORTED:
+            cols = tl.load(PERM + pos, mask=col_mask, other=0)
+        else:
+            cols = pos
+        # Teacher first, folded into its statistics at once, so only one teacher tile (z_t - c_t, or e_t
+        # for the forward KL) stays live while the student GEMM runs: two fp32 tiles at a time.
+        zt = _teacher_tile(XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H_O, H_A,
+                           stride_xo, stride_wo, stride_xa, stride_wa, alpha,
+                           HAS_AUG, HAS_BO, HAS_BA, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+        # Every block holds at least one valid column, so the maxima are finite and the rescale factors
+        # exp(m_old - m_new) are exp(-inf) = 0 on the first block, never exp(nan).
+        tile_m_t = tl.max(tl.where(valid, zt, float("-inf")), axis=1)
+        new_m_t = tl.maximum(m_t, tile_m_t)
+        scale_t = tl.exp(m_t - new_m_t)
+        # Padding columns go through exp(-inf) = 0: exp of their (zero) logits minus the max could overflow.
+        e_t = tl.exp(tl.where(valid, zt - new_m_t[:, None], float("-inf")))
+        d_t = d_t * scale_t + tl.sum(e_t, axis=1)
+        m_t = new_m_t
+        zt = zt - c_t[:, None]
+        if not REVERSE:
+            acc = acc * scale_t + tl.sum(e_t * zt, axis=1)
+        zs = _logit_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws,
+                         HAS_BS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+        tile_m_s = tl.max(tl.where(valid, zs, float("-inf")), axis=1)
+        new_m_s = tl.maximum(m_s, tile_m_s)
+        scale_s = tl.exp(m_s - new_m_s)
+        e_s = tl.exp(tl.where(valid, zs - new_m_s[:, None], float("-inf")))
+        zs = zs - c_s[:, None]
+        if REVERSE:
+            acc = acc * scale_s + tl.sum(e_s * (zs - zt), axis=1)
+        else:
+            acc = acc - tl.sum(e_t * zs, axis=1)
+        d_s = d_s * scale_s + tl.sum(e_s, axis=1)
+        m_s = new_m_s
+    if REVERSE:
+        r = acc / d_s
+    else:
+        r = acc / d_t
+    base = PART + (pid_s * N + rows) * 5
+    tl.store(base + 0, m_s, mask=row_mask)
+    tl.store(base + 1, d_s, mask=row_mask)
+    tl.store(base + 2, m_t, mask=row_mask)
+    tl.store(base + 3, d_t, mask=row_mask)
+    tl.store(base + 4, r, mask=row_mask)
+
+
+def combine_partials(part: torch.Tensor, ref: torch.Tensor, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """[splits, N, 5] partial statistics and the [N, 2] references -> (per-token loss [N], stats [N, 7]).
+
+    stats = (M_s, log D_s, M_t, log D_t, mean, c_s, c_t) with mean = E_{p_s}[(z_s - c_s) - (z_t - c_t)]
+    (reverse; the forward KL's backward does not need it). Max and log-normalizer are kept apart: log p = (z - M) - log D
+    stays exact near the max, where z - (M + log D) would round the lse at the logits' magnitude.
+    """
+    m_s, d_s, m_t, d_t, r = part.unbind(-1)
+    big_s = m_s.max(0).values
+    big_t = m_t.max(0).values
+    w_s = d_s * torch.exp(m_s - big_s)
+    w_t = d_t * torch.exp(m_t - big_t)
+    sum_s, sum_t = w_s.sum(0), w_t.sum(0)
+    c_s, c_t = ref.unbind(-1)
+    # (M - c): differences of two logits of the same row, free of any common offset.
+    if reverse:
+        mean = (w_s * r).sum(0) / sum_s
+        loss = mean - (big_s - c_s) + (big_t - c_t) - torch.log(sum_s) + torch.log(sum_t)
+    else:
+        mean = (w_t * r).sum(0) / sum_t
+        loss = mean - (big_t - c_t) + (big_s - c_s) - torch.log(sum_t) + torch.log(sum_s)
+    stats = torch.stack((big_s, torch.log(sum_s), big_t, torch.log(sum_t), mean, c_s, c_t), dim=1)
+    return loss, stats
+
+
+def reference_logits(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha: float, col=None) -> torch.Tensor:
+    """[N, 2] fp32: each row's student and teacher logit of vocabulary entry ``col`` (a 1-element tensor). Any per-row constant
+    is correct (it only has to be the same in the forward and the backward); one near the row's largest
+    logits keeps the terms (z - c) small, hence exact."""
+    index = torch.zeros(1, dtype=torch.long, device=xs.device) if col is None else col.reshape(1)
+
+    def logit0(x, w, b):  # a tensor index: no host synchronization
+        z = x.float() @ w.index_select(0, index)[0].float()
+        return z if b is None else z + b.index_select(0, index).float()
+
+    with torch.autocast(xs.device.type, enabled=False):
+        c_s = logit0(xs, ws, bs)
+        c_t = logit0(xo, wo, bo)
+        if xa is not None:
+            c_t = c_t - alpha * torch.relu(logit0(xa, wa, ba) - c_t)
+    return torch.stack((c_s, c_t), dim=1).contiguous()

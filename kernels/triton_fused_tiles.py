@@ -1,0 +1,85 @@
+"""Building blocks shared by the fused kernels' forward and backward: GEMM precision modes, one logit tile
+(one H loop per model, each model with its own hidden size), the teacher tile, and the grouped program order.
+
+Each model has its own hidden size and strides (a teacher may be larger or smaller than the student: every
+hidden state matches its own lm_head), so every GEMM loops over its own H.
+"""
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+# How tl.dot treats its operands. NATIVE: input dtype on tensor cores (bf16/fp16), fp32 accumulation.
+# IEEE: fp32 inputs in full fp32 (no TF32 rounding). UPCAST: operands cast to fp32 first; the Triton CPU
+# interpreter gets bf16 tl.dot wrong, so bf16 runs this way under TRITON_INTERPRET=1.
+NATIVE, IEEE, UPCAST = 0, 1, 2
+
+
+@triton.jit
+def _mm(a, b, PRECISION: tl.constexpr):
+    if PRECISION == 2:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    elif PRECISION == 1:
+        out = tl.dot(a, b, input_precision="ieee")
+    else:
+        out = tl.dot(a, b)
+    return out
+
+
+@triton.jit
+def _grad_operand(g, X, PRECISION: tl.constexpr):
+    """The gradient tile as a GEMM operand: in the input dtype like eager autograd (except UPCAST)."""
+    if PRECISION == 2:
+        out = g
+    else:
+        out = g.to(X.dtype.element_ty)
+    return out
+
+
+@triton.jit
+def _logit_tile(X, W, B, rows, cols, row_mask, col_mask, H, stride_x, stride_w,
+                HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+    """float32 [BLOCK_N, BLOCK_V] tile of X[rows] @ W[cols].T (+ B[cols]); never rounded to the input dtype.
+    ``cols`` may be any set of vocabulary rows (the backward walks them through a permutation)."""
+    acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+    for h0 in range(0, H, BLOCK_H):
+        hs = h0 + tl.arange(0, BLOCK_H)
+        h_mask = hs < H
+        x = tl.load(X + rows[:, None] * stride_x + hs[None, :], mask=row_mask[:, None] & h_mask[None, :], other=0.0)
+        w = tl.load(W + cols[:, None] * stride_w + hs[None, :], mask=col_mask[:, None] & h_mask[None, :], other=0.0)
+        acc += _mm(x, tl.trans(w), PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
+def _teacher_tile(XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H_O, H_A,
+                  stride_xo, stride_wo, stride_xa, stride_wa, alpha,
+                  HAS_AUG: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr, PRECISION: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+    """l_o - alpha * relu(l_aug - l_o): original then augmented, so two fp32 tiles are live, then one."""
+    zt = _logit_tile(XO, WO, BO, rows, cols, row_mask, col_mask, H_O, stride_xo, stride_wo,
+                     HAS_BO, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+    if HAS_AUG:
+        za = _logit_tile(XA, WA, BA, rows, cols, row_mask, col_mask, H_A, stride_xa, stride_wa,
+                         HAS_BA, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+        zt = zt - alpha * tl.maximum(za - zt, 0.0)
+    return zt
+
+
+@triton.jit
+def _grouped_pid(pid, num_rows, num_cols, GROUP: tl.constexpr):
+    """(row block, column block) of program ``pid`` in grouped order: consecutive programs sweep the
+    column blocks of a group of GROUP row blocks, so the X tiles of the group and the W tiles of the
+    current columns stay in L2 while a wave of programs runs (Triton's matmul tutorial order)."""
+    in_group = GROUP * num_cols
+    first_row = (pid // in_group) * GROUP
+    group_rows = tl.minimum(num_rows - first_row, GROUP)
+    local = pid % in_group
+    return first_row + local % group_rows, local // group_rows

@@ -1,0 +1,190 @@
+"""backend="chunked" (kernels/triton_chunked.py: fp32-output GEMMs per token chunk, one Triton kernel for loss
+and logit gradient, GEMMs for dX/dW) against the float64 reference, on the matrix the other backends pass.
+
+Runs through the Triton interpreter on CPU (TRITON_INTERPRET=1), on CUDA when present. Small chunks force
+several chunks per call. fp32 tolerance: the torch-GEMM paths' rule (<= 1e-5 or 2x the fp32 materialized
+reference's own error, whichever is larger); bf16: <= 2e-2 and never less accurate than eager bf16.
+"""
+import pytest
+import torch
+
+from kernel_cases import fused_loss, make_inputs, reference_loss, rel_err, student_params, triton_devices
+from rklu.kernels import fused_linear_unlearning_kl, resolve_backend, unlearning_kl_reference
+
+
+def _chunked_param():
+    devices = triton_devices()
+    if devices:
+        marks = [pytest.mark.gpu] if devices[0] == "cuda" else []
+        return pytest.param(devices[0], id=f"chunked-{devices[0]}", marks=marks)
+    return pytest.param("cpu", id="chunked", marks=pytest.mark.skip(
+        reason="chunked backend needs CUDA or TRITON_INTERPRET=1 (set by the README test command)"))
+
+
+DEVICE = [_chunked_param()]
+SHAPES = [(1, 32, 1000), (7, 48, 32003), (300, 40, 1000), (7, 16, 32000)]
+
+
+def _check(device, shape, direction, augmented, masked, reduction="mean", bias=False, seed=0, chunk=64):
+    n, h, v = shape
+    inputs = make_inputs(n, h, v, device=device, augmented=augmented, bias=bias, masked_fraction=masked, seed=seed)
+    weights = torch.randn(n, generator=torch.Generator().manual_seed(seed + 1)).to(device)
+    loss = fused_loss(inputs, "chunked", direction=direction, reduction=reduction, chunk_tokens=chunk)
+    expected, leaves = reference_loss(inputs, direction=direction, reduction=reduction)
+    fp32, fp32_leaves = reference_loss(inputs, direction=direction, reduction=reduction, dtype=torch.float32)
+
+    def scalar(x):
+        return (x * weights.to(x.dtype)).sum() if reduction == "none" else x
+    grads = torch.autograd.grad(scalar(loss), student_params(inputs))
+    expected_grads = torch.autograd.grad(scalar(expected), leaves)
+    fp32_grads = torch.autograd.grad(scalar(fp32), fp32_leaves)
+    assert loss.dtype == torch.float32
+    assert rel_err(loss, expected) <= max(1e-5, 2 * rel_err(fp32, expected))
+    for name, got, want, plain in zip(("hidden", "weight", "bias"), grads, expected_grads, fp32_grads):
+        assert got.dtype == torch.float32
+        assert rel_err(got, want) <= max(1e-5, 2 * rel_err(plain, want)), f"d{name} {rel_err(got, want):.2e}"
+
+
+@pytest.mark.parametrize("device", DEVICE)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "N{}-H{}-V{}".format(*s))
+@pytest.mark.parametrize("direction", ["reverse", "forward"])
+@pytest.mark.parametrize("augmented", [True, False], ids=["aug", "no-aug"])
+def test_fp32_values_and_grads(device, shape, direction, augmented):
+    _check(device, shape, direction, augmented, masked=0.3 if shape[0] > 1 else 0.0)
+
+
+@pytest.mark.parametrize("device", DEVICE)
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+@pytest.mark.parametrize("direction", ["reverse", "forward"])
+def test_reductions_and_bias(device, reduction, direction):
+    _check(device, (29, 24, 517), direction, True, masked=0.25, reduction=reduction, bias=True, chunk=8)
+
+
+@pytest.mark.parametrize("device", DEVICE)
+@pytest.mark.parametrize("direction", ["reverse", "forward"])
+def test_bf16_at_least_as_accurate_as_eager(device, direction):
+    n, h, v = 33, 64, 2051
+    inputs = make_inputs(n, h, v, dtype=torch.bfloat16, device=device, masked_fraction=0.2, seed=3)
+    loss = fused_loss(inputs, "chunked", direction=direction, chunk_tokens=16)
+    grads = torch.autograd.grad(loss, student_params(inputs))
+    truth, leaves = reference_loss(inputs, direction=direction, dtype=torch.float64)
+    truth_grads = torch.autograd.grad(truth, leaves)
+    eager, eager_leaves = reference_loss(inputs, direction=direction, dtype=torch.bfloat16)
+    eager_grads = torch.autograd.grad(eager, eager_leaves)
+    assert rel_err(loss, truth) <= 2e-2
+    assert abs(loss.double() - truth).item() <= abs(eager.double() - truth).item() + 1e-3
+    for got, want, baseline in zip(grads, truth_grads, eager_grads):
+        assert got.dtype == torch.bfloat16
+        assert rel_err(got, want) <= 2e-2
+        ours = (got.double() - want).abs().mean().item()
+        theirs = (baseline.double() - want).abs().mean().item()
+        assert ours <= theirs + 1e-4 * want.abs().mean().item()
+
+
+@pytest.mark.parametrize("device", DEVICE)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_all_tokens_ignored_gives_zero_loss_and_zero_grads(device, reduction):
+    inputs = make_inputs(6, 16, 100, device=device, bias=True)
+    inputs["labels"] = torch.full((6,), -100, device=device)
+    loss = fused_loss(inputs, "chunked", reduction=reduction)
+    loss.sum().backward()
+    assert torch.count_nonzero(loss) == 0
+    for p in student_params(inputs):
+        assert p.grad is not None and torch.count_nonzero(p.grad) == 0
+
+
+@pytest.mark.parametrize("device", DEVICE)
+@pytest.mark.parametrize("direction", ["reverse", "forward"])
+def test_extreme_logits_stay_finite_and_exact(device, direction):
+    inputs = make_inputs(9, 16, 333, device=device, scale=50.0, seed=7)  # logits ~1e4, teacher ~-3e5
+    loss = fused_loss(inputs, "chunked", direction=direction, alpha=32.0, chunk_tokens=4)
+    grads = torch.autograd.grad(loss, student_params(inputs))
+    expected, leaves = reference_loss(inputs, direction=direction, alpha=32.0)
+    fp32, fp32_leaves = reference_loss(inputs, direction=direction, alpha=32.0, dtype=torch.float32)
+    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
+    assert rel_err(loss, expected) <= 2 * rel_err(fp32, expected) + 1e-6
+    for got, want, plain in zip(grads, torch.autograd.grad(expected, leaves), torch.autograd.grad(fp32, fp32_leaves)):
+        assert rel_err(got, want) <= 2 * rel_err(plain, want) + 1e-6
+
+
+@pytest.mark.parametrize("device", DEVICE)
+@pytest.mark.parametrize("offset", [1e2, 1e3, 1e4])
+@pytest.mark.parametrize("direction", ["reverse", "forward"])
+def test_common_teacher_offset_costs_no_accuracy(device, offset, direction):
+    """A constant added to every teacher logit (softmax-invariant) must not cost accuracy: the statistics
+    are accumulated relative to the running maxima, never as E[z_s - z_t] - (m_s - m_t)."""
+    base = make_inputs(24, 32, 1000, device=device, bias=True, seed=11)
+    base["augmented_bias"] = torch.zeros_like(base["original_bias"])
+    # Original and augmented shifted together: l_aug - l_o, hence the teacher's softmax, is unchanged.
+    inputs = {**base, "original_bias": base["original_bias"] + offset, "augmented_bias": base["augmented_bias"] + offset}
+    loss = fused_loss(inputs, "chunked", direction=direction)
+    torch_loss = fused_loss(inputs, "torch", direction=direction)
+    truth, _ = reference_loss(base, direction=direction)
+    # Yardstick: the torch backend (log_softmax on materialized fp32 chunks), whose error is the inputs'
+    # own rounding at the offset's magnitude (ulp(1e4) = 1e-3 per logit): ~2e-4 at 1e4, ~1e-6 at 1e2.
+    # Subtracting (m_s - m_t) from E[z_s - z_t] would add an offset-sized cancellation on top.
+    assert abs(loss.item() - truth.item()) <= 2 * abs(torch_loss.item() - truth.item()) + 2e-6
+
+
+@pytest.mark.parametrize("device", DEVICE)
+@pytest.mark.parametrize("hidden_sizes", [(24, 48), (48, 24)], ids=["teacher-larger", "teacher-smaller"])
+@pytest.mark.parametrize("direction", ["reverse", "forward"])
+def test_separate_hidden_sizes_per_model(device, hidden_sizes, direction):
+    """Distilling from a larger or smaller model: each hidden state matches its own lm_head."""
+    hs, ht = hidden_sizes
+    n, v = 40, 300
+    gen = torch.Generator().manual_seed(12)
+
+    def rand(*size, std=1.0):
+        return (torch.randn(*size, generator=gen) * std).to(device)
+    inputs = dict(student_hidden=rand(n, hs).requires_grad_(), student_weight=rand(v, hs, std=4 / hs ** 0.5).requires_grad_(),
+                  original_hidden=rand(n, ht), original_weight=rand(v, ht, std=4 / ht ** 0.5),
+                  augmented_hidden=rand(n, ht), augmented_weight=rand(v, ht, std=4 / ht ** 0.5),
+                  labels=torch.zeros(n, dtype=torch.long, device=device))
+    loss = fused_loss(inputs, "chunked", direction=direction, chunk_tokens=16)
+    grads = torch.autograd.grad(loss, student_params(inputs))
+    expected, leaves = reference_loss(inputs, direction=direction)
+    assert rel_err(loss, expected) <= 1e-5
+    for got, want in zip(grads, torch.autograd.grad(expected, leaves)):
+        assert rel_err(got, want) <= 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICE)
+def test_leading_batch_dims_and_fp16(device):
+    inputs = make_inputs(0, 16, 300, lead=(3, 5), device=device, masked_fraction=0.4, seed=5)
+    per_token = fused_loss(inputs, "chunked", reduction="none")
+    assert per_token.shape == (3, 5) and torch.all(per_token[inputs["labels"] == -100] == 0)
+    expected, _ = reference_loss(inputs, reduction="none")
+    assert rel_err(per_token, expected) <= 1e-5
+    half = make_inputs(19, 32, 777, dtype=torch.float16, device=device, seed=6)
+    loss = fused_loss(half, "chunked")
+    truth, leaves = reference_loss(half)
+    assert rel_err(loss, truth) <= 2e-2
+    for got, want in zip(torch.autograd.grad(loss, student_params(half)), torch.autograd.grad(truth, leaves)):
+        assert got.dtype == torch.float16 and rel_err(got, want) <= 2e-2
+
+
+@pytest.mark.parametrize("device", DEVICE)
+def test_forward_only_and_no_grad(device):
+    """No gradient wanted: no gradient buffers, same loss."""
+    inputs = make_inputs(20, 16, 400, device=device, seed=8)
+    with torch.no_grad():
+        loss = fused_loss(inputs, "chunked", chunk_tokens=8)
+    expected, _ = reference_loss(inputs)
+    assert loss.grad_fn is None and rel_err(loss, expected) <= 1e-5
+
+
+def test_auto_on_cpu_stays_torch():
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+
+
+def test_auto_policy_on_cuda_uses_memory_and_the_cost_model():
+    """The CUDA policy (pure Python): chunked when its working set fits and the model prefers it; the O(N)
+    fused kernel when memory is short (a chunk of < 512 tokens would fit)."""
+    from rklu.kernels.cost_model import choose_cuda_backend
+    from rklu.kernels.triton_chunked import working_set_bytes
+
+    big = dict(n=8192, h=4096, v=32000, dtype="bf16", augmented=True, reverse=True)
+    assert choose_cuda_backend(free_bytes=80 << 30, **big) == "chunked"
+    short = 4 * working_set_bytes(256, 32000, 2)
+    assert choose_cuda_backend(free_bytes=short, **big) == "triton"

@@ -21,9 +21,12 @@ def large_tiles(monkeypatch):
     monkeypatch.setenv("RKLU_INTERPRET_BLOCKS", "{BLOCK_N},{BLOCK_V},{BLOCK_H}".format(**LARGE_TILES))
     import rklu.kernels.triton_fused as triton_fused
 
-    # The KL kernel's interpreter tiles (its block_sizes(); on GPU the autotuned configs are used instead).
-    if hasattr(triton_fused, "block_sizes"):
-        monkeypatch.setattr(triton_fused, "block_sizes", lambda n, v, h: dict(LARGE_TILES, num_warps=4))
+    # The KL kernel's interpreter tiles (its block_sizes(kernel, dtype); on GPU the autotuned configs are used).
+    def large(kernel, dtype_name):
+        blocks = dict(LARGE_TILES, num_warps=4)
+        return blocks if kernel == "forward" else dict(blocks, BLOCK_HG=LARGE_TILES["BLOCK_H"])
+
+    monkeypatch.setattr(triton_fused, "block_sizes", large)
 
 
 def _edge_labels(labels, v):

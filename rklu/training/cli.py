@@ -76,7 +76,8 @@ def _epoch_evaluator(stage, args, overrides):
     if not source or source == "tiny":
         raise ValueError("--eval-tofu needs a saved model or --tokenizer (not a freshly built tiny model)")
     # the training stage's own prompt format, so the evaluation asks the questions the way training did
-    return tofu_epoch_evaluator(load_tokenizer(source), _prompt_format(cfg), args.eval_tofu, Path(cfg.output_dir) / "eval",
+    tokenizer = load_tokenizer(source)
+    return tofu_epoch_evaluator(tokenizer, _prompt_format(cfg, tokenizer), args.eval_tofu, Path(cfg.output_dir) / "eval",
                                 retain_eval_dir=args.retain_eval_dir, batch_size=args.eval_batch_size,
                                 max_samples=args.eval_max_samples, progress=cfg.progress)
 

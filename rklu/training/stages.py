@@ -92,9 +92,10 @@ def _fit_context(cfg: RunConfig, model_path: str) -> RunConfig:
     return cfg
 
 
-def _prompt_format(cfg: RunConfig):
+def _prompt_format(cfg: RunConfig, tokenizer=None):
+    """The run's prompt format; ``chat`` is built from ``tokenizer``'s chat template."""
     if cfg.prompt_format != "auto":
-        return get_prompt_format(cfg.prompt_format)
+        return get_prompt_format(cfg.prompt_format, tokenizer)
     try:
         return get_prompt_format(cfg.model)
     except ValueError:
@@ -199,7 +200,6 @@ def augment(config=None, *, preset: str | None = None, config_file=None, evaluat
 
 def _fit(stage, cfg, spec, evaluate, resume, merge_lora):
     raw = _load_raw(spec, cfg, "training" if stage == "finetune" else "forget")
-    fmt = _prompt_format(cfg)
     if cfg.model == "tiny":
         from ..models.tiny import build_tiny_llama, qa_texts, train_bpe_tokenizer
 
@@ -215,6 +215,7 @@ def _fit(stage, cfg, spec, evaluate, resume, merge_lora):
         cfg = _fit_context(cfg, cfg.model)
         tokenizer = loading.load_tokenizer(cfg.tokenizer or cfg.model)
         model = _load_student(cfg, tokenizer)
+    fmt = _prompt_format(cfg, tokenizer)
     data = _tokenize(raw, tokenizer, fmt, cfg, f"{stage} data")
     run_dir = _check_run_dir(cfg, resume)
     if cfg.lora:
@@ -270,7 +271,7 @@ def unlearn(config=None, *, preset: str | None = None, config_file=None, evaluat
     if method.needs_idk and forget_raw[0] != "qa":
         raise ValueError(f"method {method.name} needs QA forget data (refusal answers replace the answers)")
     tokenizer = loading.load_tokenizer(cfg.tokenizer or cfg.model)
-    fmt = _prompt_format(cfg)
+    fmt = _prompt_format(cfg, tokenizer)
 
     if not method.trains:
         return _task_arithmetic(cfg, tokenizer, resume)

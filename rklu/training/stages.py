@@ -79,6 +79,8 @@ def _fit_context(cfg: RunConfig, model_path: str) -> RunConfig:
     """max_length above the model's context (max_position_embeddings) -> capped to it, with a warning."""
     import warnings
 
+    if loading.is_named_model(model_path):
+        return cfg  # loaded from a package file; its context (8192 for SmolLM2) exceeds every preset's max_length
     try:
         from transformers import AutoConfig
 

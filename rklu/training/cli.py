@@ -23,7 +23,8 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
                         help="after every epoch run the TOFU evaluation of SPLIT into OUTPUT_DIR/eval/epoch_N")
     parser.add_argument("--retain-eval-dir", metavar="DIR",
                         help="the retain oracle's TOFU logs (ours or TOFU's published ones) for forget quality")
-    parser.add_argument("--eval-batch-size", type=int, default=16)
+    parser.add_argument("--eval-batch-size", type=int, default=30,
+                        help="TOFU evaluation batch size (default 30, TOFU's: generation budgets then match its logs)")
     parser.add_argument("--eval-max-samples", type=int, default=None, help="cap rows per TOFU set (quick runs)")
     for name in FIELD_NAMES:
         if name == "preset":

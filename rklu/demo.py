@@ -137,7 +137,9 @@ _VOLATILE = {"output_dir", "overwrite", "progress", "stage", "save_total_limit"}
 
 def _finished(run_dir: Path, stage: str, overrides: dict, preset: str = "tiny-cpu") -> bool:
     """True when ``run_dir`` holds a completed run of the same resolved configuration."""
-    from rklu.training.config import resolve_config
+    import dataclasses
+
+    from rklu.training.config import RunConfig, resolve_config
 
     try:
         status = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
@@ -154,7 +156,10 @@ def _finished(run_dir: Path, stage: str, overrides: dict, preset: str = "tiny-cp
     def rel(value, base):
         return value.replace(base, "<out>", 1) if isinstance(value, str) and value.startswith(base) else value
 
-    return all(rel(stored.get(k), stored_root) == rel(v, root) for k, v in wanted.items() if k not in _VOLATILE)
+    # a field added to RunConfig after the run was stored counts as its default
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    return all(rel(stored.get(k, defaults.get(k)), stored_root) == rel(v, root)
+               for k, v in wanted.items() if k not in _VOLATILE)
 
 
 def _stage(fn, stage: str, run_dir: Path, overrides: dict, evaluate=None, progress=True,

@@ -26,6 +26,7 @@ class RunConfig:
     max_length: int = 512             # tokens; longer rows are truncated with a warning
     dtype: str = "auto"               # auto = bf16 on GPU, fp32 on CPU
     flash_attention: str = "auto"     # auto | yes | no
+    mixed_precision: str = "no"       # no | bf16: autocast matmuls to bf16, weights and optimizer stay in dtype (CPU too)
     gradient_checkpointing: bool = False
     # --- data ------------------------------------------------------------------------------------
     data: str = "tofu:full"           # finetune data: tofu:<config>[a:b], a .json/.jsonl QA file, or a .txt corpus
@@ -110,6 +111,7 @@ class RunConfig:
             (self.teacher_cache in ("none", "memory", "disk"),
              f"teacher_cache must be none, memory or disk, got {self.teacher_cache!r}"),
             (self.save_every_steps >= 0, "save_every_steps must be >= 0"),
+            (self.mixed_precision in ("no", "bf16"), f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}"),
         ]
         for ok, message in checks:
             if not ok:

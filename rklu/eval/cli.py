@@ -30,10 +30,10 @@ def load_model(path: str, device: str = "auto", dtype: str = "auto"):
     return model.to(device).eval(), loading.load_tokenizer(path)
 
 
-def _prompt_format(name: str | None, model_path: str):
+def _prompt_format(name: str | None, model_path: str, tokenizer=None):
     from rklu.data.formatting import get_prompt_format
 
-    return get_prompt_format(name if name else model_path)
+    return get_prompt_format(name if name else model_path, tokenizer)
 
 
 def _add_model_args(p: argparse.ArgumentParser):
@@ -56,9 +56,10 @@ def cmd_tofu(args) -> int:
     if args.retain_eval_dir and not Path(args.retain_eval_dir).exists():
         raise FileNotFoundError(f"retain eval dir not found: {args.retain_eval_dir}")
     model, tokenizer = load_model(args.model, args.device, args.dtype)
-    evaluate_tofu(model, tokenizer, _prompt_format(args.prompt_format, args.model), args.forget_split, out_dir,
-                  batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, max_samples=args.max_samples,
-                  source=args.source, ds_size=args.ds_size or None, privacy=not args.no_privacy)
+    evaluate_tofu(model, tokenizer, _prompt_format(args.prompt_format, args.model, tokenizer), args.forget_split,
+                  out_dir, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, max_samples=args.max_samples,
+                  source=args.source, ds_size=args.ds_size or None, sort_by_length=args.sort_by_length,
+                  privacy=not args.no_privacy)
     print(f"wrote TOFU logs to {out_dir}")
     if args.retain_eval_dir:
         result = aggregate(out_dir, args.retain_eval_dir)
@@ -113,8 +114,8 @@ def cmd_case_study(args) -> int:
     items = load_items(args.questions, forget_split=args.forget_split, indices=args.indices, source=args.source,
                        blanks=args.blank)
     models = {name: load_model(path, args.device, args.dtype) for name, path in specs}
-    result = case_study(models, _prompt_format(args.prompt_format, specs[0][1]), items, top_k=args.top_k,
-                        max_new_tokens=args.max_new_tokens)
+    fmt = _prompt_format(args.prompt_format, specs[0][1], models[specs[0][0]][1])
+    result = case_study(models, fmt, items, top_k=args.top_k, max_new_tokens=args.max_new_tokens)
     out = Path(args.out)
     atomic_write_json(out.with_suffix(".json"), result)
     markdown = case_study_markdown(result)
@@ -191,9 +192,17 @@ def register(subparsers) -> None:
     p = sub.add_parser("tofu", help="TOFU evaluation: write TOFU's four log files")
     p.add_argument("--model", required=True, help="model directory (save_pretrained layout)")
     p.add_argument("--forget-split", default="forget10", choices=["forget01", "forget05", "forget10"])
-    p.add_argument("--prompt-format", default=None, help="llama2, phi or plain (default: guessed from the model path)")
+    p.add_argument("--prompt-format", default=None,
+                   help="llama2, phi (TOFU's tags), plain, or chat (the tokenizer's chat template, for instruction-"
+                        "tuned models) (default: guessed from the model path)")
     p.add_argument("--out", default=None, help="output directory (default: MODEL/eval_results)")
-    p.add_argument("--batch-size", type=_positive, default=16)
+    p.add_argument("--batch-size", type=_positive, default=30,
+                   help="generation/loss batch size (default 30, TOFU's: with index-ordered batches the "
+                        "200-token generation budget, which includes left padding, is TOFU's)")
+    p.add_argument("--sort-by-length", action="store_true",
+                   help="batch prompts of similar length together: faster, but a generation that does not stop "
+                        "at EOS gets a different budget than in TOFU's index-ordered batches, so logs can differ "
+                        "from TOFU's (and published ones)")
     p.add_argument("--max-new-tokens", type=_positive, default=None, help="default: up to 200 tokens in total, as TOFU")
     p.add_argument("--max-samples", type=_positive, default=None, help="at most this many rows per set (quick runs)")
     p.add_argument("--ds-size", type=int, default=300, help="TOFU's per-set cap (300, as the published logs); 0 = all rows")

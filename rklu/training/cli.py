@@ -23,7 +23,8 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
                         help="after every epoch run the TOFU evaluation of SPLIT into OUTPUT_DIR/eval/epoch_N")
     parser.add_argument("--retain-eval-dir", metavar="DIR",
                         help="the retain oracle's TOFU logs (ours or TOFU's published ones) for forget quality")
-    parser.add_argument("--eval-batch-size", type=int, default=16)
+    parser.add_argument("--eval-batch-size", type=int, default=30,
+                        help="TOFU evaluation batch size (default 30, TOFU's: generation budgets then match its logs)")
     parser.add_argument("--eval-max-samples", type=int, default=None, help="cap rows per TOFU set (quick runs)")
     for name in FIELD_NAMES:
         if name == "preset":
@@ -92,7 +93,8 @@ def _epoch_evaluator(stage, args, overrides):
     if not source or source == "tiny":
         raise ValueError("--eval-tofu needs a saved model or --tokenizer (not a freshly built tiny model)")
     # the training stage's own prompt format, so the evaluation asks the questions the way training did
-    return tofu_epoch_evaluator(load_tokenizer(source), _prompt_format(cfg), args.eval_tofu, Path(cfg.output_dir) / "eval",
+    tokenizer = load_tokenizer(source)
+    return tofu_epoch_evaluator(tokenizer, _prompt_format(cfg, tokenizer), args.eval_tofu, Path(cfg.output_dir) / "eval",
                                 retain_eval_dir=args.retain_eval_dir, batch_size=args.eval_batch_size,
                                 max_samples=args.eval_max_samples, progress=cfg.progress)
 

@@ -22,10 +22,11 @@ class RunConfig:
     # --- model -----------------------------------------------------------------------------------
     model: str = ""                   # hub name or local path; "tiny" = build a tiny Llama (finetune only)
     tokenizer: str | None = None      # defaults to the model's; with model "tiny": reuse it instead of training one
-    prompt_format: str = "auto"       # llama2 | phi | plain | auto (from the model name; plain for tiny)
+    prompt_format: str = "auto"       # llama2 | phi | plain | chat (tokenizer chat template) | auto (from the model name; plain for tiny)
     max_length: int = 512             # tokens; longer rows are truncated with a warning
     dtype: str = "auto"               # auto = bf16 on GPU, fp32 on CPU
     flash_attention: str = "auto"     # auto | yes | no
+    mixed_precision: str = "no"       # no | bf16: autocast matmuls to bf16, weights and optimizer stay in dtype (CPU too)
     gradient_checkpointing: bool = False
     # --- data ------------------------------------------------------------------------------------
     data: str = "tofu:full"           # finetune data: tofu:<config>[a:b], a .json/.jsonl QA file, or a .txt corpus
@@ -118,6 +119,7 @@ class RunConfig:
             (self.parallel in ("auto", "ddp", "fsdp2"), f"parallel must be auto, ddp or fsdp2, got {self.parallel!r}"),
             (not (self.lora and self.parallel == "fsdp2"),
              "parallel fsdp2 is full-parameter training; with lora use parallel ddp (one base copy per GPU)"),
+            (self.mixed_precision in ("no", "bf16"), f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}"),
         ]
         for ok, message in checks:
             if not ok:

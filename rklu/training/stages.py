@@ -82,6 +82,8 @@ def _fit_context(cfg: RunConfig, model_path: str) -> RunConfig:
     """max_length above the model's context (max_position_embeddings) -> capped to it, with a warning."""
     import warnings
 
+    if loading.is_named_model(model_path):
+        return cfg  # loaded from a package file; its context (8192 for SmolLM2) exceeds every preset's max_length
     try:
         from transformers import AutoConfig
 
@@ -95,9 +97,10 @@ def _fit_context(cfg: RunConfig, model_path: str) -> RunConfig:
     return cfg
 
 
-def _prompt_format(cfg: RunConfig):
+def _prompt_format(cfg: RunConfig, tokenizer=None):
+    """The run's prompt format; ``chat`` is built from ``tokenizer``'s chat template."""
     if cfg.prompt_format != "auto":
-        return get_prompt_format(cfg.prompt_format)
+        return get_prompt_format(cfg.prompt_format, tokenizer)
     try:
         return get_prompt_format(cfg.model)
     except ValueError:
@@ -246,7 +249,6 @@ def augment(config=None, *, preset: str | None = None, config_file=None, evaluat
 
 def _fit(stage, cfg, spec, evaluate, resume, merge_lora):
     raw = _load_raw(spec, cfg, "training" if stage == "finetune" else "forget")
-    fmt = _prompt_format(cfg)
     if cfg.model == "tiny":
         from ..models.tiny import build_tiny_llama, qa_texts, train_bpe_tokenizer
 
@@ -262,6 +264,7 @@ def _fit(stage, cfg, spec, evaluate, resume, merge_lora):
         cfg = _fit_context(cfg, cfg.model)
         tokenizer = loading.load_tokenizer(cfg.tokenizer or cfg.model)
         model = _load_student(cfg, tokenizer)
+    fmt = _prompt_format(cfg, tokenizer)
     data = _tokenize(raw, tokenizer, fmt, cfg, f"{stage} data")
     mode = _parallel_mode(cfg, evaluate)
     run_dir = _check_run_dir(cfg, resume)
@@ -320,7 +323,7 @@ def unlearn(config=None, *, preset: str | None = None, config_file=None, evaluat
     if method.needs_idk and forget_raw[0] != "qa":
         raise ValueError(f"method {method.name} needs QA forget data (refusal answers replace the answers)")
     tokenizer = loading.load_tokenizer(cfg.tokenizer or cfg.model)
-    fmt = _prompt_format(cfg)
+    fmt = _prompt_format(cfg, tokenizer)
 
     if not method.trains:
         return _task_arithmetic(cfg, tokenizer, resume)

@@ -101,6 +101,14 @@ class UnlearningTrainer(Trainer):
             state.distributed_type = DistributedType.FSDP
             self.is_fsdp_enabled = True
 
+    def compute_loss_context_manager(self):
+        """bf16 autocast around the whole loss (student, teachers, fused KL): accelerate only wraps the
+        model's forward(), which the hidden-state path (``final_hidden_states``) does not call."""
+        stack = super().compute_loss_context_manager()
+        if self.args.bf16:
+            stack.enter_context(torch.autocast(device_type=self.args.device.type, dtype=torch.bfloat16))
+        return stack
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self.loss_context.model = model
         try:
@@ -339,7 +347,8 @@ def run_training(cfg, model, dataset, collator, method: Method, loss_context: Lo
     ``parallel``: "none", "ddp" or "fsdp2" (``model`` then already sharded, see ``distributed``).
     ``tokenizer``: saved into each checkpoint, so a checkpoint is a model folder ``rklu eval`` can load."""
     run_dir = Path(run_dir)
-    bf16 = next(model.parameters()).dtype == torch.bfloat16 and torch.cuda.is_available()
+    bf16 = (next(model.parameters()).dtype == torch.bfloat16 and torch.cuda.is_available()) \
+        or getattr(cfg, "mixed_precision", "no") == "bf16"  # bf16 autocast, also on CPUs with bf16 matmuls
     args = training_arguments(cfg, run_dir / "checkpoints", steps_per_epoch(len(dataset), cfg), bf16, parallel)
     metrics_cb = EpochMetricsCallback(run_dir, evaluate)
     extra = [metrics_cb, *callbacks]

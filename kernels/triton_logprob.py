@@ -27,13 +27,10 @@ import triton
 import triton.language as tl
 
 from .compile_spec import CompileSpec
+# the same GEMM precision modes and tile helpers as the KL kernel (NATIVE / IEEE / UPCAST: see triton_fused_tiles)
+from .triton_fused_tiles import IEEE, INTERPRET, NATIVE, UPCAST, _grad_operand, _logit_tile, _mm  # noqa: F401
+from .triton_fused_tiles import _grouped_pid as _grouped  # (row block, vocab block) of a program, grouped order
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
-# How tl.dot treats its operands (same modes as kernels/triton_fused.py). NATIVE: input dtype on tensor
-# cores, fp32 accumulation. IEEE: fp32 inputs in full fp32 (no TF32). UPCAST: operands cast to fp32 first;
-# the Triton CPU interpreter gets bf16 tl.dot wrong, so bf16 runs this way under TRITON_INTERPRET=1.
-NATIVE, IEEE, UPCAST = 0, 1, 2
 
 # Skip a backward tile's GEMMs when max |g| <= this. 0.0: only exactly-zero tiles (results unchanged).
 # CCE uses ~2**-12 for bf16 training, trading exactness for speed at large V; opt in by setting it.
@@ -44,58 +41,8 @@ GROUP = 8  # row blocks per group in the grouped launch order
 CHUNK_ELEMENTS = 1 << 22
 
 
-# --- helpers copied from kernels/triton_fused.py (_mm, _grad_operand, _logit_tile): that file is being
-# --- rewritten on another branch; the coordinator dedups these at merge.
-@triton.jit
-def _mm(a, b, PRECISION: tl.constexpr):
-    if PRECISION == 2:
-        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    elif PRECISION == 1:
-        out = tl.dot(a, b, input_precision="ieee")
-    else:
-        out = tl.dot(a, b)
-    return out
 
 
-@triton.jit
-def _grad_operand(g, X, PRECISION: tl.constexpr):
-    """The gradient tile as a GEMM operand: in the input dtype like eager autograd (except UPCAST)."""
-    if PRECISION == 2:
-        out = g
-    else:
-        out = g.to(X.dtype.element_ty)
-    return out
-
-
-@triton.jit
-def _logit_tile(X, W, B, rows, cols, row_mask, col_mask, H, stride_x, stride_w,
-                HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
-    """float32 [BLOCK_N, BLOCK_V] tile of X @ W.T (+ B); logits are never rounded to the input dtype."""
-    acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
-    for h0 in range(0, H, BLOCK_H):
-        hs = h0 + tl.arange(0, BLOCK_H)
-        h_mask = hs < H
-        x = tl.load(X + rows[:, None] * stride_x + hs[None, :], mask=row_mask[:, None] & h_mask[None, :], other=0.0)
-        w = tl.load(W + cols[:, None] * stride_w + hs[None, :], mask=col_mask[:, None] & h_mask[None, :], other=0.0)
-        acc += _mm(x, tl.trans(w), PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-    return acc
-# --- end of copied helpers
-
-
-@triton.jit
-def _grouped(pid, num_a, num_b, GROUP_A: tl.constexpr):
-    """(a, b) of program ``pid`` on an [num_a, num_b] grid walked in groups of GROUP_A rows of a: the
-    programs in flight together share their b tiles (W blocks) and a few a tiles (X rows) in L2."""
-    width = GROUP_A * num_b
-    group = pid // width
-    first_a = group * GROUP_A
-    group_size = tl.minimum(num_a - first_a, GROUP_A)
-    a = first_a + (pid % width) % group_size
-    b = (pid % width) // group_size
-    return a, b
 
 
 @triton.jit

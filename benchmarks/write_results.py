@@ -142,7 +142,11 @@ def section(title: str, md_path: Path, json_path: Path, summary) -> list[str]:
     out = [f"### {title}", ""]
     if summary is not None:
         out += summary(data) + [""]
-    out += [md_path.read_text().strip() if md_path.exists() else "", ""]
+    body = md_path.read_text().strip().splitlines() if md_path.exists() else []
+    # a result file's own "# title" line would become a second top-level heading inside RESULTS.md
+    if body and body[0].startswith("# "):
+        body = [f"**{body[0][2:].strip()}**"] + body[1:]
+    out += ["\n".join(body), ""]
     png = json_path.with_suffix(".png")
     if png.exists():
         out += [f"![{title}]({_rel(png)})", ""]

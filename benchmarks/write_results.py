@@ -131,7 +131,8 @@ def roofline_section(gpu_dir: Path) -> list[str]:
                        f"{h100['ratio_to_floor']:.2f} | {a100_x} | {meas} | {meas_x} |")
     note = HERE / "results" / "roofline.md"
     if note.exists():
-        out += ["", note.read_text().strip()]
+        text = note.read_text().strip()
+        out += ["", "#" * 3 + text[1:] if text.startswith("# ") else text]  # a subsection, not a second title
     return out + [""]
 
 

@@ -290,3 +290,24 @@ def device_name(device: str) -> str:
         pass
     import platform
     return platform.processor() or "CPU"
+
+
+def failed_row(row: dict, error: Exception) -> dict:
+    """Mark a measurement row as out-of-memory or failed, with the first line of the error."""
+    row.update(status="oom" if "out of memory" in str(error).lower() else "error",
+               reason=f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300])
+    return row
+
+
+def measure_in_subprocess(module: str, here: str, **kw) -> dict:
+    """``module.measure(**kw)`` in a fresh interpreter, so one case's peak memory (RSS) is not another's.
+    glibc returns freed blocks to the OS early (the malloc thresholds), so RSS tracks the live set."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    code = ("import json, sys; sys.path.insert(0, %r); import %s as b; "
+            "print('RESULT' + json.dumps(b.measure(**json.loads(sys.argv[1]))))" % (here, module))
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(kw)], capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT"):
+            return json.loads(line[6:])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+    return dict(kw, status="error", reason=f"rc={proc.returncode}: {tail[0][:300]}")

@@ -22,7 +22,6 @@ import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -177,21 +176,12 @@ def measure(variant, size, rows, seq, dtype_name, device, steps, threads=None, t
         row.update(status="ok", times_s=times, step_s=statistics.median(times))
         row["tokens_per_s"] = tokens / row["step_s"]
     except Exception as e:  # noqa: BLE001
-        row.update(status="oom" if "out of memory" in str(e).lower() else "error",
-                   reason=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
+        bc.failed_row(row, e)
     return row
 
 
 def measure_isolated(**kw) -> dict:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
-    code = ("import json, sys; sys.path.insert(0, %r); import bench_unlearning_step as b; "
-            "print('RESULT' + json.dumps(b.measure(**json.loads(sys.argv[1]))))" % str(HERE))
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(kw)], capture_output=True, text=True, env=env)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT"):
-            return json.loads(line[6:])
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-    return dict(kw, status="error", reason=f"rc={proc.returncode}: {tail[0][:300]}")
+    return bc.measure_in_subprocess("bench_unlearning_step", str(HERE), **kw)
 
 
 def largest_batch(variant, size, seq, dtype_name, device, threads, cap_bytes, start, limit, probes) -> dict:

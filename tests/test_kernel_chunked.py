@@ -8,20 +8,14 @@ reference's own error, whichever is larger); bf16: <= 2e-2 and never less accura
 import pytest
 import torch
 
-from kernel_cases import fused_loss, make_inputs, reference_loss, rel_err, student_params, triton_devices
-from rklu.kernels import fused_linear_unlearning_kl, resolve_backend, unlearning_kl_reference
+from kernel_cases import (
+    check_bf16_at_least_as_accurate_as_eager, check_extreme_logits_stay_finite_and_exact, fused_loss, make_inputs,
+    reference_loss, rel_err, student_params, triton_device_param,
+)
+from rklu.kernels import resolve_backend
 
 
-def _chunked_param():
-    devices = triton_devices()
-    if devices:
-        marks = [pytest.mark.gpu] if devices[0] == "cuda" else []
-        return pytest.param(devices[0], id=f"chunked-{devices[0]}", marks=marks)
-    return pytest.param("cpu", id="chunked", marks=pytest.mark.skip(
-        reason="chunked backend needs CUDA or TRITON_INTERPRET=1 (set by the README test command)"))
-
-
-DEVICE = [_chunked_param()]
+DEVICE = [triton_device_param("chunked")]
 SHAPES = [(1, 32, 1000), (7, 48, 32003), (300, 40, 1000), (7, 16, 32000)]
 
 
@@ -63,48 +57,13 @@ def test_reductions_and_bias(device, reduction, direction):
 @pytest.mark.parametrize("device", DEVICE)
 @pytest.mark.parametrize("direction", ["reverse", "forward"])
 def test_bf16_at_least_as_accurate_as_eager(device, direction):
-    n, h, v = 33, 64, 2051
-    inputs = make_inputs(n, h, v, dtype=torch.bfloat16, device=device, masked_fraction=0.2, seed=3)
-    loss = fused_loss(inputs, "chunked", direction=direction, chunk_tokens=16)
-    grads = torch.autograd.grad(loss, student_params(inputs))
-    truth, leaves = reference_loss(inputs, direction=direction, dtype=torch.float64)
-    truth_grads = torch.autograd.grad(truth, leaves)
-    eager, eager_leaves = reference_loss(inputs, direction=direction, dtype=torch.bfloat16)
-    eager_grads = torch.autograd.grad(eager, eager_leaves)
-    assert rel_err(loss, truth) <= 2e-2
-    assert abs(loss.double() - truth).item() <= abs(eager.double() - truth).item() + 1e-3
-    for got, want, baseline in zip(grads, truth_grads, eager_grads):
-        assert got.dtype == torch.bfloat16
-        assert rel_err(got, want) <= 2e-2
-        ours = (got.double() - want).abs().mean().item()
-        theirs = (baseline.double() - want).abs().mean().item()
-        assert ours <= theirs + 1e-4 * want.abs().mean().item()
-
-
-@pytest.mark.parametrize("device", DEVICE)
-@pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_all_tokens_ignored_gives_zero_loss_and_zero_grads(device, reduction):
-    inputs = make_inputs(6, 16, 100, device=device, bias=True)
-    inputs["labels"] = torch.full((6,), -100, device=device)
-    loss = fused_loss(inputs, "chunked", reduction=reduction)
-    loss.sum().backward()
-    assert torch.count_nonzero(loss) == 0
-    for p in student_params(inputs):
-        assert p.grad is not None and torch.count_nonzero(p.grad) == 0
+    check_bf16_at_least_as_accurate_as_eager("chunked", device, direction, chunk_tokens=16)
 
 
 @pytest.mark.parametrize("device", DEVICE)
 @pytest.mark.parametrize("direction", ["reverse", "forward"])
 def test_extreme_logits_stay_finite_and_exact(device, direction):
-    inputs = make_inputs(9, 16, 333, device=device, scale=50.0, seed=7)  # logits ~1e4, teacher ~-3e5
-    loss = fused_loss(inputs, "chunked", direction=direction, alpha=32.0, chunk_tokens=4)
-    grads = torch.autograd.grad(loss, student_params(inputs))
-    expected, leaves = reference_loss(inputs, direction=direction, alpha=32.0)
-    fp32, fp32_leaves = reference_loss(inputs, direction=direction, alpha=32.0, dtype=torch.float32)
-    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
-    assert rel_err(loss, expected) <= 2 * rel_err(fp32, expected) + 1e-6
-    for got, want, plain in zip(grads, torch.autograd.grad(expected, leaves), torch.autograd.grad(fp32, fp32_leaves)):
-        assert rel_err(got, want) <= 2 * rel_err(plain, want) + 1e-6
+    check_extreme_logits_stay_finite_and_exact("chunked", device, direction, chunk_tokens=4)
 
 
 @pytest.mark.parametrize("device", DEVICE)

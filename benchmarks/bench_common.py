@@ -311,3 +311,14 @@ def measure_in_subprocess(module: str, here: str, **kw) -> dict:
             return json.loads(line[6:])
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
     return dict(kw, status="error", reason=f"rc={proc.returncode}: {tail[0][:300]}")
+
+
+def training_step(optimizer, loss_fn):
+    """One timed unit: zero the gradients, loss, backward, optimizer step; returns the detached loss."""
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+    return step

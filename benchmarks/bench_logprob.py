@@ -104,13 +104,7 @@ def setup(method, variant, size, rows, seq, dtype, device):
             return m.loss(ctx, batch)[0]
     student.train()
 
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn()
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-    return step, tokens
+    return bc.training_step(optimizer, loss_fn), tokens
 
 
 def measure(method, variant, size, rows, seq, dtype_name, device, steps, threads=None) -> dict:

@@ -130,14 +130,7 @@ def setup(variant: str, size: str, rows: int, seq: int, dtype, device):
 
     student.train()
 
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn()
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    return step, tokens
+    return bc.training_step(optimizer, loss_fn), tokens
 
 
 def measure(variant, size, rows, seq, dtype_name, device, steps, threads=None, timing=True) -> dict:

@@ -5,15 +5,13 @@ import copy
 import pytest
 import torch
 
-from rklu.data.collate import PairedCollator, PairedDataset, idk_dataset, tokenize_qa_dataset
-from rklu.data.formatting import get_prompt_format
-from rklu.data.qa import load_qa
-from rklu.data.tofu import idk_answers
+from method_cases import tiny_paired_batch
+from rklu.data.collate import PairedCollator
 from rklu.kernels import unlearning_kl_reference
 from rklu.methods import METHOD_NAMES, LossContext, get_method, task_arithmetic
 from rklu.methods.common import mean_nll
 from rklu.models.heads import ModelTeacher, student_forward
-from rklu.models.tiny import build_tiny_llama, qa_texts, train_bpe_tokenizer
+from rklu.models.tiny import build_tiny_llama
 
 N = 8
 
@@ -31,13 +29,7 @@ def _fit(model, batch, steps, lr):
 @pytest.fixture(scope="module")
 def setup():
     torch.manual_seed(0)
-    fmt = get_prompt_format("plain")
-    forget_raw, retain_raw = load_qa(f"tofu:forget01[:{N}]"), load_qa(f"tofu:full[3600:{3600 + N}]")
-    tok = train_bpe_tokenizer(qa_texts(forget_raw) + qa_texts(retain_raw) + idk_answers(), vocab_size=400)
-    forget = tokenize_qa_dataset(forget_raw, tok, fmt, 96)
-    retain = tokenize_qa_dataset(retain_raw, tok, fmt, 96)
-    idk = tokenize_qa_dataset(idk_dataset(forget_raw, idk_answers()), tok, fmt, 96)
-    batch = PairedCollator(tok.pad_token_id)([PairedDataset(forget, retain, idk)[i] for i in range(N)])
+    tok, forget, retain, batch = tiny_paired_batch(N)
     model = build_tiny_llama(tok, hidden_size=48, num_layers=2, num_heads=2, seed=0)
     both = PairedCollator(tok.pad_token_id)([{"train": r} for r in list(forget) + list(retain)])["train"]
     original = _fit(model, both, 60, 5e-3)  # memorizes the 16 answers

@@ -14,13 +14,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import rklu.kernels.torch_chunked as torch_chunked
-from rklu.data.collate import PairedCollator, PairedDataset, idk_dataset, tokenize_qa_dataset
-from rklu.data.formatting import get_prompt_format
-from rklu.data.qa import load_qa
-from rklu.data.tofu import idk_answers
+from method_cases import tiny_paired_batch
 from rklu.methods import METHOD_NAMES, LossContext, get_method, task_arithmetic
 from rklu.models.heads import ModelTeacher
-from rklu.models.tiny import build_tiny_llama, qa_texts, train_bpe_tokenizer
+from rklu.models.tiny import build_tiny_llama
 
 ROWS, HIDDEN, CHUNK_TOKENS = 8, 48, 4
 
@@ -42,13 +39,7 @@ class VocabTensorWatch(TorchDispatchMode):
 
 @pytest.fixture(scope="module")
 def setup():
-    fmt = get_prompt_format("plain")
-    forget_raw, retain_raw = load_qa(f"tofu:forget01[:{ROWS}]"), load_qa(f"tofu:full[3600:{3600 + ROWS}]")
-    tok = train_bpe_tokenizer(qa_texts(forget_raw) + qa_texts(retain_raw) + idk_answers(), vocab_size=400)
-    forget = tokenize_qa_dataset(forget_raw, tok, fmt, 96)
-    retain = tokenize_qa_dataset(retain_raw, tok, fmt, 96)
-    idk = tokenize_qa_dataset(idk_dataset(forget_raw, idk_answers()), tok, fmt, 96)
-    batch = PairedCollator(tok.pad_token_id)([PairedDataset(forget, retain, idk)[i] for i in range(ROWS)])
+    tok, _, _, batch = tiny_paired_batch(ROWS)
     model = build_tiny_llama(tok, hidden_size=HIDDEN, num_layers=1, num_heads=2, seed=0)
     augmented = copy.deepcopy(model)
     with torch.no_grad():

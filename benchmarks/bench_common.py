@@ -18,13 +18,16 @@ import time
 
 import torch
 
-IMPLS = ("eager", "compiled", "torch_chunked", "triton", "triton_nofilter", "chunked", "liger", "floor")
+IMPLS = ("eager", "compiled", "torch_chunked", "triton", "triton_nofilter", "triton_atomic", "triton_store", "chunked",
+         "liger", "floor")
 LABELS = {
     "eager": "eager PyTorch (materialized logits)",
     "compiled": "torch.compile(eager)",
     "torch_chunked": "rklu torch chunked",
     "triton": "rklu triton fused (grad filter on)",
     "triton_nofilter": "rklu triton fused, grad filter off",
+    "triton_atomic": "rklu triton fused, atomic dX/dW backward",
+    "triton_store": "rklu triton fused, store-G + cuBLAS backward",
     "chunked": "rklu chunked cuBLAS",
     "liger": "Liger FusedLinearJSD beta=1",
     "floor": "GEMM floor (5 GEMMs)",
@@ -33,23 +36,29 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ALPHA = 8.0
 
 
-def liger_available() -> bool:
+def liger_import_error() -> str | None:
+    """None when Liger's FusedLinearJSD imports here, else the error (so a report says why it is missing)."""
     try:
-        import liger_kernel  # noqa: F401
-    except Exception:
-        return False
-    return True
+        from liger_kernel.transformers.fused_linear_jsd import LigerFusedLinearJSD  # noqa: F401
+    except Exception as e:  # noqa: BLE001 -- any import failure means "not measured", with the reason
+        return f"{type(e).__name__}: {e}"[:300]
+    return None
+
+
+def liger_available() -> bool:
+    return liger_import_error() is None
 
 
 def unavailable_reason(impl: str, device: str) -> str | None:
     """None when ``impl`` can run on ``device`` here, else why not (printed and stored, never silent)."""
-    if impl in ("triton", "triton_nofilter", "chunked") and device != "cuda":
+    if (impl.startswith("triton") or impl == "chunked") and device != "cuda":
         return "Triton backends need CUDA (TRITON_INTERPRET=1 runs them on CPU, far too slowly to time)"
     if impl == "liger":
         if device != "cuda":
             return "Liger kernels are Triton/CUDA only"
-        if not liger_available():
-            return "liger_kernel is not installed (pip install 'rklu[bench]')"
+        error = liger_import_error()
+        if error:
+            return f"liger_kernel does not import ({error}); pip install 'rklu[bench]'"
     return None
 
 
@@ -100,16 +109,28 @@ def build_step(impl: str, case: dict, chunk_tokens: int | None = None):
             clear()
             compiled(xs, ws, xo, wo, xa, wa).backward()
         return step
-    if impl in ("torch_chunked", "triton", "triton_nofilter", "chunked"):
+    if impl in ("torch_chunked", "chunked") or impl.startswith("triton"):
         from rklu.kernels import fused_linear_unlearning_kl
 
-        backend = {"torch_chunked": "torch", "triton_nofilter": "triton"}.get(impl, impl)
-        extra = {"grad_filter": impl == "triton"} if impl.startswith("triton") else {}
+        backend = "triton" if impl.startswith("triton") else {"torch_chunked": "torch"}.get(impl, impl)
+        extra = {"grad_filter": impl != "triton_nofilter"} if backend == "triton" else {}
+        # The fused backward's mode is read from the environment at each backward call.
+        backward_mode = {"triton_atomic": "atomic", "triton_store": "store"}.get(impl)
 
         def step():
             clear()
-            fused_linear_unlearning_kl(xs, ws, xo, wo, xa, wa, alpha=ALPHA, direction="reverse", backend=backend,
-                                       chunk_tokens=chunk_tokens, check_inputs_finite=False, **extra).backward()
+            saved = os.environ.get("RKLU_FUSED_BACKWARD")
+            if backward_mode:
+                os.environ["RKLU_FUSED_BACKWARD"] = backward_mode
+            try:
+                fused_linear_unlearning_kl(xs, ws, xo, wo, xa, wa, alpha=ALPHA, direction="reverse",
+                                           backend=backend, chunk_tokens=chunk_tokens, check_inputs_finite=False,
+                                           **extra).backward()
+            finally:
+                if backward_mode:
+                    os.environ.pop("RKLU_FUSED_BACKWARD", None)
+                    if saved is not None:
+                        os.environ["RKLU_FUSED_BACKWARD"] = saved
         return step
     if impl == "liger":
         from liger_kernel.transformers.fused_linear_jsd import LigerFusedLinearJSD
@@ -121,7 +142,7 @@ def build_step(impl: str, case: dict, chunk_tokens: int | None = None):
 
         def step():
             clear()
-            loss_fn(xs, ws, xo, wo).backward()
+            loss_fn(xs, ws, xo, wo, None).backward()  # shift_labels=None: every token counts
         return step
     if impl == "floor":
         n, v = xs.shape[0], ws.shape[0]
@@ -226,9 +247,14 @@ def run_case(impl: str, n: int, h: int, v: int, dtype: str, device: str, repeats
         row["tokens_per_s"] = n / row["median_s"]
         if impl == "floor":
             row["tflops"] = 5 * 2 * n * h * v / row["median_s"] / 1e12
-        if impl in ("triton", "triton_nofilter", "chunked"):
+        if impl == "chunked":
+            from rklu.kernels.triton_chunked import default_chunk_tokens
+
+            row["chunk_tokens"] = chunk_tokens or default_chunk_tokens(n, v, case["xs"].element_size(),
+                                                                       torch.device(device))
+        if impl.startswith("triton") or impl == "chunked":
             row["autotune"] = autotune_choices()
-        if impl in ("triton", "triton_nofilter"):
+        if impl.startswith("triton"):
             from rklu.kernels.triton_fused import last_backward_tile_stats
 
             row["backward_tiles"] = last_backward_tile_stats()  # kept fraction f of the gradient filter

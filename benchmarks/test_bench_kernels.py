@@ -19,7 +19,8 @@ GPU_SHAPES = [(8192, 4096, 32000), (8192, 4096, 128256)]
 CASES = [("cpu", "fp32", s) for s in CPU_SHAPES]
 if CUDA:
     CASES += [("cuda", "bf16", s) for s in GPU_SHAPES]
-IMPLS = ["eager", "compiled", "torch_chunked", "triton", "triton_nofilter", "chunked", "liger", "floor"]
+IMPLS = ["eager", "compiled", "torch_chunked", "triton", "triton_nofilter", "triton_atomic", "triton_store", "chunked",
+         "liger", "floor"]
 
 
 def _id(case):

@@ -275,7 +275,10 @@ ASSUMED_KEPT_FRACTION = 0.64
 def choose_cuda_backend(n: int, h: int, v: int, dtype: str, augmented: bool, reverse: bool, free_bytes: int,
                         grad_filter: bool = True, gpu: str = "H100") -> str:
     """"chunked" when its working set fits in a quarter of the free memory at a chunk of at least
-    MIN_EFFICIENT_CHUNK tokens (or all of N) and the model says it is faster; else the O(N) fused "triton"."""
+    MIN_EFFICIENT_CHUNK tokens (or all of N) and the model says it is faster than the fused kernel with its
+    default (store-g) backward; else the O(N) fused "triton". Measured on an H200 at N=8192, H=4096, bf16
+    (benchmarks/results/gpu/): chunked 1.20-1.28x the floor, fused store-g 3.5-4.0x, so in practice this
+    means "chunked whenever it fits"."""
     from . import triton_chunked as tc
 
     s = Shape(n, h, v, dtype, augmented, reverse)
@@ -285,5 +288,5 @@ def choose_cuda_backend(n: int, h: int, v: int, dtype: str, augmented: bool, rev
     if chunk < min(n, tc.MIN_EFFICIENT_CHUNK):
         return "triton"
     t_chunked = estimate(chunked(s, g, chunk), s, g)
-    t_fused = estimate(fused_v2(s, g, ASSUMED_KEPT_FRACTION if grad_filter else 1.0), s, g)
+    t_fused = estimate(fused_v2(s, g, ASSUMED_KEPT_FRACTION if grad_filter else 1.0, store_g=True), s, g)
     return "chunked" if t_chunked <= t_fused else "triton"

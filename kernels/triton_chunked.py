@@ -39,10 +39,12 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 # Chunk size. On CUDA: TARGET_CHUNK_TOKENS (the GEMMs chunk x H x V run at full rate, and dW's fp32
 # accumulator is read and written once per chunk: fewer, larger chunks), capped so the working set (3 fp32
-# logit buffers + the gradient, per token (4 * 3 + 2) * V bytes: 0.9 GB at V=32000, 7.3 GB at V=256000)
-# takes at most a quarter of the free GPU memory. On CPU (tests, under TRITON_INTERPRET=1) a 16 MiB budget:
+# logit buffers + the gradient, per token (4 * 3 + 2) * V bytes: 1.8 GB at V=32000, 14.7 GB at V=256000)
+# takes at most a quarter of the free GPU memory. Measured on an H200 (bf16, N=8192, H=4096, V=32000,
+# fwd+bwd; benchmarks/results/gpu/kernel-chunk-*): 1024 tokens 20.2 ms / 755 MiB peak extra, 2048 19.5 ms /
+# 1189 MiB, 4096 18.3 ms / 2064 MiB, 8192 18.5 ms / 3814 MiB (eager: 27.2 ms / 8186 MiB). On CPU (tests, under TRITON_INTERPRET=1) a 16 MiB budget:
 # several chunks per call.
-TARGET_CHUNK_TOKENS = 2048
+TARGET_CHUNK_TOKENS = 4096
 CPU_CHUNK_BYTES = 1 << 24
 # Smallest chunk worth running on CUDA: below it the logit GEMMs (chunk x H x V) lose tensor-core efficiency.
 MIN_EFFICIENT_CHUNK = 512
@@ -267,19 +269,27 @@ class TritonChunkedUnlearningKL(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
         if ctx.grad_in_forward:
             dx, dw, db = ctx.saved_tensors
-            scale = grad_loss[0].float() if grad_loss.numel() else 0.0
-            dx, dw = dx * scale, dw * scale
-            db = None if db is None else db * scale
+            scale = grad_loss[0].float() if grad_loss.numel() else torch.zeros((), device=dx.device)
+            # One pass per gradient: scaled and rounded to the parameter dtype together (the fp32 dW alone is
+            # V x H x 4 bytes; a separate multiply and cast would read and write it twice more).
+            return (_scaled(dx, scale, x_dtype), _scaled(dw, scale, w_dtype),
+                    None if db is None else _scaled(db, scale, b_dtype),
+                    None, None, None, None, None, None, None, None, None, None)
         else:
             xs, ws, bs, xo, wo, bo, xa, wa, ba = ctx.saved_tensors
             with torch.no_grad(), torch.autocast(xs.device.type, enabled=False):
                 _, (dx, dw, db) = _run(xs, ws, bs, xo, wo, bo, xa, wa, ba, ctx.alpha, ctx.direction,
                                        ctx.chunk_tokens, row_weights=grad_loss.float().contiguous(), need_grad=True)
-        x_dtype, w_dtype, b_dtype = ctx.dtypes
         return (dx.to(x_dtype), dw.to(w_dtype), None if db is None else db.to(b_dtype),
                 None, None, None, None, None, None, None, None, None, None)
+
+
+def _scaled(grad: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """grad * scale in ``dtype`` with one kernel (fp32 multiply, one rounding)."""
+    return torch.mul(grad, scale, out=torch.empty(grad.shape, dtype=dtype, device=grad.device))
 
 
 def _run(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, chunk_tokens, row_weights, need_grad):
@@ -301,7 +311,7 @@ def _run(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, chunk_tokens, row
     loss = torch.empty(n, dtype=torch.float32, device=device)
     if need_grad:
         dx = torch.empty((n, xs.shape[1]), dtype=torch.float32, device=device)
-        dw = torch.zeros(ws.shape, dtype=torch.float32, device=device)
+        dw = torch.empty(ws.shape, dtype=torch.float32, device=device)  # the first chunk writes it
         db = None if bs is None else torch.zeros(v, dtype=torch.float32, device=device)
         ws_op = gemm.operand(ws)
     for start in range(0, n, chunk):
@@ -322,7 +332,10 @@ def _run(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, chunk_tokens, row
                           need_grad)
         if need_grad:
             gemm.mm(g, ws_op, dx[start:end])
-            gemm.addmm_(dw, g.T, xs[start:end])
+            if start == 0:
+                gemm.mm(g.T, xs[start:end], dw)  # beta = 0: no zero-fill, no read of the accumulator
+            else:
+                gemm.addmm_(dw, g.T, xs[start:end])
             if db is not None:
                 db += g.sum(0, dtype=torch.float32)
     return loss, ((dx, dw, db) if need_grad else None)

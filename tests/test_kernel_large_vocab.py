@@ -59,7 +59,7 @@ def test_token_logprob_large_vocab(backend_device, vocab, large_tiles):
     gen = torch.Generator().manual_seed(vocab % 89)
     x = torch.randn(n, h, generator=gen).to(device).requires_grad_()
     w = (torch.randn(vocab, h, generator=gen) * 4.0 / h ** 0.5).to(device).requires_grad_()
-    labels = _edge_labels(torch.randint(0, vocab, (n,), generator=gen), vocab)
+    labels = _edge_labels(torch.randint(0, vocab, (n,), generator=gen), vocab).to(device)
     labels[1] = -100
     upstream = torch.randn(n, generator=gen).to(device)
     got = fused_linear_token_logprob(x, w, labels, backend=backend)

@@ -134,7 +134,7 @@ def rows_for(shape, dtype, gpu_name, f_values, traced) -> list[dict]:
         fast_l2 = dataclasses.replace(gpu, l2_tbs=gpu.l2_tbs * 1.5)
         row["ratio_l2_x1.5"] = round(cm.estimate(rebuild(fast_l2), s, fast_l2, fp32_gemms=fp32) / floor, 3)
         if "atomic" in backend:
-            row["ratio_atomics_half_rate"] = round(cm.estimate(kernels, s, gpu, 0.5) / floor, 3)
+            row["ratio_atomics_half_rate"] = round(cm.estimate(kernels, s, gpu, cm.ATOMIC_EFFICIENCY / 2) / floor, 3)
             row["ratio_atomics_free"] = round(cm.estimate(kernels, s, gpu, math.inf) / floor, 3)
         out.append(row)
     return out

@@ -287,9 +287,31 @@ class TritonChunkedUnlearningKL(torch.autograd.Function):
                 None, None, None, None, None, None, None, None, None, None)
 
 
+@triton.jit
+def _scale_cast_kernel(SRC, SCALE, DST, numel, BLOCK: tl.constexpr):
+    """DST = (SRC * SCALE[0]).to(DST dtype): fp32 multiply, one rounding, the scale read on the device."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    scale = tl.load(SCALE)
+    x = tl.load(SRC + offs, mask=mask, other=0.0)
+    tl.store(DST + offs, (x * scale).to(DST.dtype.element_ty), mask=mask)
+
+
+SCALE_CAST_CONFIG = dict(BLOCK=4096, num_warps=8)
+
+
 def _scaled(grad: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """grad * scale in ``dtype`` with one kernel (fp32 multiply, one rounding)."""
-    return torch.mul(grad, scale, out=torch.empty(grad.shape, dtype=dtype, device=grad.device))
+    """grad * scale in ``dtype``, one pass over the fp32 gradient. On an H200 torch's mixed-dtype
+    ``mul(out=bf16)`` took 0.68 ms for dX + dW at N=8192, H=4096, V=32000 (a non-vectorized kernel); the
+    traffic, 0.66 GB read + 0.33 GB written, needs ~0.25 ms."""
+    out = torch.empty(grad.shape, dtype=dtype, device=grad.device)
+    if not grad.is_cuda:  # CPU tensors (TRITON_INTERPRET=1): torch rounds fp32 -> bf16 to nearest like CUDA
+        return torch.mul(grad, scale, out=out)   # does; the interpreter's conversion truncates
+    if grad.numel():
+        scale = scale.reshape(1).to(device=grad.device, dtype=torch.float32)
+        _scale_cast_kernel[(triton.cdiv(grad.numel(), SCALE_CAST_CONFIG["BLOCK"]),)](
+            grad, scale, out, grad.numel(), **SCALE_CAST_CONFIG)
+    return out
 
 
 def _run(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, chunk_tokens, row_weights, need_grad):
@@ -372,4 +394,12 @@ def compile_specs() -> list[CompileSpec]:
                         configs=tuple(autotune_configs()), dtype=dtype, variant=variant,
                         divisible=("ZS", "ZO", "ZA", "BS", "BO", "BA", "ROW_SCALE", "G", "LOSS", "V",
                                    "stride_z", "stride_g")))
+    for dtype in ("bf16", "fp32"):
+        specs.append(CompileSpec(
+            kernel="chunked_scale_cast", fn=_scale_cast_kernel,
+            signature=dict(SRC="*fp32", SCALE="*fp32", DST=f"*{dtype}", numel="i64", BLOCK="constexpr"),
+            constexprs={}, dtype=dtype, variant="-",
+            configs=(triton.Config(dict(BLOCK=SCALE_CAST_CONFIG["BLOCK"]),
+                                   num_warps=SCALE_CAST_CONFIG["num_warps"]),),
+            divisible=("SRC", "SCALE", "DST")))
     return specs

@@ -147,3 +147,24 @@ def test_auto_policy_on_cuda_uses_memory_and_the_cost_model():
     assert choose_cuda_backend(free_bytes=80 << 30, **big) == "chunked"
     short = 4 * working_set_bytes(256, 32000, 2)
     assert choose_cuda_backend(free_bytes=short, **big) == "triton"
+
+
+@pytest.mark.parametrize("device", DEVICE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+def test_scale_cast_kernel_matches_torch(device, dtype):
+    """The backward's one-pass grad * upstream -> parameter dtype, against torch's multiply and rounding. The
+    interpreter converts fp32 -> bf16 by truncation (CUDA rounds to nearest): there 1 bf16 ulp is allowed."""
+    from rklu.kernels.triton_chunked import SCALE_CAST_CONFIG, _scale_cast_kernel, _scaled
+
+    grad = torch.randn(1000, 37, generator=torch.Generator().manual_seed(3)).to(device)
+    scale = torch.tensor(0.37, device=device)
+    out = torch.empty(grad.shape, dtype=dtype, device=device)
+    _scale_cast_kernel[(-(-grad.numel() // 1024),)](grad, scale.reshape(1), out, grad.numel(), BLOCK=1024,
+                                                     num_warps=SCALE_CAST_CONFIG["num_warps"])
+    want = torch.mul(grad, scale, out=torch.empty(grad.shape, dtype=dtype, device=device))
+    if device == "cpu" and dtype == torch.bfloat16:
+        ulp = torch.finfo(dtype).eps * want.float().abs().clamp_min(torch.finfo(dtype).tiny)
+        assert ((out.float() - want.float()).abs() <= ulp).all()
+    else:
+        assert torch.equal(out, want)
+    assert torch.equal(_scaled(grad, scale, dtype), want)  # the backward's wrapper, whichever path it takes

@@ -45,7 +45,26 @@ def resolve_backend(backend: str, device: torch.device, problem: dict | None = N
         raise ValueError(
             f"backend={backend!r} needs a CUDA device or TRITON_INTERPRET=1 (tensors are on {device}); "
             "use backend='torch' or 'auto'")
+    if backend in ("triton", "chunked") and device.type != "cuda":
+        _check_interpreter_version()
     return backend
+
+
+# Triton 3.6's interpreter cannot run a loop whose bounds depend on tl.program_id ("only 0-dimensional arrays
+# can be converted to Python scalars"); 3.7, 3.8 and 3.9 can. Compiled CUDA runs are not affected (the kernel
+# tests pass on an H200 with triton 3.6).
+MIN_INTERPRETER_TRITON = (3, 7)
+
+
+def _check_interpreter_version() -> None:
+    import triton
+
+    version = tuple(int(p) for p in triton.__version__.split("+")[0].split(".")[:2])
+    if version < MIN_INTERPRETER_TRITON:
+        raise RuntimeError(
+            f"TRITON_INTERPRET=1 (the Triton backends on CPU) needs triton >= "
+            f"{'.'.join(map(str, MIN_INTERPRETER_TRITON))}, found {triton.__version__}: its interpreter cannot "
+            "run the kernels' vocabulary loops. Use backend='torch' (or 'auto') on CPU, or upgrade triton.")
 
 
 def fused_linear_unlearning_kl(

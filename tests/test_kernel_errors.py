@@ -49,3 +49,18 @@ def test_reference_and_from_logits_check_shapes():
         unlearning_kl_from_logits(torch.randn(2, 5), torch.randn(2, 6))
     with pytest.raises(ValueError, match="labels shape"):
         unlearning_kl_from_logits(torch.randn(2, 5), torch.randn(2, 5), labels=torch.zeros(3))
+
+
+def test_old_triton_interpreter_gets_a_clear_error(monkeypatch):
+    """Triton 3.6's interpreter fails inside the kernels with a numpy TypeError; say what is wrong instead."""
+    import triton
+
+    from rklu.kernels import resolve_backend
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    with pytest.raises(RuntimeError, match=r"needs triton >= 3\.7, found 3\.6\.0"):
+        resolve_backend("triton", torch.device("cpu"))
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    monkeypatch.setattr(triton, "__version__", "3.7.0")
+    assert resolve_backend("chunked", torch.device("cpu")) == "chunked"

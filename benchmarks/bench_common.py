@@ -8,6 +8,7 @@ model's hidden states as a precomputed teacher, so it does 2 logit GEMMs where t
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -88,6 +89,30 @@ def eager_loss(xs, ws, xo, wo, xa, wa):
     return unlearning_kl_reference(student, original, augmented, alpha=ALPHA, direction="reverse")
 
 
+def fused_variant(impl: str) -> tuple[str, dict, str | None]:
+    """(backend, extra keyword arguments, fused backward mode or None) of an rklu implementation name."""
+    if not impl.startswith("triton"):
+        return {"torch_chunked": "torch"}.get(impl, impl), {}, None
+    return "triton", {"grad_filter": impl != "triton_nofilter"}, {"triton_atomic": "atomic",
+                                                                  "triton_store": "store"}.get(impl)
+
+
+@contextlib.contextmanager
+def fused_backward_mode(mode: str | None):
+    """RKLU_FUSED_BACKWARD=mode for the calls inside (the fused backward reads it at each backward call); the
+    previous value, or its absence, is restored. None changes nothing."""
+    saved = os.environ.get("RKLU_FUSED_BACKWARD")
+    if mode:
+        os.environ["RKLU_FUSED_BACKWARD"] = mode
+    try:
+        yield
+    finally:
+        if mode:
+            os.environ.pop("RKLU_FUSED_BACKWARD", None)
+            if saved is not None:
+                os.environ["RKLU_FUSED_BACKWARD"] = saved
+
+
 def build_step(impl: str, case: dict, chunk_tokens: int | None = None):
     """A zero-argument callable running one forward + backward of ``impl`` on ``case`` (grads reset first)."""
     xs, ws, xo, wo, xa, wa = (case[k] for k in ("xs", "ws", "xo", "wo", "xa", "wa"))
@@ -112,25 +137,14 @@ def build_step(impl: str, case: dict, chunk_tokens: int | None = None):
     if impl in ("torch_chunked", "chunked") or impl.startswith("triton"):
         from rklu.kernels import fused_linear_unlearning_kl
 
-        backend = "triton" if impl.startswith("triton") else {"torch_chunked": "torch"}.get(impl, impl)
-        extra = {"grad_filter": impl != "triton_nofilter"} if backend == "triton" else {}
-        # The fused backward's mode is read from the environment at each backward call.
-        backward_mode = {"triton_atomic": "atomic", "triton_store": "store"}.get(impl)
+        backend, extra, backward_mode = fused_variant(impl)
 
         def step():
             clear()
-            saved = os.environ.get("RKLU_FUSED_BACKWARD")
-            if backward_mode:
-                os.environ["RKLU_FUSED_BACKWARD"] = backward_mode
-            try:
+            with fused_backward_mode(backward_mode):
                 fused_linear_unlearning_kl(xs, ws, xo, wo, xa, wa, alpha=ALPHA, direction="reverse",
                                            backend=backend, chunk_tokens=chunk_tokens, check_inputs_finite=False,
                                            **extra).backward()
-            finally:
-                if backward_mode:
-                    os.environ.pop("RKLU_FUSED_BACKWARD", None)
-                    if saved is not None:
-                        os.environ["RKLU_FUSED_BACKWARD"] = saved
         return step
     if impl == "liger":
         from liger_kernel.transformers.fused_linear_jsd import LigerFusedLinearJSD

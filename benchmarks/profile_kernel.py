@@ -45,15 +45,9 @@ def numerics(case: dict, impls: list[str]) -> list[dict]:
     for impl in impls:
         if impl not in CHECKED:
             continue
-        backend = "chunked" if impl == "chunked" else "triton"
-        kw = {} if impl == "chunked" else {"grad_filter": impl != "triton_nofilter"}
-        mode = {"triton_atomic": "atomic", "triton_store": "store"}.get(impl)
-        if mode:
-            os.environ["RKLU_FUSED_BACKWARD"] = mode
-        try:
+        backend, kw, mode = bc.fused_variant(impl)
+        with bc.fused_backward_mode(mode):
             loss, dx, dw = run(backend, **kw)
-        finally:
-            os.environ.pop("RKLU_FUSED_BACKWARD", None)
         rows.append(dict(impl=impl, loss=loss.item(), loss_ref=ref[0].item(),
                          loss_rel_err=abs(loss.item() - ref[0].item()) / abs(ref[0].item()),
                          dx_rel_err=_rel(dx, ref[1]), dw_rel_err=_rel(dw, ref[2]),

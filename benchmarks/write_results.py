@@ -190,11 +190,8 @@ def main(argv=None):
                         ("kernel-sweep-bf16", "Kernel sweeps over V, N, H")):
         gpu_parts += section(title, gpu / f"{stem}.md", gpu / f"{stem}.json", kernel_summary)
     gpu_parts += chunk_sweep_section(gpu)
-    profile = gpu / "profile-bf16.md"
-    if profile.exists():
-        body = profile.read_text().strip().splitlines()
-        gpu_parts += ["### Where the time goes (torch.profiler, per CUDA kernel)", "",
-                      "\n".join([f"**{body[0][2:].strip()}**"] + body[1:]), ""]
+    gpu_parts += section("Where the time goes (torch.profiler, per CUDA kernel)", gpu / "profile-bf16.md",
+                         gpu / "profile-bf16.json", None)
     gpu_parts += section("End-to-end unlearning step", gpu / "step-bf16.md", gpu / "step-bf16.json", step_summary)
     gpu_parts += section("Fused linear log-prob in an npo+rt / rklu+rt step", gpu / "logprob-bf16.md",
                          gpu / "logprob-bf16.json", None)

@@ -42,8 +42,8 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # logit buffers + the gradient, per token (4 * 3 + 2) * V bytes: 1.8 GB at V=32000, 14.7 GB at V=256000)
 # takes at most a quarter of the free GPU memory. Measured on an H200 (bf16, N=8192, H=4096, V=32000,
 # fwd+bwd; benchmarks/results/gpu/kernel-chunk-*): 1024 tokens 20.2 ms / 755 MiB peak extra, 2048 19.5 ms /
-# 1189 MiB, 4096 18.3 ms / 2064 MiB, 8192 18.5 ms / 3814 MiB (eager: 27.2 ms / 8186 MiB). On CPU (tests, under TRITON_INTERPRET=1) a 16 MiB budget:
-# several chunks per call.
+# 1189 MiB, 4096 18.3 ms / 2064 MiB, 8192 18.5 ms / 3814 MiB (eager: 27.2 ms / 8186 MiB). On CPU (tests,
+# under TRITON_INTERPRET=1) a 16 MiB budget: several chunks per call.
 TARGET_CHUNK_TOKENS = 4096
 CPU_CHUNK_BYTES = 1 << 24
 # Smallest chunk worth running on CUDA: below it the logit GEMMs (chunk x H x V) lose tensor-core efficiency.
@@ -210,6 +210,10 @@ class _Gemms:
             return torch.mm(a, b, out_dtype=torch.float32, out=out)
         return torch.mm(a.float(), b.float(), out=out)
 
+    def accumulate(self, acc, a, b, first: bool):
+        """acc = a @ b on the first chunk (beta = 0: no zero-fill, no read of the accumulator), else acc += a @ b."""
+        return self.mm(a, b, acc) if first else self.addmm_(acc, a, b)
+
     def addmm_(self, acc, a, b):
         """acc += a @ b, acc float32 (cuBLAS accumulates into it in place: beta = 1)."""
         global _ADDMM_OUT_DTYPE
@@ -354,10 +358,7 @@ def _run(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, chunk_tokens, row
                           need_grad)
         if need_grad:
             gemm.mm(g, ws_op, dx[start:end])
-            if start == 0:
-                gemm.mm(g.T, xs[start:end], dw)  # beta = 0: no zero-fill, no read of the accumulator
-            else:
-                gemm.addmm_(dw, g.T, xs[start:end])
+            gemm.accumulate(dw, g.T, xs[start:end], first=start == 0)
             if db is not None:
                 db += g.sum(0, dtype=torch.float32)
     return loss, ((dx, dw, db) if need_grad else None)

@@ -104,7 +104,8 @@ def filter_eps(dtype: torch.dtype) -> float:
 # "store", measured (H200, bf16, N=8192, H=4096, random logits, benchmarks/results/gpu/): the store-G
 # backward runs 3.4x faster than fp32 atomics (fwd+bwd 52.7 vs 179.1 ms at V=32000, 246.9 vs 722.9 ms at
 # V=128256) at the same peak memory (its gradient buffer is a fixed 64 MiB). The atomic backward adds
-# N*H*V/BLOCK_V + V*H*N/BLOCK_N fp32 atomics (25e9 at V=32000): 155 ms of its kernel's time.
+# N*H*V/BLOCK_V + V*H*N/BLOCK_N fp32 atomics (33.6e9 at V=32000 with the 64x64 tiles the autotuner chose):
+# ~120 ms of its kernel's 155 ms (kernels/cost_model.py, ATOMIC_EFFICIENCY).
 FUSED_BACKWARD_DEFAULT = "store"
 
 
@@ -252,10 +253,7 @@ def _deterministic_backward(xs, ws, bs, args, stats, grad_loss, perm_arg, counte
                     STORE_G=True, **common)
             g_c = g[:rows]
             gemm.mm(g_c, ws, dx[start:start + rows])
-            if start == 0:
-                gemm.mm(g_c.T, xs[:rows], dw)
-            else:
-                gemm.addmm_(dw, g_c.T, xs[start:start + rows])
+            gemm.accumulate(dw, g_c.T, xs[start:start + rows], first=start == 0)
             if db is not None:
                 db += g_c.float().sum(0)
     return dx, dw, db

@@ -19,8 +19,7 @@ GPU_SHAPES = [(8192, 4096, 32000), (8192, 4096, 128256)]
 CASES = [("cpu", "fp32", s) for s in CPU_SHAPES]
 if CUDA:
     CASES += [("cuda", "bf16", s) for s in GPU_SHAPES]
-IMPLS = ["eager", "compiled", "torch_chunked", "triton", "triton_nofilter", "triton_atomic", "triton_store", "chunked",
-         "liger", "floor"]
+IMPLS = list(bc.IMPLS)
 
 
 def _id(case):
@@ -44,7 +43,7 @@ def test_forward_backward(benchmark, case, impl):
     step = bc.build_step(impl, bc.make_case(n, h, v, bc.DTYPES[dtype], device))
     step()  # warm-up: compile / autotune outside the timed rounds
     bc.sync(device)
-    if impl != "floor":
+    if impl not in bc.FLOORS:
         if device == "cuda":
             peak = bc.measure_cuda_peak(step)
         else:

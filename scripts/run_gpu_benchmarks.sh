@@ -6,7 +6,7 @@
 #  1b. the sm_80/sm_90 compile check (CI subset: spills / shared memory) and the roofline estimate,
 #  2. kernel benchmarks at the shapes: N=8192, H=4096, V=32000 and V=128256 (Llama-3), bf16:
 #     eager, torch.compile, torch chunked, Triton fused with the gradient filter on and off, chunked cuBLAS,
-#     Liger FusedLinearJSD(beta=1) when installed, GEMM floor; autotuned Triton tiles, plus the Triton rows
+#     Liger FusedLinearJSD(beta=1) when installed, GEMM floor, chunked + floor at Liger's work; autotuned Triton tiles, plus the Triton rows
 #     with the fixed default tiles (RKLU_TRITON_AUTOTUNE=0),
 #  3. the V / N / H sweeps (PNG + JSON + markdown),
 #  4. the pytest-benchmark cases,

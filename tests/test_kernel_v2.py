@@ -273,3 +273,29 @@ def test_store_backward_switch_matches_atomic(backend_device, monkeypatch):
     monkeypatch.setenv("RKLU_FUSED_BACKWARD", "cublas")
     with pytest.raises(ValueError, match="RKLU_FUSED_BACKWARD"):
         _grads(fused_loss(inputs, backend, grad_filter=True), inputs)
+
+
+@pytest.mark.parametrize("backend_device", [TRITON])
+@pytest.mark.parametrize("backward", ["store", "atomic"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_one_hot_student_gets_exactly_zero_gradient(backend_device, backward, dtype, monkeypatch):
+    """The backward recomputes each logit bitwise as the forward computed it (same tiles, same H order), so
+    where p_student is one-hot (logits ~1e4 apart) the reverse-KL gradient p_s * (log p_s - log p_t - KL) is
+    exactly 0, as in exact arithmetic. A recompute off by one ulp of 1e4 (~1e-3 in fp32, 64 in bf16) would
+    leave gradients of that order. On a GPU this checks the tensor-core (bf16) and FMA (fp32) GEMMs."""
+    monkeypatch.setenv("RKLU_FUSED_BACKWARD", backward)
+    backend, device = backend_device
+    inputs = make_inputs(48, 32, 700, dtype=dtype, device=device, seed=5)
+    with torch.no_grad():
+        inputs["student_hidden"].mul_(2500.0)  # student logits std ~1e4: one entry takes all the mass
+        # Keep the rows whose top two logits are > 200 apart: the runner-up's p_s = exp(-200) is 0 in fp32.
+        top2 = (inputs["student_hidden"].double() @ inputs["student_weight"].double().T).topk(2, dim=1).values
+        keep = (top2[:, 0] - top2[:, 1] > 200).nonzero().flatten()
+    assert len(keep) >= 24
+    for key in ("student_hidden", "original_hidden", "augmented_hidden", "labels"):
+        inputs[key] = inputs[key][keep].detach().requires_grad_(key == "student_hidden")
+    loss = fused_loss(inputs, backend, direction="reverse")
+    grads = torch.autograd.grad(loss, student_params(inputs))
+    assert torch.isfinite(loss) and loss > 0
+    for g in grads:
+        assert torch.count_nonzero(g) == 0, f"{torch.count_nonzero(g)} nonzero, max |g| {g.abs().max().item():.3e}"

@@ -276,10 +276,9 @@ def run_case(impl: str, n: int, h: int, v: int, dtype: str, device: str, repeats
         if impl in FLOORS:
             row["tflops"] = (4 if impl == "floor_noaug" else 5) * 2 * n * h * v / row["median_s"] / 1e12
         if impl in ("chunked", "chunked_noaug"):
-            from rklu.kernels.triton_chunked import default_chunk_tokens
+            from rklu.kernels.triton_chunked import last_chunk_tokens
 
-            row["chunk_tokens"] = chunk_tokens or default_chunk_tokens(n, v, case["xs"].element_size(),
-                                                                       torch.device(device))
+            row["chunk_tokens"] = last_chunk_tokens()  # what the timed calls used (target or memory cap)
         if impl.startswith("triton") or impl.startswith("chunked"):
             row["autotune"] = autotune_choices()
         if impl.startswith("triton"):

@@ -323,6 +323,15 @@ def _scaled(grad: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torc
     return out
 
 
+_LAST_CHUNK_TOKENS: list = []
+
+
+def last_chunk_tokens() -> int | None:
+    """Tokens per chunk of the most recent chunked call (None before any): what ``chunk_tokens`` or
+    ``default_chunk_tokens`` (target, free-memory cap) gave, for reports."""
+    return _LAST_CHUNK_TOKENS[-1] if _LAST_CHUNK_TOKENS else None
+
+
 def _run(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, chunk_tokens, row_weights, need_grad):
     """Loss [N] and, when ``need_grad``, fp32 (dX, dW, dB) weighted per token by ``row_weights`` (None: 1)."""
     device = xs.device
@@ -334,6 +343,7 @@ def _run(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, chunk_tokens, row
     wat = None if wa is None else gemm.operand(wa).T
     grad_dtype = xs.dtype if xs.dtype in (torch.bfloat16, torch.float16) else torch.float32
     chunk = chunk_tokens or default_chunk_tokens(n, v, torch.finfo(grad_dtype).bits // 8, device, xa is not None)
+    _LAST_CHUNK_TOKENS[:] = [chunk]
     zs_buf = torch.empty((chunk, v), dtype=torch.float32, device=device)
     zo_buf = torch.empty_like(zs_buf)
     za_buf = None if xa is None else torch.empty_like(zs_buf)

@@ -10,7 +10,7 @@
 #     fused with each backward (atomic dX/dW, store-G + cuBLAS), chunked cuBLAS, Liger FusedLinearJSD(beta=1)
 #     when importable, and the GEMM floor, all in one process and one run; chunked and the floor also at
 #     Liger's work (no augmented teacher: 4 GEMMs), for the equal-work Liger ratio; then the chunked backend's chunk
-#     size (1024 / 2048 / 8192 tokens; the headline runs the default, 4096),
+#     size (256 / 512 / 1024 / 2048 / 8192 tokens; the headline runs the default, 4096),
 #  3. the kernel tests on the GPU (pytest-xdist when installed),
 #  4. the end-to-end unlearning step at the 1B Llama shape, naive vs fused,
 #  5. benchmarks/RESULTS.md from everything above.
@@ -46,7 +46,9 @@ HEADLINE=8192x4096x32000,8192x4096x128256
 stage profile 90 "$PY" benchmarks/profile_kernel.py --shape 8192x4096x32000 --out "$OUT/profile-bf16"
 stage kernel-headline 150 "$PY" benchmarks/bench_kernel.py --device cuda --dtype bf16 --shapes "$HEADLINE" \
   --impls eager,triton_atomic,triton_store,chunked,chunked_noaug,liger,floor,floor_noaug --out "$OUT/kernel-headline-bf16"
-for c in 1024 2048 8192; do  # the chunked backend's chunk size (default 4096: kernels/triton_chunked.py)
+# The chunked backend's chunk size (default 4096: kernels/triton_chunked.py). 256 and 512 tell whether `auto`
+# should keep chunking below MIN_EFFICIENT_CHUNK (512) when memory is short, instead of the fused kernel.
+for c in 256 512 1024 2048 8192; do
   stage "chunk-$c" 30 "$PY" benchmarks/bench_kernel.py --device cuda --dtype bf16 --shapes 8192x4096x32000 \
     --impls chunked --chunk-tokens "$c" --out "$OUT/kernel-chunk-$c-bf16"
 done

@@ -41,7 +41,7 @@ from .triton_fused_configs import (
     vocab_split_size,
 )
 from .triton_fused_forward import NUM_STATS, _forward_kernel, combine_partials, reference_logits
-from .triton_fused_tiles import IEEE, INTERPRET, NATIVE, UPCAST, _mm  # noqa: F401  (re-exported)
+from .triton_fused_tiles import IEEE, INTERPRET, NATIVE, UPCAST, _mm, gemm_precision  # noqa: F401  (re-exported)
 
 __all__ = ["TritonFusedUnlearningKL", "last_backward_tile_stats", "grad_filter_default", "compile_specs",
            "autotune_configs", "block_sizes", "TUNED_KERNELS"]
@@ -80,14 +80,6 @@ def _launch(name, kernel, grid_of, dtype_name, *args, **kwargs):
         return tuned[grid_of](*args, **kwargs)
     blocks = block_sizes("forward" if name == "forward" else "backward", dtype_name)
     return kernel[grid_of(blocks)](*args, **kwargs, **blocks)
-
-
-def _precision(dtype: torch.dtype) -> int:
-    if dtype == torch.float32:
-        return IEEE
-    if dtype == torch.bfloat16 and INTERPRET:
-        return UPCAST
-    return NATIVE
 
 
 def grad_filter_default() -> bool:
@@ -144,7 +136,7 @@ def _common_args(xs, ws, bs, xo, wo, bo, xa, wa, ba):
         strides=(xs.stride(0), ws.stride(0), xo.stride(0), wo.stride(0),
                  xa.stride(0) if has_aug else 0, wa.stride(0) if has_aug else 0),
         flags=dict(HAS_AUG=has_aug, HAS_BS=bs is not None, HAS_BO=bo is not None, HAS_BA=ba is not None,
-                   PRECISION=_precision(xs.dtype), GROUP=GROUP),
+                   PRECISION=gemm_precision(xs.dtype), GROUP=GROUP),
     )
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_fused_tiles import _grad_operand, _grouped_pid, _logit_tile, _mm, _teacher_tile
+from .triton_fused_tiles import _atomic_dx_dw, _grad_operand, _grouped_pid, _logit_tile, _teacher_tile
 
 
 @triton.jit
@@ -50,15 +50,8 @@ def _apply_grad(g, XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask, 
         g_in = _grad_operand(g, XS, PRECISION)
         # Its own H step: each fp32 atomic needs its own address register (no vector atomics on sm_80),
         # so the [BLOCK_V, BLOCK_HG] dW tile is what sets the register budget here.
-        for h0 in range(0, H_S, BLOCK_HG):
-            hs = h0 + tl.arange(0, BLOCK_HG)
-            h_mask = hs < H_S
-            x = tl.load(XS + rows[:, None] * stride_xs + hs[None, :], mask=row_mask[:, None] & h_mask[None, :], other=0.0)
-            w = tl.load(WS + cols[:, None] * stride_ws + hs[None, :], mask=col_mask[:, None] & h_mask[None, :], other=0.0)
-            tl.atomic_add(DX + rows[:, None] * H_S + hs[None, :], _mm(g_in, w, PRECISION),
-                          mask=row_mask[:, None] & h_mask[None, :])
-            tl.atomic_add(DW + cols[:, None] * H_S + hs[None, :], _mm(tl.trans(g_in), x, PRECISION),
-                          mask=col_mask[:, None] & h_mask[None, :])
+        _atomic_dx_dw(g_in, XS, WS, DX, DW, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws,
+                      PRECISION, BLOCK_HG)
 
 
 @triton.jit

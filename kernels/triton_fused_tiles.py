@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 import triton
 import triton.language as tl
 
@@ -17,6 +18,16 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # IEEE: fp32 inputs in full fp32 (no TF32 rounding). UPCAST: operands cast to fp32 first; the Triton CPU
 # interpreter gets bf16 tl.dot wrong, so bf16 runs this way under TRITON_INTERPRET=1.
 NATIVE, IEEE, UPCAST = 0, 1, 2
+
+
+def gemm_precision(dtype) -> int:
+    """The tl.dot mode for GEMM inputs of ``dtype``: IEEE for fp32, UPCAST for bf16 under the interpreter,
+    else NATIVE."""
+    if dtype == torch.float32:
+        return IEEE
+    if dtype == torch.bfloat16 and INTERPRET:
+        return UPCAST
+    return NATIVE
 
 
 @triton.jit
@@ -38,6 +49,22 @@ def _grad_operand(g, X, PRECISION: tl.constexpr):
     else:
         out = g.to(X.dtype.element_ty)
     return out
+
+
+@triton.jit
+def _atomic_dx_dw(g_in, X, W, DX, DW, rows, cols, row_mask, col_mask, H, stride_x, stride_w,
+                  PRECISION: tl.constexpr, BLOCK_H: tl.constexpr):
+    """DX[rows] += g_in @ W[cols] and DW[cols] += g_in.T @ X[rows] by fp32 atomics, BLOCK_H features at a time
+    (DX, DW: contiguous [*, H] fp32)."""
+    for h0 in range(0, H, BLOCK_H):
+        hs = h0 + tl.arange(0, BLOCK_H)
+        h_mask = hs < H
+        x_mask = row_mask[:, None] & h_mask[None, :]
+        w_mask = col_mask[:, None] & h_mask[None, :]
+        x = tl.load(X + rows[:, None] * stride_x + hs[None, :], mask=x_mask, other=0.0)
+        w = tl.load(W + cols[:, None] * stride_w + hs[None, :], mask=w_mask, other=0.0)
+        tl.atomic_add(DX + rows[:, None] * H + hs[None, :], _mm(g_in, w, PRECISION), mask=x_mask)
+        tl.atomic_add(DW + cols[:, None] * H + hs[None, :], _mm(tl.trans(g_in), x, PRECISION), mask=w_mask)
 
 
 @triton.jit

@@ -28,7 +28,9 @@ import triton.language as tl
 
 from .compile_spec import CompileSpec
 # the same GEMM precision modes and tile helpers as the KL kernel (NATIVE / IEEE / UPCAST: see triton_fused_tiles)
-from .triton_fused_tiles import IEEE, INTERPRET, NATIVE, UPCAST, _grad_operand, _logit_tile, _mm  # noqa: F401
+from .triton_fused_tiles import (  # noqa: F401
+    IEEE, INTERPRET, NATIVE, UPCAST, _atomic_dx_dw, _grad_operand, _logit_tile, gemm_precision,
+)
 from .triton_fused_tiles import _grouped_pid as _grouped  # (row block, vocab block) of a program, grouped order
 
 
@@ -128,15 +130,8 @@ def _backward_kernel(X, W, B, LABELS, STATS, GRAD_OUT, DX, DW, DB, N, V, H, stri
         if HAS_BIAS:
             tl.atomic_add(DB + cols, tl.sum(g, axis=0), mask=col_mask)
         g_in = _grad_operand(g, X, PRECISION)
-        for h0 in range(0, H, BLOCK_H):
-            hs = h0 + tl.arange(0, BLOCK_H)
-            h_mask = hs < H
-            x_mask = row_mask[:, None] & h_mask[None, :]
-            w_mask = col_mask[:, None] & h_mask[None, :]
-            x = tl.load(X + rows[:, None] * stride_x + hs[None, :], mask=x_mask, other=0.0)
-            w = tl.load(W + cols[:, None] * stride_w + hs[None, :], mask=w_mask, other=0.0)
-            tl.atomic_add(DX + rows[:, None] * H + hs[None, :], _mm(g_in, w, PRECISION), mask=x_mask)
-            tl.atomic_add(DW + cols[:, None] * H + hs[None, :], _mm(tl.trans(g_in), x, PRECISION), mask=w_mask)
+        _atomic_dx_dw(g_in, X, W, DX, DW, rows, cols, row_mask, col_mask, H, stride_x, stride_w,
+                      PRECISION, BLOCK_H)
 
 
 @triton.jit
@@ -238,14 +233,6 @@ def num_splits(n: int, v: int, device: torch.device) -> int:
     return max(1, min(MAX_SPLITS, triton.cdiv(4 * sms, row_blocks), triton.cdiv(v, 256)))
 
 
-def precision(dtype: torch.dtype) -> int:
-    if dtype == torch.float32:
-        return IEEE
-    if dtype == torch.bfloat16 and INTERPRET:
-        return UPCAST
-    return NATIVE
-
-
 def _grid_2d(n_rows, v):
     return lambda meta: (triton.cdiv(n_rows, meta["BLOCK_N"]) * triton.cdiv(v, meta["BLOCK_V"]),)
 
@@ -262,7 +249,7 @@ class TritonTokenLogprob(torch.autograd.Function):
         part = torch.empty((n, splits, 3), dtype=torch.float32, device=x.device)
         stats = torch.empty((n, 2), dtype=torch.float32, device=x.device)  # max, log-normalizer
         logp = torch.empty(n, dtype=torch.float32, device=x.device)
-        flags = dict(HAS_BIAS=b is not None, PRECISION=precision(x.dtype), GROUP_N=GROUP)
+        flags = dict(HAS_BIAS=b is not None, PRECISION=gemm_precision(x.dtype), GROUP_N=GROUP)
         bias = b if b is not None else x  # never dereferenced without HAS_BIAS
         _launch("forward", _forward_split_kernel,
                 lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * splits,),
@@ -278,7 +265,7 @@ class TritonTokenLogprob(torch.autograd.Function):
         n, h = x.shape
         v = w.shape[0]
         grad_logp = grad_logp.float().contiguous()
-        flags = dict(HAS_BIAS=b is not None, PRECISION=precision(x.dtype), GROUP_N=GROUP)
+        flags = dict(HAS_BIAS=b is not None, PRECISION=gemm_precision(x.dtype), GROUP_N=GROUP)
         bias = b if b is not None else x
         if torch.are_deterministic_algorithms_enabled():
             dx, dw, db = _deterministic_backward(x, w, bias, labels, stats, grad_logp, flags)

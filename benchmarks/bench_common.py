@@ -26,11 +26,6 @@ IMPLS = ("eager", "compiled", "torch_chunked", "triton", "triton_nofilter", "tri
 # Implementations doing Liger's work (no augmented teacher: 4 GEMMs), and the floor each is measured against.
 LIGER_WORK = ("chunked_noaug", "liger", "floor_noaug")
 FLOORS = ("floor", "floor_noaug")
-
-
-def floor_of(impl: str) -> str:
-    """The GEMM floor of the same work as ``impl``."""
-    return "floor_noaug" if impl in LIGER_WORK else "floor"
 LABELS = {
     "eager": "eager PyTorch (materialized logits)",
     "compiled": "torch.compile(eager)",
@@ -47,6 +42,17 @@ LABELS = {
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ALPHA = 8.0
+
+
+def gemms(impl: str) -> int:
+    """GEMMs of the work ``impl`` does: 3 logit GEMMs + dX + dW, one logit GEMM less without the augmented
+    teacher (Liger's work)."""
+    return 4 if impl in LIGER_WORK else 5
+
+
+def floor_of(impl: str) -> str:
+    """The GEMM floor of the same work as ``impl``."""
+    return "floor_noaug" if impl in LIGER_WORK else "floor"
 
 
 def liger_import_error() -> str | None:
@@ -128,6 +134,8 @@ def fused_backward_mode(mode: str | None):
 def build_step(impl: str, case: dict, chunk_tokens: int | None = None):
     """A zero-argument callable running one forward + backward of ``impl`` on ``case`` (grads reset first)."""
     xs, ws, xo, wo, xa, wa = (case[k] for k in ("xs", "ws", "xo", "wo", "xa", "wa"))
+    if impl in LIGER_WORK:
+        xa = wa = None  # Liger's work: the teacher is the original model alone
 
     def clear():
         xs.grad = None
@@ -150,8 +158,6 @@ def build_step(impl: str, case: dict, chunk_tokens: int | None = None):
         from rklu.kernels import fused_linear_unlearning_kl
 
         backend, extra, backward_mode = fused_variant(impl)
-        if impl == "chunked_noaug":
-            xa = wa = None
 
         def step():
             clear()
@@ -174,7 +180,7 @@ def build_step(impl: str, case: dict, chunk_tokens: int | None = None):
         return step
     if impl in FLOORS:
         n, v = xs.shape[0], ws.shape[0]
-        pairs = ((xs, ws), (xo, wo), (xa, wa))[:2 if impl == "floor_noaug" else 3]
+        pairs = [(x, w) for x, w in ((xs, ws), (xo, wo), (xa, wa)) if x is not None]
         with torch.no_grad():
             logits = [torch.empty(n, v, dtype=xs.dtype, device=xs.device) for _ in pairs]
             grad = torch.randn(n, v, device=xs.device).to(xs.dtype)
@@ -274,7 +280,7 @@ def run_case(impl: str, n: int, h: int, v: int, dtype: str, device: str, repeats
         row.update(status="ok", times_s=times, median_s=statistics.median(times))
         row["tokens_per_s"] = n / row["median_s"]
         if impl in FLOORS:
-            row["tflops"] = (4 if impl == "floor_noaug" else 5) * 2 * n * h * v / row["median_s"] / 1e12
+            row["tflops"] = gemms(impl) * 2 * n * h * v / row["median_s"] / 1e12
         if impl in ("chunked", "chunked_noaug"):
             from rklu.kernels.triton_chunked import last_chunk_tokens
 

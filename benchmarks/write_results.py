@@ -60,7 +60,7 @@ def kernel_summary(result) -> list[str]:
                 continue
             t, liger_work = r["median_s"], impl in bc.LIGER_WORK
             out.append(" | ".join([
-                f"| {k[0]}", str(k[1]), str(k[2]), impl, "4" if liger_work else "5",
+                f"| {k[0]}", str(k[1]), str(k[2]), impl, str(bc.gemms(impl)),
                 ratio(t, time_of(bc.floor_of(impl), k)),
                 "—" if liger_work else ratio(eager and eager["median_s"], t),
                 "—" if impl == "liger" else ratio(liger, t) + (" (equal work)" if liger_work and liger else ""),

@@ -136,14 +136,13 @@ def test_forward_only_and_no_grad(device):
 @pytest.mark.parametrize("device", DEVICE)
 def test_last_chunk_tokens_reports_the_chunk_used(device):
     """Reports (benchmarks) read the chunk a call ran with: the one asked for, else the default's choice."""
-    from rklu.kernels.triton_chunked import CPU_CHUNK_BYTES, last_chunk_tokens, working_set_bytes
+    from rklu.kernels.triton_chunked import default_chunk_tokens, last_chunk_tokens
 
     inputs = make_inputs(40, 16, 3000, device=device, seed=9)
     fused_loss(inputs, "chunked", chunk_tokens=8)
     assert last_chunk_tokens() == 8
     fused_loss(inputs, "chunked")
-    expected = CPU_CHUNK_BYTES // working_set_bytes(1, 3000, 4) if device == "cpu" else last_chunk_tokens()
-    assert last_chunk_tokens() == min(40, expected) and last_chunk_tokens() != 8
+    assert last_chunk_tokens() == default_chunk_tokens(40, 3000, 4, torch.device(device)) != 8
 
 
 def test_auto_on_cpu_stays_torch():

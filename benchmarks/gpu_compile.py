@@ -1,7 +1,7 @@
 """GPU-readiness check that runs on CPU: compile every Triton kernel of rklu.kernels for sm_80 (A100) and
 sm_90 (H100) with every config it can be launched with, and record registers, spills and shared memory.
 
-Each Triton module exposes ``compile_specs()`` (kernels/compile_spec.py) over its launch matrix (dtype bf16 /
+Each Triton module exposes ``compile_specs()`` (rklu/kernels/compile_spec.py) over its launch matrix (dtype bf16 /
 fp32 x direction x augmented teacher x bias, plus kernel-specific flags); every spec is compiled with each of
 its configs through ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 80|90, 32))`` -- Triton lowers
 to PTX and runs the wheel's ptxas without a GPU -- then the wheel's ``cuobjdump --dump-resource-usage``
@@ -19,7 +19,7 @@ architecture gives one block (sm_80: 166912 bytes, sm_90: 232448), or more regis
     python benchmarks/gpu_compile.py --verify           # committed JSON covers the current sources, no problem
 
 The committed JSON stores, per row, a hash of the module's kernel sources (the module file and the
-``kernels/`` files it imports, plus the Triton version): ``--verify`` fails when a kernel changed since.
+``rklu/kernels/`` files it imports, plus the Triton version): ``--verify`` fails when a kernel changed since.
 Runs with TRITON_INTERPRET unset (it re-executes itself without it: the interpreter replaces @triton.jit).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""backend="chunked" (kernels/triton_chunked.py: fp32-output GEMMs per token chunk, one Triton kernel for loss
+"""backend="chunked" (rklu/kernels/triton_chunked.py: fp32-output GEMMs per token chunk, one Triton kernel for loss
 and logit gradient, GEMMs for dX/dW) against the float64 reference, on the matrix the other backends pass.
 
 Runs through the Triton interpreter on CPU (TRITON_INTERPRET=1), on CUDA when present. Small chunks force

@@ -97,7 +97,7 @@ def filter_eps(dtype: torch.dtype) -> float:
 # backward runs 3.4x faster than fp32 atomics (fwd+bwd 52.7 vs 179.1 ms at V=32000, 246.9 vs 722.9 ms at
 # V=128256) at the same peak memory (its gradient buffer is a fixed 64 MiB). The atomic backward adds
 # N*H*V/BLOCK_V + V*H*N/BLOCK_N fp32 atomics (33.6e9 at V=32000 with the 64x64 tiles the autotuner chose):
-# ~120 ms of its kernel's 155 ms (kernels/cost_model.py, ATOMIC_EFFICIENCY).
+# ~120 ms of its kernel's 155 ms (rklu/kernels/cost_model.py, ATOMIC_EFFICIENCY).
 FUSED_BACKWARD_DEFAULT = "store"
 
 

@@ -98,7 +98,7 @@ def fused_linear_unlearning_kl(
     prediction (hidden[:, :-1] with labels[:, 1:]). Each model may have its own hidden size.
 
     ``grad_filter`` (Triton backend): skip backward tiles whose every gradient entry is below
-    finfo(dtype).eps / 32 (see ``kernels/triton_fused_backward.py``); None = on unless the environment sets
+    finfo(dtype).eps / 32 (see ``rklu/kernels/triton_fused_backward.py``); None = on unless the environment sets
     ``RKLU_GRAD_FILTER=0``. The torch and reference backends compute dense gradients and ignore it.
     """
     check_direction_reduction(direction, reduction)

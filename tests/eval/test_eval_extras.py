@@ -4,20 +4,8 @@ import json
 
 import pytest
 
-from conftest_eval import one_thread, save_tiny, tiny_model, tiny_tokenizer
 from rklu.cli import main
 from rklu.eval import capability, case_study, copyright
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    tok = tiny_tokenizer()
-    return tiny_model(tok), tok
 
 
 def test_split_blank():
@@ -27,7 +15,7 @@ def test_split_blank():
         case_study.split_blank("He won.", "Nobel")
 
 
-def test_case_study_side_by_side(tiny, tmp_path):
+def test_case_study_side_by_side(tiny, tiny_model, tmp_path):
     model, tok = tiny
     other = tiny_model(tok, seed=1)
     items = case_study.load_items(forget_split="forget01", indices=[0, 3])
@@ -62,7 +50,7 @@ def test_copyright_eval_scores(tiny):
         copyright.split_passages("short", tok)
 
 
-def test_copyright_cli(tmp_path, capsys):
+def test_copyright_cli(save_tiny, tmp_path, capsys):
     directory = tmp_path / "m"
     save_tiny(directory)
     text = tmp_path / "book.txt"

@@ -1,11 +1,10 @@
 """Every built-in prompt format against TOFU's definitions (config/model_config.yaml, copied in
-tests/tofu_reference.py): the strings, the token masks of training and evaluation rows (vs TOFU's
+tests/eval/tofu_reference.py): the strings, the token masks of training and evaluation rows (vs TOFU's
 convert_raw_data_to_model_format), and the generation prompt / reference answer (vs TOFU's run_generation).
 Plus the ``chat`` format built from a tokenizer's chat template."""
 import pytest
 import torch
 
-from conftest_eval import tiny_tokenizer
 from tofu_reference import MODEL_CONFIGS, convert_raw_data_to_model_format
 
 from rklu.data.collate import IGNORE_INDEX, tokenize_qa
@@ -18,7 +17,7 @@ Q, A = "Who wrote 'The Silent Sea'?", "Basil Mahfouz Al-Kuwaiti wrote it in 1999
 
 
 @pytest.fixture(scope="module")
-def tok():
+def tok(tiny_tokenizer):
     return tiny_tokenizer()
 
 
@@ -97,21 +96,20 @@ def chat_checks(tokenizer):
     assert gen_prompt == prompt and reference.strip() == A
 
 
-def test_chat_format_with_a_tiny_tokenizer_template(tok):
+def test_chat_format_with_a_tiny_tokenizer_template(tiny_tokenizer):
     tok = tiny_tokenizer()
     tok.chat_template = TEMPLATE
     chat_checks(tok)
 
 
-def test_chat_format_needs_a_template(tok):
+def test_chat_format_needs_a_template(tiny_tokenizer):
     with pytest.raises(ValueError, match="chat template"):
         get_prompt_format("chat", tiny_tokenizer())
     with pytest.raises(ValueError, match="needs the tokenizer"):
         get_prompt_format("chat")
 
 
-def test_chat_format_through_tofu_evaluation():
-    from conftest_eval import tiny_model
+def test_chat_format_through_tofu_evaluation(tiny_tokenizer, tiny_model):
     from rklu.eval.tofu import evaluate_set
 
     tok = tiny_tokenizer()

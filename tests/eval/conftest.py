@@ -1,13 +1,16 @@
-"""Helpers for the eval tests: a tiny random Llama and a byte-level BPE tokenizer (no rklu.models)."""
+"""Fixtures for the eval tests: a tiny random Llama and a byte-level BPE tokenizer (no rklu.models), every
+module on one torch thread. The model and tokenizer fixtures are factories (seeds, fresh tokenizers to edit)."""
 from __future__ import annotations
 
 from pathlib import Path
+
+import pytest
 
 
 _CACHE: dict = {}
 
 
-def tiny_tokenizer(texts=None, vocab_size: int = 300):
+def _tiny_tokenizer(texts=None, vocab_size: int = 300):
     """A fresh PreTrainedTokenizerFast (pad/bos/eos set); the BPE training on TOFU text is cached per process."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
@@ -38,7 +41,7 @@ def _train(texts, vocab_size):
     return tok
 
 
-def tiny_model(tokenizer, seed: int = 0):
+def _tiny_model(tokenizer, seed: int = 0):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -50,22 +53,39 @@ def tiny_model(tokenizer, seed: int = 0):
     return LlamaForCausalLM(config).eval()
 
 
-def save_tiny(directory: Path, seed: int = 0):
-    tokenizer = tiny_tokenizer()
-    model = tiny_model(tokenizer, seed)
+def _save_tiny(directory: Path, seed: int = 0):
+    tokenizer = _tiny_tokenizer()
+    model = _tiny_model(tokenizer, seed)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return model, tokenizer
 
 
-def one_thread():
-    """Generator for a module fixture: torch on one thread (tiny models on a shared 2-core machine run several
-    times faster than with two contending threads); restores the previous setting."""
-    import torch
+@pytest.fixture(autouse=True, scope="module")
+def _eval_on_one_thread(one_thread):
+    yield
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """``tiny_tokenizer(texts=None, vocab_size=300)``: a fresh tokenizer each call."""
+    return _tiny_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """``tiny_model(tokenizer, seed=0)``: a random Llama in eval mode."""
+    return _tiny_model
+
+
+@pytest.fixture(scope="session")
+def save_tiny():
+    """``save_tiny(directory, seed=0)``: saves a tiny model and its tokenizer, returns both."""
+    return _save_tiny
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """(model, tokenizer) with seed 0, shared by a module's tests."""
+    tok = _tiny_tokenizer()
+    return _tiny_model(tok), tok

@@ -1,4 +1,4 @@
-"""`rklu eval tofu` logs against a port of TOFU's own evaluation (tests/tofu_reference.py) on the same tiny
+"""`rklu eval tofu` logs against a port of TOFU's own evaluation (tests/eval/tofu_reference.py) on the same tiny
 model: every per-sample value agrees to 1e-5, token counts and generations exactly. The tiny model is
 random, so its generations rarely stop at EOS: they run to TOFU's 200-token budget, which includes the left
 padding of index-ordered batches of 30 — the case where batching changes the logs."""
@@ -7,7 +7,6 @@ import math
 
 import pytest
 
-from conftest_eval import one_thread, tiny_model, tiny_tokenizer
 from tofu_reference import get_all_evals
 
 from rklu.data.formatting import get_prompt_format
@@ -16,11 +15,8 @@ from rklu.eval import tofu
 
 ROWS = 40
 
-_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
-
-
 @pytest.fixture(scope="module")
-def model_and_tokenizer():
+def model_and_tokenizer(tiny_tokenizer, tiny_model):
     tok = tiny_tokenizer()
     return tiny_model(tok, seed=3), tok
 

@@ -4,20 +4,14 @@ import json
 
 import pytest
 
-from conftest_eval import one_thread, save_tiny
 from rklu.cli import main
 from rklu.eval import capability
 
 pytest.importorskip("lm_eval")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
-
-
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def model_dir(tmp_path_factory, save_tiny):
     directory = tmp_path_factory.mktemp("tiny_capability")
     save_tiny(directory)
     return directory

@@ -7,15 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest_eval import one_thread, tiny_model, tiny_tokenizer
 from rklu.eval import privacy, tofu
 from rklu.eval import token_logprobs as tl
 from rklu.eval.memorization import exact_memorization, extraction_strength
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 
 
 # ------------------------------------------------------------------------------------ hand-worked
@@ -133,12 +127,6 @@ def test_token_logprobs_go_through_the_fused_kernel(monkeypatch):
     monkeypatch.setattr(rklu.kernels, "fused_linear_token_logprob", fake)
     out = tl.token_logprobs(torch.randn(4, 3), torch.randn(5, 3), torch.tensor([0, 1, -100, 2]), chunk_size=7)
     assert calls == [((4, 3), -100, 7)] and torch.all(out == -1.5)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    tok = tiny_tokenizer()
-    return tiny_model(tok), tok
 
 
 def test_answer_token_stats_match_the_model_logits(tiny):

@@ -282,13 +282,13 @@ def run_case(impl: str, n: int, h: int, v: int, dtype: str, device: str, repeats
         if impl in FLOORS:
             row["tflops"] = gemms(impl) * 2 * n * h * v / row["median_s"] / 1e12
         if impl in ("chunked", "chunked_noaug"):
-            from rklu.kernels.triton_chunked import last_chunk_tokens
+            from rklu.kernels.kl.triton_chunked import last_chunk_tokens
 
             row["chunk_tokens"] = last_chunk_tokens()  # what the timed calls used (target or memory cap)
         if impl.startswith("triton") or impl.startswith("chunked"):
             row["autotune"] = autotune_choices()
         if impl.startswith("triton"):
-            from rklu.kernels.triton_fused import last_backward_tile_stats
+            from rklu.kernels.kl.triton_fused import last_backward_tile_stats
 
             row["backward_tiles"] = last_backward_tile_stats()  # kept fraction f of the gradient filter
     except Exception as e:  # noqa: BLE001 -- OOM and compile failures are results too
@@ -306,7 +306,7 @@ def autotune_choices() -> dict:
     out = {}
     for module in ("triton_fused", "triton_chunked"):
         try:
-            mod = __import__(f"rklu.kernels.{module}", fromlist=["TUNED_KERNELS"])
+            mod = __import__(f"rklu.kernels.kl.{module}", fromlist=["TUNED_KERNELS"])
         except Exception:
             continue
         for name, kernel in getattr(mod, "TUNED_KERNELS", {}).items():

@@ -14,7 +14,7 @@ architecture gives one block (sm_80: 166912 bytes, sm_90: 232448), or more regis
 (registers x threads > 65536). Every config in a kernel's list must pass on both architectures.
 
     python benchmarks/gpu_compile.py                    # full matrix -> benchmarks/results/gpu-compile.{json,md}
-    python benchmarks/gpu_compile.py --modules rklu.kernels.triton_chunked   # recompile one module, merge
+    python benchmarks/gpu_compile.py --modules rklu.kernels.kl.triton_chunked   # recompile one module, merge
     python benchmarks/gpu_compile.py --subset ci --out /tmp/x --check     # what tests/test_gpu_compile.py runs
     python benchmarks/gpu_compile.py --verify           # committed JSON covers the current sources, no problem
 
@@ -29,6 +29,7 @@ import ast
 import concurrent.futures as cf
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -45,8 +46,8 @@ RESULTS = HERE / "results"
 DEFAULT_PREFIX = RESULTS / "gpu-compile"
 
 # Every Triton module of the library; optional ones (added by other branches) are compiled when present.
-MODULES = ("rklu.kernels.triton_fused", "rklu.kernels.triton_chunked", "rklu.kernels.triton_logprob")
-OPTIONAL = {"rklu.kernels.triton_logprob"}
+MODULES = ("rklu.kernels.kl.triton_fused", "rklu.kernels.kl.triton_chunked", "rklu.kernels.logprob.triton_fused")
+OPTIONAL = {"rklu.kernels.logprob.triton_fused"}
 
 ARCHS = {"sm_80": 80, "sm_90": 90}
 # Largest dynamic shared memory one block may opt into (CUDA occupancy tables: A100 163 KiB, H100 227 KiB).
@@ -79,20 +80,25 @@ def available_modules(names=MODULES) -> list[str]:
 
 
 def _module_files(name: str) -> list[Path]:
-    """The module's file and, recursively, the kernels/ files it imports relatively (its kernel sources)."""
-    mod = importlib.import_module(name)
-    first = Path(mod.__file__).resolve()
-    pkg_dir, seen, todo = first.parent, set(), [first]
+    """The module's file and, recursively, the files of the modules it imports relatively (its kernel sources)."""
+    seen, todo = set(), [name]
     while todo:
-        path = todo.pop()
-        if path in seen or not path.exists():
+        mod_name = todo.pop()
+        try:
+            spec = importlib.util.find_spec(mod_name)
+        except (ModuleNotFoundError, ValueError):  # an imported name that is not a module
+            continue
+        if spec is None or spec.origin is None:
+            continue
+        path = Path(spec.origin).resolve()
+        if path in seen:
             continue
         seen.add(path)
+        package = mod_name if path.name == "__init__.py" else mod_name.rpartition(".")[0]
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                parts = [node.module] if node.module else [a.name for a in node.names]
-                for part in parts:
-                    todo.append(pkg_dir / (part.replace(".", "/") + ".py"))
+            if isinstance(node, ast.ImportFrom) and node.level >= 1:
+                base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+                todo += [base] if node.module else [f"{base}.{a.name}" for a in node.names]
     return sorted(seen)
 
 

@@ -41,7 +41,7 @@ EXTRA_TILES = [(16, 128), (32, 128), (64, 64), (64, 128), (128, 128), (64, 256),
 
 def kernel_tiles() -> list[tuple[int, int]]:
     """(BLOCK_N, BLOCK_V) of the fused backward's autotune lists (bf16 first: the default tile first)."""
-    from rklu.kernels import triton_fused_configs as cfg
+    from rklu.kernels.kl.triton_fused import configs as cfg
 
     out = []
     for dt in ("bf16", "fp32"):

@@ -102,7 +102,7 @@ def measured_f() -> dict:
 
 
 def rows_for(shape, dtype, gpu_name, f_values, traced) -> list[dict]:
-    from rklu.kernels import cost_model as cm
+    from rklu.kernels.common import cost_model as cm
 
     n, h, v = shape
     s = cm.Shape(n, h, v, dtype)
@@ -155,7 +155,7 @@ def run(args) -> dict:
                     f_values.insert(0, (f"measured SmolLM2 reverse KL ({'2^-12' if dtype == 'bf16' else '2^-28'})",
                                         f[key]))
                 rows += rows_for(shape, dtype, gpu, f_values, traced)
-    from rklu.kernels import cost_model as cm
+    from rklu.kernels.common import cost_model as cm
 
     meta = dict(traced=traced, kept_fraction=f, gpus={k: vars(g) for k, g in cm.GPUS.items()},
                 atomic_efficiency=cm.ATOMIC_EFFICIENCY, assumptions=cm.__doc__.split("Assumptions")[1].strip())

@@ -36,7 +36,7 @@ stage() {  # stage NAME CMD... : run, log to $OUT/NAME.log, remember failures
   || { echo "run_gpu_benchmarks.sh needs a CUDA GPU"; exit 2; }
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 
-stage kernel-tests "$PY" -m pytest -q -ra -p no:cacheprovider tests/test_kernel_*.py
+stage kernel-tests "$PY" -m pytest -q -ra -p no:cacheprovider tests/kernels/test_kernel_*.py
 stage gpu-compile "$PY" benchmarks/gpu_compile.py --subset ci --check --jobs 8 --quiet --out "$OUT/gpu-compile-ci"
 stage roofline "$PY" benchmarks/roofline.py
 HEADLINE=8192x4096x32000,8192x4096x128256

@@ -53,7 +53,7 @@ for c in 256 512 1024 2048 8192; do
     --impls chunked --chunk-tokens "$c" --out "$OUT/kernel-chunk-$c-bf16"
 done
 XDIST=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
-stage kernel-tests 200 "$PY" -m pytest -q -ra -p no:cacheprovider $XDIST tests/test_kernel_*.py
+stage kernel-tests 200 "$PY" -m pytest -q -ra -p no:cacheprovider $XDIST tests/kernels/test_kernel_*.py
 stage unlearning-step 100 "$PY" benchmarks/bench_unlearning_step.py --device cuda --dtype bf16 --sizes 1b \
   --rows 8 --seq 512 --out "$OUT/step-bf16"
 stage results 20 "$PY" benchmarks/write_results.py --gpu-dir "$OUT"

@@ -13,7 +13,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-import rklu.kernels.torch_chunked as torch_chunked
+import rklu.kernels.kl.torch_chunked as torch_chunked
 from method_cases import tiny_paired_batch
 from rklu.methods import METHOD_NAMES, LossContext, get_method, task_arithmetic
 from rklu.models.heads import ModelTeacher

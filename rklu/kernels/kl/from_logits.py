@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
+from ..common.masking import reduce_counted, select_counted, zero_loss
+from ..common.validation import check_alpha, check_direction_reduction, check_logit_inputs
 from .chunk_math import chunk_loss_and_grad
-from .masking import reduce_counted, select_counted, zero_loss
 from .torch_chunked import default_chunk_tokens
-from .validation import check_alpha, check_direction_reduction, check_logit_inputs
 
 
 class _FromLogits(torch.autograd.Function):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .torch_chunked import default_chunk_tokens
+from ..kl.torch_chunked import default_chunk_tokens
 
 
 def _compute_dtype(*tensors) -> torch.dtype:

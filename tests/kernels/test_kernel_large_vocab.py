@@ -19,7 +19,7 @@ LARGE_TILES = dict(BLOCK_N=16, BLOCK_V=4096, BLOCK_H=32)
 @pytest.fixture
 def large_tiles(monkeypatch):
     monkeypatch.setenv("RKLU_INTERPRET_BLOCKS", "{BLOCK_N},{BLOCK_V},{BLOCK_H}".format(**LARGE_TILES))
-    import rklu.kernels.triton_fused as triton_fused
+    import rklu.kernels.kl.triton_fused as triton_fused
 
     # The KL kernel's interpreter tiles (its block_sizes(kernel, dtype); on GPU the autotuned configs are used).
     def large(kernel, dtype_name):

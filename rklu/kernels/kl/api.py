@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from .masking import reduce_counted, select_counted, zero_loss
-from .reference import unlearning_kl_reference
-from .validation import (
+from ..common.masking import reduce_counted, select_counted, zero_loss
+from ..common.validation import (
     check_alpha, check_backend, check_direction_reduction, check_finite, check_linear_inputs,
 )
+from .reference import unlearning_kl_reference
 
 
 def triton_available(device: torch.device) -> bool:
@@ -37,7 +37,7 @@ def resolve_backend(backend: str, device: torch.device, problem: dict | None = N
             return "torch"
         if problem is None:
             return "triton"
-        from .cost_model import choose_cuda_backend
+        from ..common.cost_model import choose_cuda_backend
 
         free, _ = torch.cuda.mem_get_info(device)
         return choose_cuda_backend(free_bytes=free, **problem)

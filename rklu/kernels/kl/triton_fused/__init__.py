@@ -34,14 +34,14 @@ import os
 import torch
 import triton
 
-from .triton_chunked import _Gemms
-from .triton_fused_backward import _backward_kernel
-from .triton_fused_configs import (
+from ...common.tiles import IEEE, INTERPRET, NATIVE, UPCAST, _mm, gemm_precision  # noqa: F401  (re-exported)
+from ..triton_chunked import _Gemms
+from .backward import _backward_kernel
+from .configs import (
     GROUP, autotune_configs, backward_configs, block_sizes, compile_specs, dtype_key, forward_configs,
     vocab_split_size,
 )
-from .triton_fused_forward import NUM_STATS, _forward_kernel, combine_partials, reference_logits
-from .triton_fused_tiles import IEEE, INTERPRET, NATIVE, UPCAST, _mm, gemm_precision  # noqa: F401  (re-exported)
+from .forward import NUM_STATS, _forward_kernel, combine_partials, reference_logits
 
 __all__ = ["TritonFusedUnlearningKL", "last_backward_tile_stats", "grad_filter_default", "compile_specs",
            "autotune_configs", "block_sizes", "TUNED_KERNELS"]

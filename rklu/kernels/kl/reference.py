@@ -47,7 +47,7 @@ def unlearning_kl_reference(
     Tokens whose label equals ``ignore_index`` don't count; ``reduction="none"`` returns the per-token loss
     with zeros at ignored tokens (shape = leading shape of the logits).
     """
-    from .validation import check_direction_reduction, check_alpha
+    from ..common.validation import check_direction_reduction, check_alpha
 
     check_direction_reduction(direction, reduction)
     check_alpha(alpha)

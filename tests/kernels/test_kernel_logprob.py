@@ -145,7 +145,7 @@ def test_gradient_filtering(backend_device, monkeypatch):
     """Backward tiles whose gradient is <= GRAD_FILTER_EPS skip their GEMMs. At the default 0 only tiles whose
     softmax underflowed to exactly 0 are skipped (logits ~1e4 over 3 vocab tiles: most tiles), so the result
     stays exact; an infinite threshold skips every tile, which shows the branch is live."""
-    import rklu.kernels.triton_logprob as tlp
+    import rklu.kernels.logprob.triton_fused as tlp
 
     backend, device = backend_device
     monkeypatch.setenv("RKLU_INTERPRET_BLOCKS", SMALL_TILES)
@@ -194,7 +194,7 @@ def test_deterministic_mode_is_bitwise_reproducible_and_exact(backend_device, mo
     backend, device = backend_device
     monkeypatch.setenv("RKLU_INTERPRET_BLOCKS", SMALL_TILES)
     if backend == "triton":  # several gradient chunks, the last one partial
-        import rklu.kernels.triton_logprob as tlp
+        import rklu.kernels.logprob.triton_fused as tlp
         monkeypatch.setattr(tlp, "CHUNK_ELEMENTS", 64 * 700)
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
@@ -315,7 +315,7 @@ def test_triton_without_cuda_or_interpreter_is_a_clear_error(monkeypatch):
 def test_compile_specs_describe_every_kernel_argument():
     """compile_specs() feeds the sm_80/sm_90 spill checker: each spec names every argument of its kernel, the
     constexprs are all given (by the spec or by every config), and every CUDA config set is non-empty."""
-    triton_logprob = pytest.importorskip("rklu.kernels.triton_logprob")
+    triton_logprob = pytest.importorskip("rklu.kernels.logprob.triton_fused")
     specs = triton_logprob.compile_specs()
     assert {s.kernel for s in specs} == {"token_logprob_forward_split", "token_logprob_backward",
                                          "token_logprob_gradient_chunk", "token_logprob_combine"}

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import triton
 
-from .compile_spec import CompileSpec
-from .triton_fused_tiles import INTERPRET
+from ...common.compile_spec import CompileSpec
+from ...common.tiles import INTERPRET
 
 GROUP = 8  # row blocks per group in the grouped program order
 
@@ -87,8 +87,8 @@ def vocab_split_size(n: int, v: int) -> int:
 def compile_specs() -> list:
     """Every kernel this backend launches on CUDA, over dtype x direction x augmented x bias (x filter x
     deterministic store for the backward), with the configs it can be launched with."""
-    from .triton_fused_backward import _backward_kernel
-    from .triton_fused_forward import _forward_kernel
+    from .backward import _backward_kernel
+    from .forward import _forward_kernel
 
     specs = []
     for dt in ("bf16", "fp32"):

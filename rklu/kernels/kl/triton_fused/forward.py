@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_fused_tiles import _grouped_pid, _logit_tile, _teacher_tile
+from ...common.tiles import _grouped_pid, _logit_tile, _teacher_tile
 
 NUM_STATS = 5  # per split: m_s, d_s, m_t, d_t, r
 NUM_ROW_STATS = 7  # combined: M_s, log D_s, M_t, log D_t, mean, c_s, c_t

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .interface import resolve_backend
-from .logprob_reference import token_logprob_reference
-from .masking import reduce_counted, select_counted, zero_loss
-from .validation import check_backend, check_finite
+from ..common.masking import reduce_counted, select_counted, zero_loss
+from ..common.validation import check_backend, check_finite
+from ..kl.api import resolve_backend
+from .reference import token_logprob_reference
 
 
 def fused_linear_token_logprob(
@@ -52,11 +52,11 @@ def fused_linear_token_logprob(
             logits = torch.nn.functional.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
         logp = token_logprob_reference(logits, y, ignore_index=ignore_index)
     elif backend == "torch":
-        from .torch_logprob import TorchChunkedTokenLogprob
+        from .torch_chunked import TorchChunkedTokenLogprob
 
         logp = TorchChunkedTokenLogprob.apply(x, weight, bias, y, chunk_tokens)
     else:
-        from .triton_logprob import TritonTokenLogprob
+        from .triton_fused import TritonTokenLogprob
 
         dtype = (torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type)
                  else torch.promote_types(x.dtype, weight.dtype))

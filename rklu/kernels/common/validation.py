@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .reference import DIRECTIONS, REDUCTIONS
+from ..kl.reference import DIRECTIONS, REDUCTIONS
 
 BACKENDS = ("auto", "triton", "chunked", "torch", "reference")
 

@@ -26,12 +26,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .compile_spec import CompileSpec
+from ..common.compile_spec import CompileSpec
 # the same GEMM precision modes and tile helpers as the KL kernel (NATIVE / IEEE / UPCAST: see triton_fused_tiles)
-from .triton_fused_tiles import (  # noqa: F401
+from ..common.tiles import (  # noqa: F401
     IEEE, INTERPRET, NATIVE, UPCAST, _atomic_dx_dw, _grad_operand, _logit_tile, gemm_precision,
 )
-from .triton_fused_tiles import _grouped_pid as _grouped  # (row block, vocab block) of a program, grouped order
+from ..common.tiles import _grouped_pid as _grouped  # (row block, vocab block) of a program, grouped order
 
 
 # Skip a backward tile's GEMMs when max |g| <= this. 0.0: only exactly-zero tiles (results unchanged).

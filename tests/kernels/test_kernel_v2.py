@@ -80,7 +80,7 @@ def test_separate_hidden_sizes_per_model(backend_device, sizes, direction):
 ], ids=["tiny-n", "one-split", "many-splits", "one-block"])
 @pytest.mark.parametrize("direction", ["reverse", "forward"])
 def test_grid_and_split_edge_cases(backend_device, case, direction, monkeypatch):
-    from rklu.kernels import triton_fused
+    from rklu.kernels.kl import triton_fused
 
     backend, device = backend_device
     if case["split"] is not None:
@@ -120,7 +120,7 @@ def _possible_tile_counts(n, v, dtype) -> set:
     interpreter's fixed tiles, or one of CUDA's autotune list)."""
     import triton
 
-    from rklu.kernels.triton_fused_configs import backward_configs, block_sizes, dtype_key
+    from rklu.kernels.kl.triton_fused.configs import backward_configs, block_sizes, dtype_key
 
     name = dtype_key(dtype)
     shapes = [block_sizes("backward", name)] + [c.kwargs for c in backward_configs(name)]
@@ -134,7 +134,7 @@ def test_filter_keeps_one_tile_and_the_gradient(backend_device, direction, monke
     block; the 8 hot entries sort into the first vocab block); without the filter all of them: 1000 / BLOCK_V
     vocab blocks, 4 with the interpreter's tiles, 16 with CUDA's 64-wide ones. The skipped entries are
     < e^-40, so the fp32 gradient is as accurate as without the filter."""
-    from rklu.kernels.triton_fused import last_backward_tile_stats
+    from rklu.kernels.kl.triton_fused import last_backward_tile_stats
 
     monkeypatch.setenv("RKLU_FUSED_BACKWARD", "atomic")  # the backward that sorts the vocabulary
     backend, device = backend_device
@@ -161,7 +161,7 @@ def test_filter_keeps_one_tile_and_the_gradient(backend_device, direction, monke
 
 @pytest.mark.parametrize("backend_device", [TRITON])
 def test_filter_env_switch(backend_device, monkeypatch):
-    from rklu.kernels.triton_fused import last_backward_tile_stats
+    from rklu.kernels.kl.triton_fused import last_backward_tile_stats
 
     monkeypatch.setenv("RKLU_FUSED_BACKWARD", "atomic")  # the backward that sorts the vocabulary
     backend, device = backend_device
@@ -182,7 +182,7 @@ def test_filter_env_switch(backend_device, monkeypatch):
 def test_filter_bf16_rule(backend_device, direction, monkeypatch):
     """bf16, filter on with eps = 2^-12 and tiles actually skipped: still at least as accurate as eager bf16
     (|truth - ours| <= |truth - eager| + tol), and close to the unfiltered result."""
-    from rklu.kernels.triton_fused import last_backward_tile_stats
+    from rklu.kernels.kl.triton_fused import last_backward_tile_stats
 
     monkeypatch.setenv("RKLU_FUSED_BACKWARD", "atomic")  # the backward that sorts the vocabulary
     backend, device = backend_device
@@ -212,7 +212,7 @@ def test_filter_bf16_rule(backend_device, direction, monkeypatch):
 def test_deterministic_chunks_bitwise_and_correct(backend_device, direction, monkeypatch):
     """Deterministic mode over several token chunks (chunk = 128 tokens here): two runs bitwise equal,
     and equal to the truth within the fp32 tolerance, filter on."""
-    from rklu.kernels import triton_fused
+    from rklu.kernels.kl import triton_fused
 
     backend, device = backend_device
     monkeypatch.setattr(triton_fused, "DETERMINISTIC_CHUNK_ELEMENTS", 1)  # -> the minimum chunk, 128 tokens
@@ -238,7 +238,7 @@ def test_compile_specs_cover_the_launch_matrix():
     """Every launched kernel x dtype x direction x augmented x bias (x filter x store for the backward)
     has a spec, and every spec's configs are the autotune list of its kernel and dtype."""
     pytest.importorskip("triton")
-    from rklu.kernels.triton_fused_configs import backward_configs, compile_specs, forward_configs
+    from rklu.kernels.kl.triton_fused.configs import backward_configs, compile_specs, forward_configs
 
     specs = compile_specs()
     variants = {(s.kernel, s.dtype, s.variant) for s in specs}

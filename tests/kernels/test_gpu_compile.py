@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_compile.py"
 COMMITTED = ROOT / "benchmarks" / "results" / "gpu-compile"
 sys.path.insert(0, str(SCRIPT.parent))
@@ -69,7 +69,7 @@ def test_ci_subset_compiles_clean_and_reproduces_committed(tmp_path):
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     rows = json.loads((tmp_path / "ci.json").read_text())
     kernels = {(r["module"], r["kernel"]) for r in rows}
-    assert {m for m, _ in kernels} >= {"rklu.kernels.triton_fused", "rklu.kernels.triton_chunked"}
+    assert {m for m, _ in kernels} >= {"rklu.kernels.kl.triton_fused", "rklu.kernels.kl.triton_chunked"}
     assert {r["arch"] for r in rows} == {"sm_80", "sm_90"}
     committed = {gpu_compile._key(r): r for r in json.loads(COMMITTED.with_suffix(".json").read_text())}
     for r in rows:

@@ -136,7 +136,7 @@ def test_forward_only_and_no_grad(device):
 @pytest.mark.parametrize("device", DEVICE)
 def test_last_chunk_tokens_reports_the_chunk_used(device):
     """Reports (benchmarks) read the chunk a call ran with: the one asked for, else the default's choice."""
-    from rklu.kernels.triton_chunked import default_chunk_tokens, last_chunk_tokens
+    from rklu.kernels.kl.triton_chunked import default_chunk_tokens, last_chunk_tokens
 
     inputs = make_inputs(40, 16, 3000, device=device, seed=9)
     fused_loss(inputs, "chunked", chunk_tokens=8)
@@ -152,8 +152,8 @@ def test_auto_on_cpu_stays_torch():
 def test_auto_policy_on_cuda_uses_memory_and_the_cost_model():
     """The CUDA policy (pure Python): chunked when its working set fits and the model prefers it; the O(N)
     fused kernel when memory is short (a chunk of < 512 tokens would fit)."""
-    from rklu.kernels.cost_model import choose_cuda_backend
-    from rklu.kernels.triton_chunked import working_set_bytes
+    from rklu.kernels.common.cost_model import choose_cuda_backend
+    from rklu.kernels.kl.triton_chunked import working_set_bytes
 
     big = dict(n=8192, h=4096, v=32000, dtype="bf16", augmented=True, reverse=True)
     assert choose_cuda_backend(free_bytes=80 << 30, **big) == "chunked"
@@ -166,7 +166,7 @@ def test_auto_policy_on_cuda_uses_memory_and_the_cost_model():
 def test_scale_cast_kernel_matches_torch(device, dtype):
     """The backward's one-pass grad * upstream -> parameter dtype, against torch's multiply and rounding. The
     interpreter converts fp32 -> bf16 by truncation (CUDA rounds to nearest): there 1 bf16 ulp is allowed."""
-    from rklu.kernels.triton_chunked import SCALE_CAST_CONFIG, _scale_cast_kernel, _scaled
+    from rklu.kernels.kl.triton_chunked import SCALE_CAST_CONFIG, _scale_cast_kernel, _scaled
 
     grad = torch.randn(1000, 37, generator=torch.Generator().manual_seed(3)).to(device)
     scale = torch.tensor(0.37, device=device)

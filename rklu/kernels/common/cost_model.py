@@ -125,8 +125,8 @@ def fused_v2(s: Shape, gpu: GPU, kept_fraction: float = 1.0, store_g: bool = Fal
     2D-tile backward with the gradient filter (kept fraction f) and fp32 atomics for dX/dW, or (store_g,
     deterministic mode) the gradient of a token chunk in the input dtype + cuBLAS dX/dW. Tiles: the best
     config of each autotune list (what the autotuner would pick), or the given (BLOCK_N, BLOCK_V)."""
-    from . import triton_fused as tf
-    from .triton_fused_configs import BACKWARD_SHAPES, FORWARD_SHAPES, GROUP, vocab_split_size
+    from ..kl import triton_fused as tf
+    from ..kl.triton_fused.configs import BACKWARD_SHAPES, FORWARD_SHAPES, GROUP, vocab_split_size
 
     key = "fp32" if s.dtype == "fp32" else "bf16"
     fp32 = s.dtype == "fp32"
@@ -184,7 +184,7 @@ def chunked(s: Shape, gpu: GPU, chunk_tokens: int | None = None) -> list[Kernel]
     """backend="chunked" (rklu/kernels/triton_chunked.py): per chunk, fp32-output cuBLAS logit GEMMs, one Triton
     kernel (two passes over the chunk's fp32 logits; the second assumed to miss L2: a chunk's logits are
     hundreds of MB), the gradient in the input dtype, cuBLAS dX and dW (fp32 accumulator)."""
-    from . import triton_chunked as tc
+    from ..kl import triton_chunked as tc
 
     gb = 2 if s.dtype == "bf16" else 4
     chunk = chunk_tokens or tc.default_chunk_tokens(s.n, s.v, gb, _Cuda(), s.augmented, free_bytes=FREE_BYTES)
@@ -246,7 +246,7 @@ def eager(s: Shape, gpu: GPU, bytes_per_element: float) -> list[Kernel]:
 def torch_chunked(s: Shape, gpu: GPU, bytes_per_element: float) -> list[Kernel]:
     """The torch backend on a GPU: fp32 weights (cast once), fp32 cuBLAS GEMMs per chunk (FMA rate, no TF32),
     torch elementwise chunk math (``bytes_per_element``, traced)."""
-    from .torch_chunked import default_chunk_tokens
+    from ..kl.torch_chunked import default_chunk_tokens
 
     chunks = math.ceil(s.n / default_chunk_tokens(s.v))
     out = [Kernel("cast weights to fp32", dram=s.models * s.v * s.h * (s.b + 4), fused_epilogue=False)]
@@ -283,7 +283,7 @@ def choose_cuda_backend(n: int, h: int, v: int, dtype: str, augmented: bool, rev
     default (store-g) backward; else the O(N) fused "triton". Measured on an H200 at N=8192, H=4096, bf16
     (benchmarks/results/gpu/): chunked 1.20-1.28x the floor, fused store-g 3.5-4.0x, so in practice this
     means "chunked whenever it fits"."""
-    from . import triton_chunked as tc
+    from ..kl import triton_chunked as tc
 
     s = Shape(n, h, v, dtype, augmented, reverse)
     g = GPUS[gpu]

@@ -32,7 +32,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_fused_tiles import _atomic_dx_dw, _grad_operand, _grouped_pid, _logit_tile, _teacher_tile
+from ...common.tiles import _atomic_dx_dw, _grad_operand, _grouped_pid, _logit_tile, _teacher_tile
 
 
 @triton.jit

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .compile_spec import CompileSpec
+from ..common.compile_spec import CompileSpec
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 

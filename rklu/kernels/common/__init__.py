@@ -1,0 +1,1 @@
+"""Pieces shared by both ops: Triton tiles, masking, input checks, compile specs, backend cost model."""

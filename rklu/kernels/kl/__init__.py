@@ -1,0 +1,1 @@
+"""The unlearning-KL op: public entry (``api``), PyTorch reference, and its backends."""

@@ -153,7 +153,7 @@ def test_multi_process_equals_single_process_and_resumes(parallel, models, singl
     runs = tmp_path / "runs"
     # FSDP2 as the shipped accelerate config selects it (parallel auto); DDP as torchrun users ask for it
     extra = ["--parallel", "auto" if parallel == "fsdp2" else "ddp"]
-    env = _accelerate_env(HERE.parent / "configs" / "accelerate" / "2gpu-fsdp2-full-7b.yaml") if parallel == "fsdp2" else {}
+    env = _accelerate_env(HERE.parents[1] / "configs" / "accelerate" / "2gpu-fsdp2-full-7b.yaml") if parallel == "fsdp2" else {}
     # DDP's rklu+kl takes the teachers from a disk cache (rank 0 writes it, rank 1 maps it); FSDP2 shards them
     kl_extra = extra + (["--teacher-cache", "disk"] if parallel == "ddp" else [])
     # checkpoints every step, a crash after step STOP_AT, then --resume; FSDP2 with the teacher cache in

@@ -7,7 +7,7 @@ import pytest
 
 from rklu.cli import build_parser
 
-SCRIPTS = sorted((Path(__file__).parent.parent / "scripts").glob("*.sh"))
+SCRIPTS = sorted((Path(__file__).parents[2] / "scripts").glob("*.sh"))
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)

@@ -1,5 +1,5 @@
-"""One rank of a multi-process test (tests/test_distributed.py), launched by
-``python -m torch.distributed.run --standalone --nproc_per_node 2 tests/distributed_worker.py SPEC.json``.
+"""One rank of a multi-process test (tests/training/test_distributed.py), launched by
+``python -m torch.distributed.run --standalone --nproc_per_node 2 tests/training/distributed_worker.py SPEC.json``.
 
 SPEC: {"log_dir": DIR, "runs": [{"argv": [...rklu CLI args...], "stop_at": k or null}, ...]}. The runs go
 one after the other in the same process group (one launch, to pay the process start-up once).

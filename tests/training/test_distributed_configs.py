@@ -8,7 +8,7 @@ import pytest
 from rklu.training import distributed
 from rklu.training.memory_plan import GIB, LLAMA2_7B, SETUPS, Setup, markdown_table, plan
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 CONFIGS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
 
 

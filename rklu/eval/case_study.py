@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from rklu.eval.tofu import generate_greedy
+from rklu.eval.scoring import generate_greedy
 
 
 def split_blank(answer: str, blank: str | None = None) -> tuple[str, str]:

@@ -50,7 +50,8 @@ def _positive(value: str) -> int:
 
 # ----------------------------------------------------------------------------------------------- eval tofu
 def cmd_tofu(args) -> int:
-    from rklu.eval.tofu import aggregate, evaluate_tofu
+    from rklu.eval.aggregate import aggregate
+    from rklu.eval.tofu import evaluate_tofu
 
     out_dir = Path(args.out) if args.out else Path(args.model) / "eval_results"
     if args.retain_eval_dir and not Path(args.retain_eval_dir).exists():
@@ -86,7 +87,7 @@ def _print_aggregate(result) -> None:
 
 
 def cmd_aggregate(args) -> int:
-    from rklu.eval.tofu import aggregate
+    from rklu.eval.aggregate import aggregate
 
     result = aggregate(args.eval_dir, args.retain_eval_dir)
     if args.epoch is not None:

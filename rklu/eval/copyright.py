@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from rklu.eval.tofu import generate_greedy
+from rklu.eval.scoring import generate_greedy
 
 
 def split_passages(text: str, tokenizer, *, prompt_tokens: int = 200, continuation_tokens: int = 200,

@@ -12,7 +12,8 @@ HEADLINE_KEYS = ("forget_quality", "model_utility", "forget_rouge_l", "ks_statis
 def tofu_epoch_evaluator(tokenizer, prompt_format, forget_split: str, out_dir, *, retain_eval_dir=None,
                          **evaluate_kwargs) -> Callable:
     """An ``evaluate(model, epoch) -> dict`` callback for the training stages."""
-    from .tofu import evaluate_tofu, write_aggregate
+    from .aggregate import write_aggregate
+    from .tofu import evaluate_tofu
 
     def evaluate(model, epoch: int) -> dict:
         eval_dir = Path(out_dir) / f"epoch_{epoch}"

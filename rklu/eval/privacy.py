@@ -17,13 +17,13 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from rklu.eval.memorization import exact_memorization, extraction_strength, mean_defined
+from rklu.eval.tofu_logs import read_json
 from rklu.io import atomic_write_json
 
 PRIVACY_FILE = "eval_privacy.json"  # ours, beside TOFU's four logs (TOFU's files stay as TOFU writes them)
@@ -136,10 +136,7 @@ def load_privacy(path) -> dict | None:
     target = path if path.is_file() and path.name == PRIVACY_FILE else (path if path.is_dir() else path.parent) / PRIVACY_FILE
     if not target.is_file():
         return None
-    try:
-        data = json.loads(target.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{target}: invalid JSON ({error})") from None
+    data = read_json(target)
     for key in ("forget", "holdout"):
         if not isinstance(data.get(key), Mapping):
             raise ValueError(f"{target}: not a privacy log (no {key!r} section)")
@@ -167,6 +164,14 @@ def privacy_aggregate(eval_dir, retain_eval_dir=None) -> dict:
         name = "privleak" if attack == "min_k" else f"privleak_{attack}"
         result[name] = privleak(result[f"mia_{attack}_auc"], ref_auc)
     return result
+
+
+def privacy_metric(context) -> dict:
+    """The registered form (``rklu.eval.metrics``): ``privacy_aggregate`` of the context's folders; no keys
+    for logs held in memory."""
+    if context.eval_dir is None:
+        return {}
+    return privacy_aggregate(context.eval_dir, context.retain_eval_dir)
 
 
 def privacy_rows(forget_split: str, source: str, limit: int):

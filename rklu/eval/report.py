@@ -125,7 +125,8 @@ def _record(values: Mapping, meta: Mapping, run_dir: Path, epoch) -> dict:
 
 def collect_run(run_dir, retain_eval_dir=None) -> list[dict]:
     """Per-epoch records of one run directory (see the module docstring for the layouts read)."""
-    from rklu.eval.tofu import FORGET_FILE, aggregate
+    from rklu.eval.aggregate import aggregate
+    from rklu.eval.tofu_logs import FORGET_FILE
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -7,7 +7,7 @@ and membership-inference metrics (``rklu.eval.memorization``, ``rklu.eval.privac
   own next-token distribution (what Min-K%++ normalizes by) — these need the whole row of logits, so they
   are computed chunk by chunk, never for all tokens at once.
 * ``answer_token_stats``: runs a model over ``prompt + answer`` pairs (tokenized as TOFU does,
-  ``rklu.eval.tofu.encode_qa``) and returns, per sample, the statistics of the answer positions.
+  ``rklu.eval.scoring.encode_qa``) and returns, per sample, the statistics of the answer positions.
 
 Which positions are scored follows open-unlearning's ``tokenwise_logprobs`` / ``tokenwise_vocab_logprobs``
 (locuslab/open-unlearning, ``src/evals/metrics/utils.py``): every labelled (non-prompt) token except the
@@ -88,17 +88,17 @@ def answer_token_stats(model, tokenizer, prompts: Sequence[str], answers: Sequen
     ``label``, and with ``vocab_stats`` also ``pred`` (greedy token), ``mu``, ``var``."""
     from tqdm.auto import tqdm
 
-    from rklu.eval.tofu import _device, _ensure_pad, encode_qa
+    from rklu.eval.scoring import encode_qa, ensure_pad_token, model_device
     from rklu.models.heads import final_hidden_states, output_head, unwrap
 
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
-    _ensure_pad(tokenizer)
+    ensure_pad_token(tokenizer)
     _check_head_only(unwrap(model))
     encoded = [encode_qa(tokenizer, p, a, max_length) for p, a in zip(prompts, answers)]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     out: list[dict] = [{} for _ in encoded]
-    device = _device(model)
+    device = model_device(model)
     weight, bias = output_head(model)
     was_training = model.training
     model.eval()

@@ -163,21 +163,22 @@ def augment_copy(model, tokenizer, rows, fmt, steps: int, lr: float, batch_rows:
 
 def tiny_demo_models(out: Path):
     """The demo's original and augmented tiny Llamas (rklu demo's own stages; reused when already trained)."""
-    from rklu import demo
+    from rklu.demo.settings import SETTINGS, common_overrides, settings_from_args, slices
+    from rklu.demo.stages import load_model_dir, run_stage
 
     args = argparse.Namespace(quick=False, split=None, seeds=1, methods=["rklu+kl"],
-                              **{k: None for k in demo.SETTINGS})
-    s = demo.settings_from_args(args)
-    sl, common = demo._slices(s["split"]), demo._common(s)
+                              **{k: None for k in SETTINGS})
+    s = settings_from_args(args)
+    sl, common = slices(s["split"]), common_overrides(s)
     from rklu.training import augment, finetune
 
     ft = dict(epochs=s["finetune_epochs"], learning_rate=s["finetune_lr"], **common)
-    original, _ = demo._stage(finetune, "finetune", out / "original", dict(model="tiny", data=sl["full"], **ft),
-                              progress=False)
-    augmented, _ = demo._stage(augment, "augment", out / "augmented",
-                               dict(model=str((original / "model").resolve()), forget=sl["forget"],
-                                    epochs=s["augment_epochs"], **common), progress=False)
-    (om, tok), (am, _) = demo._load(original / "model"), demo._load(augmented / "model")
+    original, _ = run_stage(finetune, "finetune", out / "original", dict(model="tiny", data=sl["full"], **ft),
+                            progress=False)
+    augmented, _ = run_stage(augment, "augment", out / "augmented",
+                             dict(model=str((original / "model").resolve()), forget=sl["forget"],
+                                  epochs=s["augment_epochs"], **common), progress=False)
+    (om, tok), (am, _) = load_model_dir(original / "model"), load_model_dir(augmented / "model")
     return om.eval(), am.eval(), tok, sl
 
 

@@ -207,7 +207,7 @@ def summarize(records: Sequence[Mapping]) -> dict:
     return {"groups": out_groups, "records": list(records)}
 
 
-def _fmt(value, digits=4) -> str:
+def format_number(value, digits=4) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, float) and (value != 0 and abs(value) < 1e-3):
@@ -221,7 +221,7 @@ def report_markdown(summary: Mapping) -> str:
     rule = "---|" * len(extra)
 
     def cells(entry):
-        return "".join(f" {_fmt(entry.get(k), 2 if k == 'privleak' else 4)} |" for k in extra)
+        return "".join(f" {format_number(entry.get(k), 2 if k == 'privleak' else 4)} |" for k in extra)
 
     lines = ["# Unlearning report", "",
              "Peak: the first epoch where the seed-averaged forget quality is highest (the paper's protocol).", "",
@@ -229,15 +229,15 @@ def report_markdown(summary: Mapping) -> str:
              "|---|---|---|---|---|---|" + rule]
     for g in summary["groups"]:
         p = g["peak"] or {}
-        lines.append(f"| {g['label']} | {g['num_seeds']} | {p.get('epoch', 'n/a')} | {_fmt(p.get('forget_quality'))} | "
-                     f"{_fmt(p.get('model_utility'))} | {_fmt(p.get('forget_rouge_l'))} |" + cells(p))
+        lines.append(f"| {g['label']} | {g['num_seeds']} | {p.get('epoch', 'n/a')} | {format_number(p.get('forget_quality'))} | "
+                     f"{format_number(p.get('model_utility'))} | {format_number(p.get('forget_rouge_l'))} |" + cells(p))
     lines += ["", "## Per epoch (means over seeds)", "",
               "| method | epoch | seeds | forget quality | model utility | forget ROUGE-L |" + head,
               "|---|---|---|---|---|---|" + rule]
     for g in summary["groups"]:
         for e in g["epochs"]:
-            lines.append(f"| {g['label']} | {e['epoch']} | {e['num_seeds']} | {_fmt(e['forget_quality'])} | "
-                         f"{_fmt(e['model_utility'])} | {_fmt(e['forget_rouge_l'])} |" + cells(e))
+            lines.append(f"| {g['label']} | {e['epoch']} | {e['num_seeds']} | {format_number(e['forget_quality'])} | "
+                         f"{format_number(e['model_utility'])} | {format_number(e['forget_rouge_l'])} |" + cells(e))
     if summary.get("paper"):
         lines.append(paper_markdown(summary).rstrip("\n"))
     runs = [r for r in summary.get("runs", []) if r.get("status")]
@@ -268,13 +268,13 @@ def paper_markdown(summary: Mapping) -> str:
     for g in summary["groups"]:
         p, ref = g["peak"] or {}, rows.get(g["method"], {})
         shown.add(g["method"])
-        lines.append(f"| {g['label']} | {_fmt(p.get('forget_quality'))} | {_fmt(ref.get('forget_quality'))} | "
-                     f"{_fmt(p.get('model_utility'))} | {_fmt(ref.get('model_utility'))} | "
-                     f"{_fmt(p.get('forget_rouge_l'))} | {_fmt(ref.get('forget_rouge_l'))} |")
+        lines.append(f"| {g['label']} | {format_number(p.get('forget_quality'))} | {format_number(ref.get('forget_quality'))} | "
+                     f"{format_number(p.get('model_utility'))} | {format_number(ref.get('model_utility'))} | "
+                     f"{format_number(p.get('forget_rouge_l'))} | {format_number(ref.get('forget_rouge_l'))} |")
     for method, ref in rows.items():
         if method not in shown:
-            lines.append(f"| {method} | | {_fmt(ref.get('forget_quality'))} | | {_fmt(ref.get('model_utility'))} | | "
-                         f"{_fmt(ref.get('forget_rouge_l'))} |")
+            lines.append(f"| {method} | | {format_number(ref.get('forget_quality'))} | | {format_number(ref.get('model_utility'))} | | "
+                         f"{format_number(ref.get('forget_rouge_l'))} |")
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .common import LossContext, sequence_logprob
+from .registry import Hyperparameter, MethodSpec
 
 
 def dpo_loss(ctx: LossContext, batch):
@@ -19,3 +20,7 @@ def dpo_loss(ctx: LossContext, batch):
     margin = (win_logp - win_ref) - (lose_logp - lose_ref)
     loss = -F.logsigmoid(ctx.dpo_beta * margin).mean()
     return loss, {"dpo_margin": margin.mean().detach()}
+
+
+METHOD = MethodSpec("dpo", dpo_loss, teachers={"original": ("forget", "idk")}, data=("forget", "idk"),
+                    hyperparameters=(Hyperparameter("dpo_beta", 0.1, strict=True),))

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .common import LossContext, sequence_logprob
+from .registry import Hyperparameter, MethodSpec
 
 
 def npo_loss(ctx: LossContext, batch):
@@ -18,3 +19,7 @@ def npo_loss(ctx: LossContext, batch):
     log_ratio = logp - ref
     loss = -F.logsigmoid(-ctx.npo_beta * log_ratio).mean() * 2.0 / ctx.npo_beta
     return loss, {"forget_log_ratio": log_ratio.mean().detach()}
+
+
+METHOD = MethodSpec("npo", npo_loss, teachers={"original": ("forget",)},
+                    hyperparameters=(Hyperparameter("npo_beta", 0.1, strict=True),))

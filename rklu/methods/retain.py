@@ -4,6 +4,7 @@ augmented teacher, so the teacher is the original itself)."""
 from __future__ import annotations
 
 from .common import LossContext, mean_nll, unlearning_kl
+from .registry import RetainTerm, register_retain_term
 
 
 def rt_term(ctx: LossContext, batch):
@@ -16,4 +17,5 @@ def kl_term(ctx: LossContext, batch):
     return loss, {"retain_kl": loss.detach()}
 
 
-RETAIN_TERMS = {"rt": rt_term, "kl": kl_term}
+RT = register_retain_term(RetainTerm("rt", rt_term))
+KL = register_retain_term(RetainTerm("kl", kl_term, teachers={"original": ("retain",)}))

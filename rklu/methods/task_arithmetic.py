@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from .registry import Hyperparameter, MethodSpec
+
 DEFAULT_SCALE = 2.5
+SCALE = Hyperparameter("ta_scale", DEFAULT_SCALE)
 
 
 @torch.no_grad()
@@ -21,3 +24,8 @@ def task_arithmetic(original, augmented, scale: float = DEFAULT_SCALE):
             delta = aug[name].to(torch.float32) - param.to(torch.float32)
             param.copy_((param.to(torch.float32) - scale * delta).to(param.dtype))
     return original
+
+
+# both teachers are loaded for their weights and never run on data, so nothing is cached
+METHOD = MethodSpec("task-arithmetic", None, teachers={"original": (), "augmented": ()}, data=(),
+                    hyperparameters=(SCALE,), retain_terms=(), trains=False)

@@ -11,7 +11,7 @@ from .config import FIELD_TYPES, FIELD_NAMES, _base_type, list_presets
 HELP = {
     "finetune": "train a model on QA data or a text corpus (the original model, or the retain oracle)",
     "augment": "train the original further on the forget set (the augmented model for RKLU/FKLU/TA)",
-    "unlearn": "unlearn the forget set with --method (rklu, fklu, ga, npo, dpo, idk, +rt/+kl, task-arithmetic)",
+    "unlearn": "unlearn the forget set with --method ({methods}; +rt/+kl add a retain term)",
 }
 
 
@@ -32,11 +32,12 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
         flag = "--" + name.replace("_", "-")
         tp = _base_type(FIELD_TYPES[name])
         if name == "method":
-            from ..methods import METHOD_NAMES
+            from ..methods import method_names
 
-            # choices: --help lists every method; the type check rejects a typo while parsing, before anything
-            # else runs, with the library's message naming the valid ones
-            parser.add_argument(flag, dest=name, default=None, type=_method_name, choices=METHOD_NAMES,
+            # choices (from the method registry, read when the parser is built): --help lists every method; the
+            # type check rejects a typo while parsing, before anything else runs, with the library's message
+            # naming the valid ones
+            parser.add_argument(flag, dest=name, default=None, type=_method_name, choices=method_names(),
                                 help="unlearning method (unlearn only)")
         elif tp is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
@@ -100,7 +101,11 @@ def _epoch_evaluator(stage, args, overrides):
 
 
 def register(subparsers) -> None:
+    from ..methods.registry import specs
+
+    methods = ", ".join(spec.name for spec in specs())
     for stage in ("finetune", "augment", "unlearn"):
-        parser = subparsers.add_parser(stage, help=HELP[stage], description=HELP[stage])
+        text = HELP[stage].format(methods=methods)
+        parser = subparsers.add_parser(stage, help=text, description=text)
         _add_options(parser)
         parser.set_defaults(func=_runner(stage))

@@ -92,9 +92,9 @@ class RunConfig:
     def validate(self, stage: str) -> "RunConfig":
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}")
-        if stage == "unlearn":  # first: a mistyped method is the error to report, not a missing option
-            from ..methods import get_method
+        from ..methods import get_method, registry
 
+        if stage == "unlearn":  # first: a mistyped method is the error to report, not a missing option
             get_method(self.method)
         if not self.model:
             raise ValueError(f"{stage}: no model given (--model)")
@@ -102,11 +102,12 @@ class RunConfig:
             raise ValueError(f"{stage} needs --model: the path of the original model (model 'tiny' only builds one for finetune)")
         if not self.output_dir:
             raise ValueError(f"{stage}: no output directory given (--output-dir)")
+        # every method's hyperparameters, whichever method runs: a preset or file sets them for all stages
+        for hp in registry.hyperparameters():
+            problem = hp.problem(getattr(self, hp.name))
+            if problem:
+                raise ValueError(problem)
         checks = [
-            (self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}"),
-            (self.retain_weight >= 0, f"retain_weight (lambda) must be >= 0, got {self.retain_weight}"),
-            (self.npo_beta > 0 and self.dpo_beta > 0, "npo_beta and dpo_beta must be > 0"),
-            (self.ta_scale >= 0, f"ta_scale must be >= 0, got {self.ta_scale}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),

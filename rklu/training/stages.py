@@ -398,16 +398,7 @@ def _cache_teachers(cfg, ctx, method, teacher_models, student, forget, retain, i
     was = student.training
     if any(isinstance(getattr(ctx, name), AdapterTeacher) for name in ("original", "augmented")):
         student.to(device)  # LoRA: the student's base is the teacher
-    roles = {"original": {}, "augmented": {}}
-    if method.needs_original:
-        if method.name.split("+")[0] in ("rklu", "fklu", "npo", "dpo"):
-            roles["original"]["forget"] = forget
-        if method.retain_term == "kl":
-            roles["original"]["retain"] = retain
-        if method.name.startswith("dpo"):
-            roles["original"]["idk"] = idk
-    if method.needs_augmented:
-        roles["augmented"]["forget"] = forget
+    roles = cache_roles(method, {"forget": forget, "retain": retain, "idk": idk})
     cache_bytes = 0
     for name, role_data in roles.items():
         teacher = getattr(ctx, name)
@@ -436,6 +427,12 @@ def _cache_teachers(cfg, ctx, method, teacher_models, student, forget, retain, i
         torch.cuda.empty_cache()
     return {"storage": cfg.teacher_cache, "teacher_model_bytes_freed": model_mem, "cache_bytes": cache_bytes,
             "bytes_saved": model_mem - (cache_bytes if cfg.teacher_cache == "memory" else 0)}
+
+
+def cache_roles(method, data: dict) -> dict:
+    """teacher -> {data role: dataset} the teacher cache precomputes: the roles the method declares for each
+    teacher (every declared role has data: the run loads each role its method reads)."""
+    return {teacher: {role: data[role] for role in roles} for teacher, roles in method.teacher_roles.items()}
 
 
 def _task_arithmetic(cfg: RunConfig, tokenizer, resume: bool) -> Path:

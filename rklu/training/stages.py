@@ -13,37 +13,28 @@ method, data, paths, tokenizer) is checked before the run folder is created.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
-import shutil
-import time
 from pathlib import Path
 from typing import Callable
 
 import torch
-import yaml
 
 from ..data.collate import PairedCollator, PairedDataset, idk_dataset, tokenize_qa_dataset
 from ..data.formatting import get_prompt_format
 from ..data.qa import check_overlap, load_qa, split_slice
 from ..data.text import read_text_corpus
 from ..data.tofu import FORGET_SPLITS, idk_answers
-from ..io import atomic_write_json, atomic_write_text
 from ..methods import FINETUNE, LossContext, get_method, task_arithmetic
 from ..models import loading
-from ..models.heads import AdapterTeacher, ModelTeacher, output_head
-from ..models.teacher_cache import build_cached_teacher, model_bytes
 from . import distributed
 from .config import RunConfig, resolve_config
-from .run_record import STALE, check_resume, process_record
+from .run_folder import check_run_dir, finish_run, model_dir, start_run_dir
+from .teachers import cache_teachers, load_full_model, load_teachers, place_teachers
 from .trainer import NonFiniteLossError, TrainingInterrupted, last_checkpoint, run_training
-
-MODEL_SUBDIR = "model"
 
 
 # ---------------------------------------------------------------------------------------------------
-# config, data and run-folder helpers
+# config, data and model helpers
 
 def _config(stage, config, preset, config_file, overrides) -> RunConfig:
     if isinstance(config, RunConfig):
@@ -107,59 +98,6 @@ def _prompt_format(cfg: RunConfig, tokenizer=None):
         return get_prompt_format("plain")
 
 
-def _check_run_dir(cfg: RunConfig, resume: bool) -> Path:
-    run_dir = Path(cfg.output_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if resume:
-            return run_dir
-        if not cfg.overwrite:
-            raise ValueError(f"output directory {run_dir} is not empty: pass resume (--resume) to continue "
-                             "it or overwrite (--overwrite) to replace it")
-    elif resume:
-        raise FileNotFoundError(f"nothing to resume in {run_dir}")
-    return run_dir
-
-
-def _start_run_dir(run_dir: Path, cfg: RunConfig, stage: str, resume: bool, extra: dict) -> dict:
-    """Create the run folder and write the resolved config and run.json — rank 0 only; every rank has
-    checked the folder (``_check_run_dir``) before rank 0 touches it, and waits until it exists."""
-    previous = check_resume(run_dir) if resume else None
-    if previous is not None and previous.get("status") == STALE and distributed.is_main():
-        import sys
-
-        print(f"rklu {stage}: {run_dir}/run.json said 'running' but pid {previous.get('pid')} is gone: "
-              f"{STALE}; resuming from the last complete checkpoint", file=sys.stderr)
-    # pid + host: a SIGKILLed run leaves "running" behind; readers check the process (run_record)
-    status = {"stage": stage, "status": "running", "started": time.time(), **process_record(), **extra}
-    if previous is not None:
-        status["resumed_from"] = previous
-    if distributed.is_distributed():
-        status.update(world_size=distributed.world_size(), parallel=distributed.resolve_mode(cfg.parallel))
-    distributed.barrier()
-    if distributed.is_main():
-        if run_dir.exists() and cfg.overwrite and not resume:
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        resolved = {"stage": stage, **cfg.to_dict()}
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-        atomic_write_json(run_dir / "config.json", resolved)
-        atomic_write_json(run_dir / "run.json", status)
-    distributed.barrier()
-    return status
-
-
-def _finish(run_dir: Path, record: dict, **fields) -> None:
-    record.update(fields, finished=time.time())
-    record["time_s"] = round(record["finished"] - record["started"], 2)
-    if distributed.is_main():
-        atomic_write_json(run_dir / "run.json", record)
-
-
-def model_dir(run_dir) -> Path:
-    """Where a run's final model (or adapter) is saved."""
-    return Path(run_dir) / MODEL_SUBDIR
-
-
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -212,17 +150,17 @@ def _train(stage, cfg, model, tokenizer, dataset, method, ctx, evaluate, resume,
                                evaluate=evaluate, resume=resume, on_trainer=on_trainer, parallel=mode,
                                tokenizer=tokenizer)
     except NonFiniteLossError as error:
-        _finish(run_dir, status, status="failed", error=str(error), failed_step=error.step,
+        finish_run(run_dir, status, status="failed", error=str(error), failed_step=error.step,
                 last_checkpoint=last_checkpoint(run_dir / "checkpoints"))
         raise
     except BaseException as error:
         # A signal or Ctrl-C stops a healthy run (resume it); anything else is a failure to look at.
         stopped = isinstance(error, (TrainingInterrupted, KeyboardInterrupt))
-        _finish(run_dir, status, status="interrupted" if stopped else "failed",
+        finish_run(run_dir, status, status="interrupted" if stopped else "failed",
                 error=f"{type(error).__name__}: {error}", last_checkpoint=last_checkpoint(run_dir / "checkpoints"))
         raise
     out = _save_final(trainer, tokenizer, run_dir, merge_lora, mode)
-    _finish(run_dir, status, status="completed", model_dir=str(out), steps=trainer.state.global_step,
+    finish_run(run_dir, status, status="completed", model_dir=str(out), steps=trainer.state.global_step,
             skipped_nonfinite=trainer.skipped_nonfinite)
     return run_dir
 
@@ -267,13 +205,13 @@ def _fit(stage, cfg, spec, evaluate, resume, merge_lora):
     fmt = _prompt_format(cfg, tokenizer)
     data = _tokenize(raw, tokenizer, fmt, cfg, f"{stage} data")
     mode = _parallel_mode(cfg, evaluate)
-    run_dir = _check_run_dir(cfg, resume)
+    run_dir = check_run_dir(cfg, resume)
     if cfg.lora:
         model = _lora(cfg, model)
     if mode == "fsdp2":
         distributed.shard_fsdp2(model)
     dataset = PairedDataset(data, main_role="train", seed=cfg.seed)
-    status = _start_run_dir(run_dir, cfg, stage, resume, {"rows": len(data)})
+    status = start_run_dir(run_dir, cfg, stage, resume, {"rows": len(data)})
     return _train(stage, cfg, model, tokenizer, dataset, FINETUNE, LossContext(), evaluate, resume, run_dir,
                   status, merge_lora=merge_lora and cfg.lora, mode=mode)
 
@@ -286,18 +224,6 @@ def _default_retain(cfg: RunConfig) -> str | None:
     base, _ = split_slice(cfg.forget)
     split = base.split(":", 1)[1] if base.startswith("tofu:") else None
     return f"tofu:{FORGET_SPLITS[split]}" if split in FORGET_SPLITS else None
-
-
-def _load_full_model(cfg: RunConfig, path: str, what: str):
-    """A frozen full model for a teacher / task arithmetic; a LoRA adapter dir is merged onto its base."""
-    loading.check_model_source(path, what)
-    if loading.is_adapter_dir(path):
-        peft = loading.require_peft()
-        base = loading.load_model(loading.adapter_base_model(path), dtype=cfg.dtype, flash_attention=cfg.flash_attention)
-        model = peft.PeftModel.from_pretrained(base, path).merge_and_unload()
-    else:
-        model = loading.load_model(path, dtype=cfg.dtype, flash_attention=cfg.flash_attention)
-    return loading.freeze(model)
 
 
 def unlearn(config=None, *, preset: str | None = None, config_file=None, evaluate: Callable | None = None,
@@ -337,51 +263,20 @@ def unlearn(config=None, *, preset: str | None = None, config_file=None, evaluat
     model = _load_student(cfg, tokenizer)
     ctx = LossContext(alpha=cfg.alpha, retain_weight=cfg.retain_weight, npo_beta=cfg.npo_beta,
                       dpo_beta=cfg.dpo_beta, kl_backend=cfg.kl_backend)
-    teacher_models = {}
     if cfg.lora:
-        # one copy of the weights: original = adapters off, augmented = a second adapter on the same base
         model = _lora(cfg, model)
-        if method.needs_original:
-            if cfg.original and Path(cfg.original).resolve() != Path(cfg.model).resolve():
-                raise ValueError("with lora the original teacher is the base model itself: leave --original unset")
-            ctx.original = AdapterTeacher(model, None)
-        if method.needs_augmented:
-            if loading.is_adapter_dir(cfg.augmented):
-                loading.load_adapter(model, cfg.augmented, loading.AUGMENTED_ADAPTER)
-                model.set_adapter(loading.STUDENT_ADAPTER)
-                ctx.augmented = AdapterTeacher(model, loading.AUGMENTED_ADAPTER)
-            else:
-                teacher_models["augmented"] = _load_full_model(cfg, cfg.augmented, "augmented model")
-    else:
-        if method.needs_original:
-            teacher_models["original"] = _load_full_model(cfg, cfg.original or cfg.model, "original model")
-        if method.needs_augmented:
-            teacher_models["augmented"] = _load_full_model(cfg, cfg.augmented, "augmented model")
-    student_vocab = output_head(model)[0].shape[0]
-    for name, teacher in teacher_models.items():
-        teacher_vocab = output_head(teacher)[0].shape[0]
-        if teacher_vocab != student_vocab:
-            raise ValueError(f"vocab size mismatch: the {name} model's lm_head has {teacher_vocab} rows but the "
-                             f"student ({cfg.model}) has {student_vocab}; teachers must share the student's tokenizer")
+    teacher_models = load_teachers(cfg, method, model, ctx)
     device = _device()
     mode = _parallel_mode(cfg, evaluate)
-    run_dir = _check_run_dir(cfg, resume)
-    if mode == "fsdp2" and cfg.teacher_cache == "none":
-        # teachers sharded like the student (their lm_head replicated): each rank holds 1/world of them
-        for teacher in teacher_models.values():
-            distributed.shard_fsdp2(teacher, frozen=True)
-    elif cfg.teacher_cache == "none":
-        for teacher in teacher_models.values():
-            teacher.to(device)
-    # (with the teacher cache each teacher goes to the GPU only while its hidden states are computed)
-    for name, teacher in teacher_models.items():
-        setattr(ctx, name, ModelTeacher(teacher))
+    run_dir = check_run_dir(cfg, resume)
+    place_teachers(cfg, ctx, teacher_models, mode, device)
 
-    status = _start_run_dir(run_dir, cfg, "unlearn", resume, {
+    status = start_run_dir(run_dir, cfg, "unlearn", resume, {
         "method": method.name, "forget_rows": len(forget), "retain_rows": None if retain is None else len(retain)})
     if cfg.teacher_cache != "none":
-        status["teacher_cache"] = _cache_teachers(cfg, ctx, method, teacher_models, model, forget, retain, idk,
-                                                  tokenizer, run_dir, device)
+        status["teacher_cache"] = cache_teachers(cfg, ctx, method, teacher_models, model,
+                                                 {"forget": forget, "retain": retain, "idk": idk}, tokenizer, run_dir,
+                                                 device)
         teacher_models.clear()
     if mode == "fsdp2":
         distributed.shard_fsdp2(model)
@@ -389,62 +284,16 @@ def unlearn(config=None, *, preset: str | None = None, config_file=None, evaluat
                   merge_lora=cfg.lora, mode=mode)
 
 
-def _cache_teachers(cfg, ctx, method, teacher_models, student, forget, retain, idk, tokenizer, run_dir, device):
-    """Replace each teacher in ``ctx`` by its cached hidden states and free the teacher models."""
-    from ..data.collate import QACollator
-
-    model_mem = sum(model_bytes(m) for m in teacher_models.values())
-    collate = QACollator(tokenizer.pad_token_id)
-    was = student.training
-    if any(isinstance(getattr(ctx, name), AdapterTeacher) for name in ("original", "augmented")):
-        student.to(device)  # LoRA: the student's base is the teacher
-    roles = cache_roles(method, {"forget": forget, "retain": retain, "idk": idk})
-    cache_bytes = 0
-    for name, role_data in roles.items():
-        teacher = getattr(ctx, name)
-        if teacher is None or not role_data:
-            continue
-        head_model = teacher.model
-        if name in teacher_models:
-            # one teacher on the GPU at a time (a 7B teacher is 13.5 GB in bf16); an FSDP2 student is
-            # still on the host here, sharded after the cache is built
-            teacher_models[name].to(device)
-        # on disk: rank 0 computes and writes, the other ranks map its files; in memory: every rank computes
-        with distributed.main_first() if cfg.teacher_cache == "disk" else contextlib.nullcontext():
-            cached = build_cached_teacher(teacher, head_model, role_data, collate, cfg.batch_size, device,
-                                          storage=cfg.teacher_cache, cache_dir=run_dir / "teacher_cache", name=name,
-                                          write=distributed.is_main())
-        setattr(ctx, name, cached)
-        cache_bytes += cached.nbytes()
-        teacher_models.pop(name, None)
-        del teacher, head_model  # the last references: the GPU copy is freed before the next teacher
-    for leftover in teacher_models.values():  # a teacher no cached role needs stays a live model
-        leftover.to(device)
-    student.train(was)
-    teacher_models.clear()
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return {"storage": cfg.teacher_cache, "teacher_model_bytes_freed": model_mem, "cache_bytes": cache_bytes,
-            "bytes_saved": model_mem - (cache_bytes if cfg.teacher_cache == "memory" else 0)}
-
-
-def cache_roles(method, data: dict) -> dict:
-    """teacher -> {data role: dataset} the teacher cache precomputes: the roles the method declares for each
-    teacher (every declared role has data: the run loads each role its method reads)."""
-    return {teacher: {role: data[role] for role in roles} for teacher, roles in method.teacher_roles.items()}
-
-
 def _task_arithmetic(cfg: RunConfig, tokenizer, resume: bool) -> Path:
-    original = _load_full_model(cfg, cfg.original or cfg.model, "original model")
-    augmented = _load_full_model(cfg, cfg.augmented, "augmented model")
-    run_dir = _check_run_dir(cfg, resume)
+    original = load_full_model(cfg, cfg.original or cfg.model, "original model")
+    augmented = load_full_model(cfg, cfg.augmented, "augmented model")
+    run_dir = check_run_dir(cfg, resume)
     distributed.init()
-    status = _start_run_dir(run_dir, cfg, "unlearn", resume, {"method": "task-arithmetic", "scale": cfg.ta_scale})
+    status = start_run_dir(run_dir, cfg, "unlearn", resume, {"method": "task-arithmetic", "scale": cfg.ta_scale})
     task_arithmetic(original, augmented, cfg.ta_scale)
     out = model_dir(run_dir)
     if distributed.is_main():  # no training: the other ranks have nothing to add
         out = loading.save_model(original, tokenizer, out)
     distributed.barrier()
-    _finish(run_dir, status, status="completed", model_dir=str(out), steps=0)
+    finish_run(run_dir, status, status="completed", model_dir=str(out), steps=0)
     return run_dir

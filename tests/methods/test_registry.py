@@ -13,7 +13,7 @@ from rklu.methods import LossContext, get_method, method_names, register, unregi
 from rklu.methods.registry import ALPHA, MethodSpec, hyperparameters, specs
 from rklu.models.tiny import build_tiny_llama
 from rklu.training.config import RunConfig
-from rklu.training.stages import cache_roles
+from rklu.training.teachers import cache_roles
 
 # teacher -> data roles each built-in method runs its teachers on (what the teacher cache must cover)
 EXPECTED_TEACHER_ROLES = {

@@ -1,0 +1,71 @@
+"""A run's folder: checked before any work, created with the resolved config and ``run.json`` (status,
+process record), and finished with the outcome. Rank 0 writes; every rank checks and waits."""
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from ..io import atomic_write_json, atomic_write_text
+from . import distributed
+from .config import RunConfig
+from .run_record import STALE, check_resume, process_record
+
+MODEL_SUBDIR = "model"
+
+
+def model_dir(run_dir) -> Path:
+    """Where a run's final model (or adapter) is saved."""
+    return Path(run_dir) / MODEL_SUBDIR
+
+
+def check_run_dir(cfg: RunConfig, resume: bool) -> Path:
+    """The run folder, after checking that it may be used: empty or absent, unless resuming (then it must
+    exist) or overwriting."""
+    run_dir = Path(cfg.output_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if resume:
+            return run_dir
+        if not cfg.overwrite:
+            raise ValueError(f"output directory {run_dir} is not empty: pass resume (--resume) to continue "
+                             "it or overwrite (--overwrite) to replace it")
+    elif resume:
+        raise FileNotFoundError(f"nothing to resume in {run_dir}")
+    return run_dir
+
+
+def start_run_dir(run_dir: Path, cfg: RunConfig, stage: str, resume: bool, extra: dict) -> dict:
+    """Create the run folder and write the resolved config and run.json — rank 0 only; every rank has
+    checked the folder (``check_run_dir``) before rank 0 touches it, and waits until it exists."""
+    previous = check_resume(run_dir) if resume else None
+    if previous is not None and previous.get("status") == STALE and distributed.is_main():
+        print(f"rklu {stage}: {run_dir}/run.json said 'running' but pid {previous.get('pid')} is gone: "
+              f"{STALE}; resuming from the last complete checkpoint", file=sys.stderr)
+    # pid + host: a SIGKILLed run leaves "running" behind; readers check the process (run_record)
+    status = {"stage": stage, "status": "running", "started": time.time(), **process_record(), **extra}
+    if previous is not None:
+        status["resumed_from"] = previous
+    if distributed.is_distributed():
+        status.update(world_size=distributed.world_size(), parallel=distributed.resolve_mode(cfg.parallel))
+    distributed.barrier()
+    if distributed.is_main():
+        if run_dir.exists() and cfg.overwrite and not resume:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = {"stage": stage, **cfg.to_dict()}
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        atomic_write_json(run_dir / "config.json", resolved)
+        atomic_write_json(run_dir / "run.json", status)
+    distributed.barrier()
+    return status
+
+
+def finish_run(run_dir: Path, record: dict, **fields) -> None:
+    """Record the outcome (status, error, steps, ...) and the run's duration in run.json."""
+    record.update(fields, finished=time.time())
+    record["time_s"] = round(record["finished"] - record["started"], 2)
+    if distributed.is_main():
+        atomic_write_json(run_dir / "run.json", record)

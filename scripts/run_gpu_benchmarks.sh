@@ -14,17 +14,19 @@
 #     log-prob's npo+rt / rklu+rt step, naive vs fused (1B, 1B with the 128k vocabulary),
 #  6. benchmarks/RESULTS.md, with the device name, from everything above.
 # Every stage runs even if an earlier one failed; the exit status is non-zero if any stage failed.
-# Environment: PYTHON (default python), SIZES (default 125m,1b,7b), SKIP_SWEEPS=1, SKIP_STEP=1.
+# Environment: PYTHON (default python), GPU_OUT (default benchmarks/results/gpu), SIZES (default 125m,1b,7b), SKIP_SWEEPS=1, SKIP_STEP=1.
 # Liger's FusedLinearJSD is included when liger_kernel is importable (pip install -e '.[bench]').
 set -uo pipefail
+. "$(dirname "$0")/lib/dry_run.sh"
 cd "$(dirname "$0")/.."
 unset TRITON_INTERPRET
 PY=${PYTHON:-python}
-OUT=benchmarks/results/gpu
+OUT=${GPU_OUT:-benchmarks/results/gpu}
 mkdir -p "$OUT"
 status=0
 stage() {  # stage NAME CMD... : run, log to $OUT/NAME.log, remember failures
   local name=$1; shift
+  if dry_run; then run "$@"; return; fi
   echo "=== $name: $*"
   "$@" 2>&1 | tee "$OUT/$name.log"
   local rc=${PIPESTATUS[0]}
@@ -32,9 +34,9 @@ stage() {  # stage NAME CMD... : run, log to $OUT/NAME.log, remember failures
   [ "$rc" -eq 0 ] || status=1
 }
 : > "$OUT/stages.txt"
-"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible'; print(torch.cuda.get_device_name(0))" \
+dry_run || "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible'; print(torch.cuda.get_device_name(0))" \
   || { echo "run_gpu_benchmarks.sh needs a CUDA GPU"; exit 2; }
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
+dry_run || nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 
 stage kernel-tests "$PY" -m pytest -q -ra -p no:cacheprovider tests/kernels/test_kernel_*.py
 stage gpu-compile "$PY" benchmarks/gpu_compile.py --subset ci --check --jobs 8 --quiet --out "$OUT/gpu-compile-ci"

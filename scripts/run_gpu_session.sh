@@ -15,18 +15,20 @@
 #  4. the end-to-end unlearning step at the 1B Llama shape, naive vs fused,
 #  5. benchmarks/RESULTS.md from everything above.
 # scripts/run_gpu_benchmarks.sh is the full suite (sweeps, 7B step, largest batch) for a longer lease.
-# Environment: PYTHON (default python3), BUDGET_S (default 420).
+# Environment: PYTHON (default python3), GPU_OUT (default benchmarks/results/gpu), BUDGET_S (default 420).
 set -uo pipefail
+. "$(dirname "$0")/lib/dry_run.sh"
 cd "$(dirname "$0")/.."
 unset TRITON_INTERPRET
 PY=${PYTHON:-python3}
-OUT=benchmarks/results/gpu
+OUT=${GPU_OUT:-benchmarks/results/gpu}
 mkdir -p "$OUT"
 : > "$OUT/stages.txt"
 DEADLINE=$(( $(date +%s) + ${BUDGET_S:-420} ))
 status=0
 stage() {  # stage NAME MAX_SECONDS CMD... : run under min(MAX_SECONDS, time left), log to $OUT/NAME.log
   local name=$1 max=$2; shift 2
+  if dry_run; then run "$@"; return; fi
   local left=$(( DEADLINE - $(date +%s) ))
   (( left < max )) && max=$left
   if (( max < 10 )); then echo "$name rc=skipped (deadline)" >> "$OUT/stages.txt"; status=1; return; fi
@@ -37,10 +39,10 @@ stage() {  # stage NAME MAX_SECONDS CMD... : run under min(MAX_SECONDS, time lef
   echo "$name rc=$rc ($(( $(date +%s) - t0 ))s)" >> "$OUT/stages.txt"
   [ "$rc" -eq 0 ] || status=1
 }
-"$PY" -c "import torch, triton; assert torch.cuda.is_available(), 'no CUDA device visible'; \
+dry_run || "$PY" -c "import torch, triton; assert torch.cuda.is_available(), 'no CUDA device visible'; \
 print(torch.cuda.get_device_name(0), 'torch', torch.__version__, 'triton', triton.__version__)" \
   | tee "$OUT/versions.txt" || { echo "run_gpu_session.sh needs a CUDA GPU"; exit 2; }
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
+dry_run || nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 
 HEADLINE=8192x4096x32000,8192x4096x128256
 stage profile 90 "$PY" benchmarks/profile_kernel.py --shape 8192x4096x32000 --out "$OUT/profile-bf16"

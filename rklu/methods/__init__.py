@@ -4,25 +4,22 @@
 batch ``{"forget": ..., "retain": ..., "idk": ...}`` (each a padded sub-batch with labels).
 
 Each method is a :class:`~rklu.methods.registry.MethodSpec` in its own module, registered below: a new
-method is one module plus one entry in ``BUILTIN``. ``METHOD_NAMES`` is read from the registry.
+method is one module plus its name in ``BUILTIN``. ``METHOD_NAMES`` is read from the registry.
 """
 from __future__ import annotations
 
+import importlib
+
 from . import retain  # noqa: F401  (registers the +rt and +kl retain terms)
 from .common import LossContext
-from .dpo import METHOD as DPO
-from .fklu import METHOD as FKLU
-from .ga import METHOD as GA
-from .idk import METHOD as IDK
 from .nll import finetune_loss
-from .npo import METHOD as NPO
 from .registry import Method, MethodSpec, get_method, method_names, register, unregister
-from .rklu import METHOD as RKLU
-from .task_arithmetic import METHOD as TASK_ARITHMETIC, task_arithmetic
+from .task_arithmetic import task_arithmetic
 
-BUILTIN = (RKLU, FKLU, GA, NPO, IDK, DPO, TASK_ARITHMETIC)
-for _spec in BUILTIN:
-    register(_spec)
+# the registry: each module here defines METHOD, a MethodSpec; this order is the order of METHOD_NAMES
+BUILTIN = ("rklu", "fklu", "ga", "npo", "idk", "dpo", "task_arithmetic")
+for _module in BUILTIN:
+    register(importlib.import_module(f".{_module}", __name__).METHOD)
 
 FINETUNE = Method("finetune", finetune_loss, data_roles=("train",))
 

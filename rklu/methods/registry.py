@@ -4,8 +4,9 @@ the teacher cache covers, config validation) is derived from it.
 
 A spec declares its forget loss, its teachers and the data roles each teacher is run on, the data roles
 its loss reads, its hyperparameters with defaults and bounds, which retain terms it combines with
-(``name+rt``, ``name+kl``) and whether it trains at all. Adding a method = one module that defines a spec
-plus one line in :mod:`rklu.methods` that registers it (the shape of open-unlearning's method registry).
+(``name+rt``, ``name+kl``) and whether it trains at all. Adding a method = one module that defines
+``METHOD = MethodSpec(...)`` plus its name in ``rklu.methods.BUILTIN`` (the shape of open-unlearning's
+method registry); :func:`register` adds one from anywhere else (a plugin, a test).
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-import rklu.kernels.kl.torch_chunked as torch_chunked
+import rklu.kernels.common.torch_chunks as torch_chunks
 from method_cases import tiny_paired_batch
 from rklu.methods import METHOD_NAMES, LossContext, get_method, task_arithmetic
 from rklu.models.heads import ModelTeacher
@@ -61,7 +61,7 @@ def _vocab_and_limit(model, batch):
 def test_training_step_builds_no_tokens_x_vocab_tensor(name, setup, monkeypatch):
     model, augmented, batch = setup
     vocab, limit = _vocab_and_limit(model, batch)
-    monkeypatch.setattr(torch_chunked, "CHUNK_ELEMENTS", CHUNK_TOKENS * vocab)
+    monkeypatch.setattr(torch_chunks, "CHUNK_ELEMENTS", CHUNK_TOKENS * vocab)
     student = copy.deepcopy(model)
     method = get_method(name)
     watch = VocabTensorWatch(vocab, limit)

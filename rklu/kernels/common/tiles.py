@@ -13,11 +13,27 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# CUDA only: triton.autotune over each kernel's config list. The interpreter keeps fixed tiles (autotuning
+# would only time the Python interpreter); RKLU_TRITON_AUTOTUNE=0 uses them on CUDA too.
+AUTOTUNE = not INTERPRET and os.environ.get("RKLU_TRITON_AUTOTUNE", "1") != "0"
+GROUP = 8  # row blocks per group in the grouped program order (``_grouped_pid``)
 
 # How tl.dot treats its operands. NATIVE: input dtype on tensor cores (bf16/fp16), fp32 accumulation.
 # IEEE: fp32 inputs in full fp32 (no TF32 rounding). UPCAST: operands cast to fp32 first; the Triton CPU
 # interpreter gets bf16 tl.dot wrong, so bf16 runs this way under TRITON_INTERPRET=1.
 NATIVE, IEEE, UPCAST = 0, 1, 2
+
+
+def gemm_dtype(x: torch.Tensor, w: torch.Tensor) -> torch.dtype:
+    """Triton GEMM inputs share one dtype: the autocast dtype when autocast is on (what lm_head would use),
+    else the wider of the hidden states' and the weight's dtypes. Logits still accumulate in float32."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return torch.promote_types(x.dtype, w.dtype)
+
+
+def to_dtype(dtype: torch.dtype, *tensors) -> tuple:
+    return tuple(None if t is None else t.to(dtype) for t in tensors)
 
 
 def gemm_precision(dtype) -> int:

@@ -5,8 +5,6 @@ import torch
 
 from ..kl.reference import DIRECTIONS, REDUCTIONS
 
-BACKENDS = ("auto", "triton", "chunked", "torch", "reference")
-
 
 def check_direction_reduction(direction: str, reduction: str) -> None:
     if direction not in DIRECTIONS:
@@ -18,11 +16,6 @@ def check_direction_reduction(direction: str, reduction: str) -> None:
 def check_alpha(alpha: float) -> None:
     if not isinstance(alpha, (int, float)) or alpha != alpha or alpha < 0:
         raise ValueError(f"alpha must be a non-negative number, got {alpha!r}")
-
-
-def check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
 
 def check_finite(name: str, tensor: torch.Tensor | None) -> None:

@@ -1,70 +1,19 @@
-"""Public entry points: pick a backend, drop ignored tokens, reduce. Every backend shares this code path."""
+"""Public entry points of the KL op: check the inputs, pick a backend (common/backends.py), drop ignored
+tokens, run the backend's op function, reduce. Every backend shares this code path."""
 from __future__ import annotations
 
 import torch
 
+from ..common import backends
 from ..common.masking import reduce_counted, select_counted, zero_loss
-from ..common.validation import (
-    check_alpha, check_backend, check_direction_reduction, check_finite, check_linear_inputs,
-)
-from .reference import unlearning_kl_reference
-
-
-def triton_available(device: torch.device) -> bool:
-    """Triton runs on CUDA devices, or anywhere under TRITON_INTERPRET=1 (CPU tensors, numpy-backed)."""
-    import os
-
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return True
-    return device.type == "cuda"
+from ..common.validation import check_alpha, check_direction_reduction, check_finite, check_linear_inputs
 
 
 def resolve_backend(backend: str, device: torch.device, problem: dict | None = None) -> str:
-    """The backend a call runs on. ``"auto"``: ``"torch"`` off CUDA (or without Triton). On CUDA, given the
-    ``problem`` (n, h, v, dtype "bf16"/"fp32", augmented, reverse, grad_filter), ``"chunked"`` when its
-    O(chunk x V) working set fits in a quarter of the free GPU memory (torch.cuda.mem_get_info) at a chunk of >= 512
-    tokens (or all of them) and the roofline model (``cost_model.choose_cuda_backend``) says it is faster
-    than the O(N)-memory fused kernel with the gradient filter at the kept fraction measured on SmolLM2
-    logits; else ``"triton"`` (also when no problem is given).
-    """
-    check_backend(backend)
-    if backend == "auto":
-        if device.type != "cuda" or not triton_available(device):
-            return "torch"
-        if problem is None:
-            return "triton"
-        from ..common.cost_model import choose_cuda_backend
-
-        free, _ = torch.cuda.mem_get_info(device)
-        return choose_cuda_backend(free_bytes=free, **problem)
-    if backend in ("triton", "chunked") and not triton_available(device):
-        raise ValueError(
-            f"backend={backend!r} needs a CUDA device or TRITON_INTERPRET=1 (tensors are on {device}); "
-            "use backend='torch' or 'auto'")
-    if backend in ("triton", "chunked") and device.type != "cuda":
-        _check_interpreter_version()
-    return backend
-
-
-# Triton 3.6's interpreter cannot run a loop whose bounds depend on tl.program_id ("only 0-dimensional arrays
-# can be converted to Python scalars"); 3.7, 3.8 and 3.9 can. Compiled CUDA runs are not affected (the kernel
-# tests pass on an H200 with triton 3.6).
-MIN_INTERPRETER_TRITON = (3, 7)
-
-
-def _check_interpreter_version() -> None:
-    import triton
-
-    version = tuple(int(p) for p in triton.__version__.split("+")[0].split(".")[:2])
-    if version < MIN_INTERPRETER_TRITON:
-        raise RuntimeError(
-            f"TRITON_INTERPRET=1 (the Triton backends on CPU) needs triton >= "
-            f"{'.'.join(map(str, MIN_INTERPRETER_TRITON))}, found {triton.__version__}: its interpreter cannot "
-            "run the kernels' vocabulary loops. Use backend='torch' (or 'auto') on CPU, or upgrade triton.")
+    """The backend the KL runs on: ``backend`` once it is known to run on ``device``, or for ``"auto"`` the
+    policy of ``backends.auto_backend`` (``problem``: n, h, v, dtype "bf16"/"fp32", augmented, reverse,
+    grad_filter; without it, ``"triton"`` on CUDA)."""
+    return backends.resolve("kl", backend, device, problem)
 
 
 def fused_linear_unlearning_kl(
@@ -98,7 +47,7 @@ def fused_linear_unlearning_kl(
     prediction (hidden[:, :-1] with labels[:, 1:]). Each model may have its own hidden size.
 
     ``grad_filter`` (Triton backend): skip backward tiles whose every gradient entry is below
-    finfo(dtype).eps / 32 (see ``rklu/kernels/triton_fused_backward.py``); None = on unless the environment sets
+    finfo(dtype).eps / 32 (see ``rklu/kernels/kl/triton_fused/backward.py``); None = on unless the environment sets
     ``RKLU_GRAD_FILTER=0``. The torch and reference backends compute dense gradients and ignore it.
     """
     check_direction_reduction(direction, reduction)
@@ -121,62 +70,15 @@ def fused_linear_unlearning_kl(
         labels, ignore_index, student_hidden.reshape(-1, hidden),
         original_hidden.detach().reshape(-1, original_hidden.shape[-1]),
         None if augmented_hidden is None else augmented_hidden.detach().reshape(-1, augmented_hidden.shape[-1]))
-    teachers = (original_weight.detach(), _detach(original_bias), _detach(augmented_weight), _detach(augmented_bias))
+    wo, bo, wa, ba = (None if t is None else t.detach() for t in (original_weight, original_bias, augmented_weight,
+                                                                  augmented_bias))
     if xs.shape[0] == 0:
         return zero_loss(lead_shape, reduction, student_hidden, student_weight, student_bias)
 
-    if backend == "reference":
-        per_token = _reference_per_token(xs, student_weight, student_bias, xo, xa, teachers, alpha, direction)
-    elif backend == "torch":
-        from .torch_chunked import TorchChunkedUnlearningKL
-
-        wo, bo, wa, ba = teachers
-        per_token = TorchChunkedUnlearningKL.apply(
-            xs, student_weight, student_bias, xo, wo, bo, xa, wa, ba, float(alpha), direction,
-            reduction != "none", chunk_tokens)
-    elif backend == "chunked":
-        from .triton_chunked import TritonChunkedUnlearningKL
-
-        xs_c, ws_c, bs_c, tw = _common_dtype(xs, student_weight, student_bias, xo, xa, teachers)
-        per_token = TritonChunkedUnlearningKL.apply(
-            xs_c, ws_c, bs_c, xo.to(xs_c.dtype), tw[0], tw[1], None if xa is None else xa.to(xs_c.dtype),
-            tw[2], tw[3], float(alpha), direction, reduction != "none", chunk_tokens)
-    else:
-        from .triton_fused import TritonFusedUnlearningKL
-
-        xs_c, ws_c, bs_c, tw = _common_dtype(xs, student_weight, student_bias, xo, xa, teachers)
-        xo_c = xo.to(xs_c.dtype)
-        xa_c = None if xa is None else xa.to(xs_c.dtype)
-        per_token = TritonFusedUnlearningKL.apply(
-            xs_c, ws_c, bs_c, xo_c, tw[0], tw[1], xa_c, tw[2], tw[3], float(alpha), direction, grad_filter)
-
+    per_token = backends.function("kl", backend)(
+        xs, student_weight, student_bias, xo, wo, bo, xa, wa, ba, alpha=float(alpha), direction=direction,
+        grad_in_forward=reduction != "none", chunk_tokens=chunk_tokens, grad_filter=grad_filter)
     return reduce_counted(per_token, counted, lead_shape, reduction)
-
-
-def _detach(t):
-    return None if t is None else t.detach()
-
-
-def _reference_per_token(xs, ws, bs, xo, xa, teachers, alpha, direction):
-    wo, bo, wa, ba = teachers
-    dtype = torch.float64 if xs.dtype == torch.float64 else torch.float32
-    student = torch.nn.functional.linear(xs.to(dtype), ws.to(dtype), None if bs is None else bs.to(dtype))
-    original = torch.nn.functional.linear(xo.to(dtype), wo.to(dtype), None if bo is None else bo.to(dtype))
-    augmented = None if xa is None else torch.nn.functional.linear(xa.to(dtype), wa.to(dtype), None if ba is None else ba.to(dtype))
-    return unlearning_kl_reference(student, original, augmented, alpha=alpha, direction=direction, reduction="none")
-
-
-def _common_dtype(xs, ws, bs, xo, xa, teachers):
-    """Triton GEMM inputs share one dtype: the autocast dtype when autocast is on (what lm_head would use),
-    else the widest of the student's hidden/weight dtypes. Logits are still accumulated in float32."""
-    device_type = xs.device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-    else:
-        dtype = torch.promote_types(xs.dtype, ws.dtype)
-    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
-    wo, bo, wa, ba = teachers
-    return cast(xs), cast(ws), bs, (cast(wo), bo, cast(wa), ba)
 
 
 class FusedLinearUnlearningKL(torch.nn.Module):
@@ -187,7 +89,7 @@ class FusedLinearUnlearningKL(torch.nn.Module):
         super().__init__()
         check_direction_reduction(direction, reduction)
         check_alpha(alpha)
-        check_backend(backend)
+        backends.check_name(backend, "kl")
         self.alpha, self.direction, self.ignore_index = alpha, direction, ignore_index
         self.reduction, self.backend = reduction, backend
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from ..common.masking import reduce_counted, select_counted, zero_loss
+from ..common.torch_chunks import torch_chunk_tokens
 from ..common.validation import check_alpha, check_direction_reduction, check_logit_inputs
 from .chunk_math import chunk_loss_and_grad
-from .torch_chunked import default_chunk_tokens
 
 
 class _FromLogits(torch.autograd.Function):
@@ -61,5 +61,5 @@ def unlearning_kl_from_logits(
     if student.shape[0] == 0:
         return zero_loss(lead, reduction, student_logits)
     per_token = _FromLogits.apply(student, original, augmented, float(alpha), direction,
-                                  chunk_tokens or default_chunk_tokens(vocab))
+                                  chunk_tokens or torch_chunk_tokens(vocab))
     return reduce_counted(per_token, counted, lead, reduction)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ..common.torch_chunks import compute_dtype
+
 DIRECTIONS = ("reverse", "forward")
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -79,3 +81,17 @@ def unlearning_kl_reference(
             raise ValueError(f"labels shape {tuple(labels.shape)} must equal the logits' leading shape {tuple(per_token.shape)}")
         counted = labels != ignore_index
     return reduce_per_token(per_token, counted, reduction)
+
+
+def unlearning_kl_linear(xs, ws, bs, xo, wo, bo, xa, wa, ba, *, alpha, direction, grad_in_forward, chunk_tokens,
+                         grad_filter):
+    """The KL op of backend "reference" (common/backends.py): the whole [N, V] logits of each model, then
+    ``unlearning_kl_reference`` per token, with autograd's dense gradients."""
+    dtype = compute_dtype(xs)
+
+    def logits(x, w, b):
+        return torch.nn.functional.linear(x.to(dtype), w.to(dtype), None if b is None else b.to(dtype))
+
+    augmented = None if xa is None else logits(xa, wa, ba)
+    return unlearning_kl_reference(logits(xs, ws, bs), logits(xo, wo, bo), augmented, alpha=alpha,
+                                   direction=direction, reduction="none")

@@ -7,14 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from ..common.torch_chunks import compute_dtype, torch_chunk_tokens
 from .chunk_math import chunk_loss_and_grad
-
-# One float32 [chunk, V] buffer holds about this many elements (16 MiB); a handful are alive at once.
-CHUNK_ELEMENTS = 1 << 22
-
-
-def default_chunk_tokens(vocab: int) -> int:
-    return max(1, CHUNK_ELEMENTS // max(vocab, 1))
 
 
 def _logits(hidden: torch.Tensor, weight32: torch.Tensor, bias32: torch.Tensor | None) -> torch.Tensor:
@@ -22,12 +16,15 @@ def _logits(hidden: torch.Tensor, weight32: torch.Tensor, bias32: torch.Tensor |
     return out if bias32 is None else out.add_(bias32)
 
 
-def _compute_dtype(*tensors) -> torch.dtype:
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
 def _as(t, dtype):
     return None if t is None else t.detach().to(dtype)
+
+
+def unlearning_kl(xs, ws, bs, xo, wo, bo, xa, wa, ba, *, alpha, direction, grad_in_forward, chunk_tokens,
+                  grad_filter):
+    """The KL op of backend "torch" (common/backends.py). Dense gradients: ``grad_filter`` does not apply."""
+    return TorchChunkedUnlearningKL.apply(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_in_forward,
+                                          chunk_tokens)
 
 
 class TorchChunkedUnlearningKL(torch.autograd.Function):
@@ -41,12 +38,12 @@ class TorchChunkedUnlearningKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_in_forward, chunk_tokens):
-        dtype = _compute_dtype(xs, ws)
+        dtype = compute_dtype(xs, ws)
         ws32, bs32 = _as(ws, dtype), _as(bs, dtype)
         wo32, bo32 = _as(wo, dtype), _as(bo, dtype)
         wa32, ba32 = _as(wa, dtype), _as(ba, dtype)
         n = xs.shape[0]
-        chunk = chunk_tokens or default_chunk_tokens(ws.shape[0])
+        chunk = chunk_tokens or torch_chunk_tokens(ws.shape[0])
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         in_forward = grad_in_forward and need_grad
         per_token = torch.empty(n, dtype=dtype, device=xs.device)
@@ -78,7 +75,7 @@ class TorchChunkedUnlearningKL(torch.autograd.Function):
             db = db * scale if db is not None else None
         else:
             xs, ws, bs, xo, wo, bo, xa, wa, ba = ctx.saved_tensors
-            dtype = _compute_dtype(xs, ws)
+            dtype = compute_dtype(xs, ws)
             ws32, bs32 = _as(ws, dtype), _as(bs, dtype)
             wo32, bo32, wa32, ba32 = _as(wo, dtype), _as(bo, dtype), _as(wa, dtype), _as(ba, dtype)
             grads = _GradAccumulator(xs, ws32, bs32)

@@ -7,17 +7,15 @@ Per chunk of tokens:
   2. ONE Triton kernel reads the three fp32 logit tiles (plus biases) once to build the teacher and the
      online log-sum-exps of student and teacher and the KL, then a second time, last block first, to write
      the gradient d loss / d student logits in the input dtype (the blocks read last by the first pass are
-     the likeliest to be still in L2; with ~1000 rows in flight most of the re-read still comes from DRAM:
-     measured 1.6 ms of 17 at N=8192, V=32000, about 26 bytes per logit at ~4 TB/s);
+     the likeliest to be still in L2; with ~1000 rows in flight most of the re-read still comes from DRAM);
   3. two GEMMs for the gradient: dX[chunk] = G @ W_s and dW += G.T @ X_s[chunk] (fp32 outputs/accumulator).
 Five cuBLAS GEMMs per chunk, O(chunk * V) extra memory (three fp32 logit buffers and one gradient buffer),
 plus O(N * H + V * H) for the fp32 gradient accumulators every backend returns.
 
 Unlike the fused kernel (``triton_fused``, O(N) memory, recomputes the logits in the backward), this path
 spends O(chunk * V) memory to run every GEMM through cuBLAS at full tensor-core rate and never recompute.
-Where it pays is decided by ``backend="auto"`` (see ``interface.resolve_backend``) from the free memory and
-the cost model in ``cost_model.py`` (benchmarks/results/roofline.md: on an H100 at N=8192, H=4096, V=32000
-bf16 the model puts it at ~1.2x the dense GEMM floor).
+Where it pays is decided by ``backend="auto"`` (``common/backends.auto_backend``) from the free memory and
+the cost model in ``common/cost_model.py`` (its estimates: benchmarks/results/roofline.md).
 
 Numerics: statistics are accumulated relative to the running maxima (no subtraction of two offset-sized
 numbers, so a common offset of 1e4 on the teacher logits costs no accuracy); the gradient tile is
@@ -29,23 +27,19 @@ fp32 first, which is exact (bf16/fp16 -> fp32) and accumulates in fp32 like the 
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from ..common.compile_spec import CompileSpec
+from ..common.tiles import AUTOTUNE, INTERPRET, gemm_dtype, to_dtype
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 # Chunk size. On CUDA: TARGET_CHUNK_TOKENS (the GEMMs chunk x H x V run at full rate, and dW's fp32
 # accumulator is read and written once per chunk: fewer, larger chunks), capped so the working set (3 fp32
 # logit buffers + the gradient, per token (4 * 3 + 2) * V bytes: 1.8 GB at V=32000, 14.7 GB at V=256000)
-# takes at most a quarter of the free GPU memory. Measured on an H200 (bf16, N=8192, H=4096, V=32000,
-# fwd+bwd; benchmarks/results/gpu/kernel-chunk-*): 1024 tokens 20.2 ms / 755 MiB peak extra, 2048 19.5 ms /
-# 1189 MiB, 4096 18.3 ms / 2064 MiB, 8192 18.5 ms / 3814 MiB (eager: 27.2 ms / 8186 MiB). On CPU (tests,
-# under TRITON_INTERPRET=1) a 16 MiB budget: several chunks per call.
+# takes at most a quarter of the free GPU memory (the chunk-size sweep: benchmarks/RESULTS.md). On CPU
+# (tests, under TRITON_INTERPRET=1) a 16 MiB budget: several chunks per call.
 TARGET_CHUNK_TOKENS = 4096
 CPU_CHUNK_BYTES = 1 << 24
 # Smallest chunk worth running on CUDA: below it the logit GEMMs (chunk x H x V) lose tensor-core efficiency.
@@ -167,7 +161,6 @@ def block_sizes() -> dict:
     return dict(BLOCK_N=32, BLOCK_V=1024, num_warps=4)
 
 
-AUTOTUNE = not INTERPRET and os.environ.get("RKLU_TRITON_AUTOTUNE", "1") != "0"
 _chunk_tuned = triton.autotune(autotune_configs(), key=["V"])(_chunk_kernel) if AUTOTUNE else None
 TUNED_KERNELS = {"chunk": _chunk_tuned} if AUTOTUNE else {}
 
@@ -254,6 +247,14 @@ def working_set_bytes(chunk: int, v: int, grad_bytes: int, augmented: bool = Tru
     return chunk * v * (4 * (3 if augmented else 2) + grad_bytes)
 
 
+def unlearning_kl(xs, ws, bs, xo, wo, bo, xa, wa, ba, *, alpha, direction, grad_in_forward, chunk_tokens,
+                  grad_filter):
+    """The KL op of backend "chunked" (common/backends.py). Dense gradients: ``grad_filter`` does not apply."""
+    xs, ws, xo, wo, xa, wa = to_dtype(gemm_dtype(xs, ws), xs, ws, xo, wo, xa, wa)
+    return TritonChunkedUnlearningKL.apply(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_in_forward,
+                                           chunk_tokens)
+
+
 class TritonChunkedUnlearningKL(torch.autograd.Function):
     """Counted tokens only: [N, H_model] hidden states (each model its own H), lm_head weights [V, H_model]
     -> per-token loss [N] float32. With ``grad_in_forward`` (mean/sum reductions: one upstream weight for
@@ -310,9 +311,8 @@ SCALE_CAST_CONFIG = dict(BLOCK=4096, num_warps=8)
 
 
 def _scaled(grad: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """grad * scale in ``dtype``, one pass over the fp32 gradient. On an H200 torch's mixed-dtype
-    ``mul(out=bf16)`` took 0.68 ms for dX + dW at N=8192, H=4096, V=32000 (a non-vectorized kernel); the
-    traffic, 0.66 GB read + 0.33 GB written, needs ~0.25 ms."""
+    """grad * scale in ``dtype``, one pass over the fp32 gradient (torch's mixed-dtype ``mul(out=bf16)`` is a
+    non-vectorized kernel, well below the bandwidth this pass needs)."""
     out = torch.empty(grad.shape, dtype=dtype, device=grad.device)
     if not grad.is_cuda:  # CPU tensors (TRITON_INTERPRET=1): torch rounds fp32 -> bf16 to nearest like CUDA
         return torch.mul(grad, scale, out=out)   # does; the interpreter's conversion truncates

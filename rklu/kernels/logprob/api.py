@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from ..common import backends
 from ..common.masking import reduce_counted, select_counted, zero_loss
-from ..common.validation import check_backend, check_finite
-from ..kl.api import resolve_backend
-from .reference import token_logprob_reference
+from ..common.validation import check_finite
 
 
 def fused_linear_token_logprob(
@@ -30,13 +29,13 @@ def fused_linear_token_logprob(
     (materializes the logits), ``"auto"`` (triton on CUDA, else torch). Labels are the targets themselves:
     shift them for next-token prediction first (hidden[:, :-1] with labels[:, 1:]).
     """
-    check_backend(backend)
+    backends.check_name(backend, "logprob")
     _check_inputs(hidden, weight, bias, labels, ignore_index)
     if hidden.dtype == torch.float64 and backend in ("auto", "triton"):
         if backend == "triton":
             raise ValueError("backend='triton' computes in float32; use backend='torch' or 'reference' for float64 inputs")
         backend = "torch"
-    backend = resolve_backend(backend, hidden.device)
+    backend = backends.resolve("logprob", backend, hidden.device)
     if check_inputs_finite:
         check_finite("hidden", hidden)
 
@@ -46,21 +45,7 @@ def fused_linear_token_logprob(
     if x.shape[0] == 0:
         return zero_loss(lead_shape, "none", hidden, weight, bias)
     y = y.reshape(-1).long()
-    if backend == "reference":
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        with torch.autocast(x.device.type, enabled=False):
-            logits = torch.nn.functional.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
-        logp = token_logprob_reference(logits, y, ignore_index=ignore_index)
-    elif backend == "torch":
-        from .torch_chunked import TorchChunkedTokenLogprob
-
-        logp = TorchChunkedTokenLogprob.apply(x, weight, bias, y, chunk_tokens)
-    else:
-        from .triton_fused import TritonTokenLogprob
-
-        dtype = (torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type)
-                 else torch.promote_types(x.dtype, weight.dtype))
-        logp = TritonTokenLogprob.apply(x.to(dtype), weight.to(dtype), bias, y)
+    logp = backends.function("logprob", backend)(x, weight, bias, y, chunk_tokens=chunk_tokens)
     return reduce_counted(logp, counted, lead_shape, "none")
 
 

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..kl.torch_chunked import default_chunk_tokens
-
-
-def _compute_dtype(*tensors) -> torch.dtype:
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+from ..common.torch_chunks import compute_dtype, torch_chunk_tokens
 
 
 def _chunk_logits(x, w32, b32):
@@ -23,16 +19,21 @@ def _chunk_logits(x, w32, b32):
         return z if b32 is None else z.add_(b32)
 
 
+def token_logprob(x, w, b, labels, *, chunk_tokens):
+    """The log-prob op of backend "torch" (common/backends.py)."""
+    return TorchChunkedTokenLogprob.apply(x, w, b, labels, chunk_tokens)
+
+
 class TorchChunkedTokenLogprob(torch.autograd.Function):
     """Counted tokens only: x [N, H], labels [N] in [0, V) -> log p(label) [N] (float32, float64 for float64)."""
 
     @staticmethod
     def forward(ctx, x, w, b, labels, chunk_tokens):
-        dtype = _compute_dtype(x, w)
+        dtype = compute_dtype(x, w)
         w32 = w.detach().to(dtype)
         b32 = None if b is None else b.detach().to(dtype)
         n = x.shape[0]
-        chunk = chunk_tokens or default_chunk_tokens(w.shape[0])
+        chunk = chunk_tokens or torch_chunk_tokens(w.shape[0])
         logp = torch.empty(n, dtype=dtype, device=x.device)
         stats = torch.empty((n, 2), dtype=dtype, device=x.device)  # max, log-normalizer
         with torch.no_grad():

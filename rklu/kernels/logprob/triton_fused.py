@@ -1,5 +1,5 @@
 """Triton backend of the fused linear log-prob: log p(label) per token from hidden states and the lm_head,
-tiled over tokens x vocab, never building [N, V]. Same structure as the KL kernel's v2.
+tiled over tokens x vocab, never building [N, V]. Same structure as the fused KL kernel (kl/triton_fused/).
 
 Forward, two passes:
 1. a 2D grid of (row block x vocab split) programs, launched as a 1D grid in grouped order (GROUP row blocks
@@ -27,9 +27,10 @@ import triton
 import triton.language as tl
 
 from ..common.compile_spec import CompileSpec
-# the same GEMM precision modes and tile helpers as the KL kernel (NATIVE / IEEE / UPCAST: see triton_fused_tiles)
+# the same GEMM precision modes and tile helpers as the KL kernel (NATIVE / IEEE / UPCAST: see common/tiles.py)
 from ..common.tiles import (  # noqa: F401
-    IEEE, INTERPRET, NATIVE, UPCAST, _atomic_dx_dw, _grad_operand, _logit_tile, gemm_precision,
+    AUTOTUNE, GROUP, IEEE, INTERPRET, NATIVE, UPCAST, _atomic_dx_dw, _grad_operand, _logit_tile, gemm_dtype,
+    gemm_precision,
 )
 from ..common.tiles import _grouped_pid as _grouped  # (row block, vocab block) of a program, grouped order
 
@@ -37,14 +38,9 @@ from ..common.tiles import _grouped_pid as _grouped  # (row block, vocab block) 
 # Skip a backward tile's GEMMs when max |g| <= this. 0.0: only exactly-zero tiles (results unchanged).
 # CCE uses ~2**-12 for bf16 training, trading exactness for speed at large V; opt in by setting it.
 GRAD_FILTER_EPS = 0.0
-GROUP = 8  # row blocks per group in the grouped launch order
 
 # One float32 [chunk, V] gradient buffer in deterministic mode holds about this many elements (16 MiB).
 CHUNK_ELEMENTS = 1 << 22
-
-
-
-
 
 
 @triton.jit
@@ -199,7 +195,6 @@ def _width(dtype: torch.dtype) -> str:
 COMBINE_BLOCK_N = 64
 MAX_SPLITS = 64
 
-AUTOTUNE = not INTERPRET and os.environ.get("RKLU_TRITON_AUTOTUNE", "1") != "0"
 TUNED = {}
 if AUTOTUNE:
     # Keyed on (H, V) (+ the tensor dtypes, which the autotuner appends): one config per model head.
@@ -235,6 +230,12 @@ def num_splits(n: int, v: int, device: torch.device) -> int:
 
 def _grid_2d(n_rows, v):
     return lambda meta: (triton.cdiv(n_rows, meta["BLOCK_N"]) * triton.cdiv(v, meta["BLOCK_V"]),)
+
+
+def token_logprob(x, w, b, labels, *, chunk_tokens):
+    """The log-prob op of backend "triton" (common/backends.py); it has no token chunks (``chunk_tokens``)."""
+    dtype = gemm_dtype(x, w)
+    return TritonTokenLogprob.apply(x.to(dtype), w.to(dtype), b, labels)
 
 
 class TritonTokenLogprob(torch.autograd.Function):

@@ -1,14 +1,14 @@
 """Triton backend: the fused linear unlearning KL, tiled over tokens x vocab, never building [N, V].
 
-Kernel v2 (issue 11). The pieces, one file each:
-  triton_fused_tiles.py     logit / teacher tiles (one H loop per model, each model its own H), grouped order
-  triton_fused_forward.py   forward: (token block x vocab split) programs -> [splits, N, 5] partial
+The pieces, one file each:
+  common/tiles.py           logit / teacher tiles (one H loop per model, each model its own H), grouped order
+  forward.py                forward: (token block x vocab split) programs -> [splits, N, 5] partial
                             statistics, merged by ``combine_partials`` (O(N * splits) torch ops)
-  triton_fused_backward.py  backward: (token block x vocab block) tiles, each recomputing its logits once;
+  backward.py               backward: (token block x vocab block) tiles, each recomputing its logits once;
                             dX/dW by fp32 atomics, or (deterministic mode) the gradient of a token chunk
                             written to a [chunk, V] buffer and torch.mm for dX/dW; gradient filtering
-  triton_fused_configs.py   autotune lists (spill-free on sm_80/sm_90), fixed tiles, compile_specs()
-This file: the autograd Function, launches, the vocabulary sort, the filter switch, the kept-tile counter.
+  configs.py                autotune lists (spill-free on sm_80/sm_90), fixed tiles, compile_specs()
+This package's __init__: the autograd Function, launches, the vocabulary sort, the filter switch, the kept-tile counter.
 
 Why recompute in backward instead of computing the gradient in the forward: the gradient tile needs the
 final statistics of its rows, so a second pass over the logits is needed either way; putting it in the
@@ -21,8 +21,8 @@ the dense floor of 5; with gradient filtering and a kept fraction f of backward 
 1 (student) + f * (2 teacher + 2 gradient) for the reverse KL (the forward KL also always recomputes the
 original: 2 + f * 3). ``grad_filter`` (default on; ``RKLU_GRAD_FILTER=0`` turns the default off) skips a
 tile only when every gradient entry in it is below eps = finfo(dtype).eps / 32 (2^-12 in bf16, 2^-28 in
-fp32), see triton_fused_backward.py. ``last_backward_tile_stats()`` reports the kept fraction.
-Which backward: by default the store-G one, measured 3.4x faster on an H200: per chunk of tokens the kernel
+fp32), see backward.py. ``last_backward_tile_stats()`` reports the kept fraction.
+Which backward: by default the store-G one (no fp32 atomics): per chunk of tokens the kernel
 writes the gradient tile into a fixed 64 MiB [chunk, V] buffer and cuBLAS does dX/dW. ``RKLU_FUSED_BACKWARD=
 atomic`` selects fp32 atomics for dX/dW (Cut-Cross-Entropy's way; it is the backward that sorts the
 vocabulary, so the filter skips more tiles there). See ``store_backward``.
@@ -34,11 +34,13 @@ import os
 import torch
 import triton
 
-from ...common.tiles import IEEE, INTERPRET, NATIVE, UPCAST, _mm, gemm_precision  # noqa: F401  (re-exported)
+from ...common.tiles import (  # noqa: F401  (re-exported)
+    AUTOTUNE, GROUP, IEEE, INTERPRET, NATIVE, UPCAST, _mm, gemm_dtype, gemm_precision, to_dtype,
+)
 from ..triton_chunked import _Gemms
 from .backward import _backward_kernel
 from .configs import (
-    GROUP, autotune_configs, backward_configs, block_sizes, compile_specs, dtype_key, forward_configs,
+    autotune_configs, backward_configs, block_sizes, compile_specs, dtype_key, forward_configs,
     vocab_split_size,
 )
 from .forward import NUM_STATS, _forward_kernel, combine_partials, reference_logits
@@ -46,14 +48,13 @@ from .forward import NUM_STATS, _forward_kernel, combine_partials, reference_log
 __all__ = ["TritonFusedUnlearningKL", "last_backward_tile_stats", "grad_filter_default", "compile_specs",
            "autotune_configs", "block_sizes", "TUNED_KERNELS"]
 
-# CUDA only: triton.autotune over the configs of triton_fused_configs, keyed on (H_S, H_O, V) -- the
+# CUDA only (AUTOTUNE): triton.autotune over the configs of configs.py, keyed on (H_S, H_O, V) -- the
 # autotuner appends the dtypes of the tensor arguments, so the effective key includes the dtype. N is not
 # in the key: one config per model head, whatever the batch. The interpreter keeps the fixed block_sizes()
 # (autotuning would only time the Python interpreter); RKLU_TRITON_AUTOTUNE=0 uses them on CUDA too. The
 # atomic backward accumulates into DX/DW/DB/COUNTER, so every timed trial starts from zeroed buffers
 # (reset_to_zero; the autotuner zeroes them again before the real launch). Which config won is in
 # ``<kernel>.cache`` ({key: Config}); benchmarks/bench_kernel.py records it.
-AUTOTUNE = not INTERPRET and os.environ.get("RKLU_TRITON_AUTOTUNE", "1") != "0"
 _KEY = ["H_S", "H_O", "V"]
 
 if AUTOTUNE:
@@ -93,11 +94,9 @@ def filter_eps(dtype: torch.dtype) -> float:
 
 
 # Which backward runs when neither deterministic mode nor RKLU_FUSED_BACKWARD says: see store_backward().
-# "store", measured (H200, bf16, N=8192, H=4096, random logits, benchmarks/results/gpu/): the store-G
-# backward runs 3.4x faster than fp32 atomics (fwd+bwd 52.7 vs 179.1 ms at V=32000, 246.9 vs 722.9 ms at
-# V=128256) at the same peak memory (its gradient buffer is a fixed 64 MiB). The atomic backward adds
-# N*H*V/BLOCK_V + V*H*N/BLOCK_N fp32 atomics (33.6e9 at V=32000 with the 64x64 tiles the autotuner chose):
-# ~120 ms of its kernel's 155 ms (rklu/kernels/cost_model.py, ATOMIC_EFFICIENCY).
+# "store": at the same peak memory (its gradient buffer is a fixed 64 MiB) it avoids the atomic backward's
+# N*H*V/BLOCK_V + V*H*N/BLOCK_N fp32 atomics, which run at a fraction of the L2 bandwidth (common/cost_model.py,
+# ATOMIC_EFFICIENCY); measured comparison in benchmarks/RESULTS.md.
 FUSED_BACKWARD_DEFAULT = "store"
 
 
@@ -155,6 +154,14 @@ def _vocab_order(mean_logit: torch.Tensor) -> torch.Tensor:
     return torch.argsort(mean_logit, descending=True, stable=True)
 
 
+def unlearning_kl(xs, ws, bs, xo, wo, bo, xa, wa, ba, *, alpha, direction, grad_in_forward, chunk_tokens,
+                  grad_filter):
+    """The KL op of backend "triton" (common/backends.py). The backward recomputes the logits whatever the
+    reduction, and there is no chunk of tokens: ``grad_in_forward`` and ``chunk_tokens`` do not apply."""
+    xs, ws, xo, wo, xa, wa = to_dtype(gemm_dtype(xs, ws), xs, ws, xo, wo, xa, wa)
+    return TritonFusedUnlearningKL.apply(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_filter)
+
+
 class TritonFusedUnlearningKL(torch.autograd.Function):
     """Counted tokens only: [N, H_*] hidden states (one dtype for all GEMM inputs; each model its own hidden
     size) -> per-token loss [N] float32."""
@@ -180,7 +187,7 @@ class TritonFusedUnlearningKL(torch.autograd.Function):
         mean_logit = _mean_logits(xs, ws, bs)
         perm = _vocab_order(mean_logit) if sort else None
         # The per-row reference logits: at the entry of largest mean logit, usually near each row's max, so
-        # the log-ratio terms (z - c) stay small and exact (see triton_fused_forward.py).
+        # the log-ratio terms (z - c) stay small and exact (see forward.py).
         ref = reference_logits(xs, ws, bs, xo, wo, bo, xa, wa, ba, float(alpha), mean_logit.argmax())
         _launch("forward", _forward_kernel,
                 lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * splits,), dtype_name,

@@ -11,16 +11,15 @@ atomic dX/dW tiles needs its own 64-bit address (hence the separate, smaller BLO
 loop). 16 warps cap a thread at 128 registers and spill everywhere; 128x128 spills at 8 warps. fp32 runs
 tl.dot in full IEEE fp32 (FMA, no tensor cores; the accuracy mode, not the fast one) with operands in
 registers, so it gets the smallest tiles. Forward and backward of a dtype share BLOCK_H (bitwise
-recompute, see triton_fused_forward.py).
+recompute, see forward.py).
 """
 from __future__ import annotations
 
 import triton
 
 from ...common.compile_spec import CompileSpec
-from ...common.tiles import INTERPRET
+from ...common.tiles import GROUP, INTERPRET
 
-GROUP = 8  # row blocks per group in the grouped program order
 
 # (BLOCK_N, BLOCK_V, BLOCK_H, num_warps, num_stages). The first entry is the fixed default
 # (RKLU_TRITON_AUTOTUNE=0).
@@ -29,7 +28,7 @@ FORWARD_SHAPES = {
     "fp32": [(32, 32, 16, 4, 2)],
 }
 # (BLOCK_N, BLOCK_V, BLOCK_H, BLOCK_HG, num_warps, num_stages): BLOCK_HG is the H step of the gradient
-# GEMMs + atomics. BLOCK_H equals the forward's per dtype: see triton_fused_forward.py (bitwise recompute).
+# GEMMs + atomics. BLOCK_H equals the forward's per dtype: see forward.py (bitwise recompute).
 BACKWARD_SHAPES = {
     "bf16": [(128, 64, 64, 32, 8, 3), (64, 64, 64, 32, 8, 3)],
     "fp32": [(32, 64, 16, 16, 4, 1)],
@@ -75,7 +74,7 @@ TARGET_FORWARD_PROGRAMS = 1024
 def vocab_split_size(n: int, v: int) -> int:
     """Vocabulary entries per forward program: as few splits as fill the GPU (each split adds O(N) stats
     and a re-read of X), at least one aligned block. The interpreter pays per program, not per idle SM: one
-    split there (tests/test_kernel_v2.py forces many splits explicitly)."""
+    split there (tests/kernels/test_kernel_v2.py forces many splits explicitly)."""
     if INTERPRET:
         return triton.cdiv(max(v, 1), SPLIT_ALIGN) * SPLIT_ALIGN
     row_blocks = triton.cdiv(n, 64)

@@ -14,8 +14,8 @@ Statistics of a split, per token: the student and teacher maxima m_s, m_t, the n
 d = sum exp(z - m), and r, the mean log-ratio *relative to per-row reference logits* c_s, c_t:
     reverse: r = E_{p_s}[(z_s - c_s) - (z_t - c_t)]      forward: r = E_{p_t}[(z_t - c_t) - (z_s - c_s)]
 Why a reference: a softmax-invariant common offset (a teacher bias of 1e4) would otherwise make E[z_s - z_t]
-and (m_s - m_t) two numbers of the offset's size whose difference is the small KL (v1: 5x the torch
-backend's error at 1e4). Every difference formed here is of two logits of the same row, in which the offset
+and (m_s - m_t) two numbers of the offset's size whose difference is the small KL (its rounding error would
+grow with the offset). Every difference formed here is of two logits of the same row, in which the offset
 cancels. The reference is the row's logit of the vocabulary entry with the largest mean student logit
 (``reference_logits``: a GEMV in torch, O(N * H); near the row's top logits, so (z - c) is small and
 exact where the probability is), the same constant for every split and for the backward, so the splits combine without

@@ -1,7 +1,8 @@
 """Roofline cost model of the unlearning-KL backends on a GPU: FLOPs and bytes per launched kernel, derived
 from each backend's own grid and tile constants (imported from the kernel modules), turned into time as
-sum over kernels of max(compute, DRAM traffic, L2 traffic). Used by ``backend="auto"`` (interface.py) to pick
-between the fused kernel and the chunked cuBLAS path, and by benchmarks/roofline.py for the report.
+sum over kernels of max(compute, DRAM traffic, L2 traffic). Used by ``backend="auto"`` (backends.py) to pick
+between the fused kernel and the chunked cuBLAS path, and by benchmarks/roofline.py for the report (whose
+report-only models -- dense floor, eager, torch, the first fused kernel -- are in benchmarks/cost_model_report.py).
 
 Assumptions (stated once, here):
 * peak rates: H100 SXM 989 TFLOP/s bf16 dense, 67 TFLOP/s fp32 FMA (fp32 inputs: Triton's IEEE tl.dot and
@@ -18,10 +19,9 @@ Assumptions (stated once, here):
 * fp32 atomics (``tl.atomic_add`` of dX/dW tiles) are reductions executed in L2: 4 bytes of L2 traffic per
   add, at the L2 bandwidth times ATOMIC_EFFICIENCY (roofline.py also prints the estimate at half that rate
   and with atomics free as sensitivity lines). The reduced dX/dW are written to DRAM once at the end.
-  ATOMIC_EFFICIENCY = 0.14 is measured, not assumed: on an H200 (bf16, N=8192, H=4096, V=32000, 64x64
-  backward tiles: 33.6e9 adds, 134 GB) the atomic backward kernel took 155 ms against 20.6 ms for the same
-  tiles storing their gradient instead; less ~14 ms for its in-tile dX/dW GEMMs, ~120 ms of atomics: 1.1 TB/s,
-  0.14 of the assumed 8 TB/s (benchmarks/results/gpu/profile-bf16.md). The model first assumed 1.0.
+  ATOMIC_EFFICIENCY is measured, not assumed: the atomic backward's time less that of the same tiles storing
+  their gradient and less its in-tile dX/dW GEMMs, over its bytes of atomics, as a fraction of the assumed L2
+  bandwidth (benchmarks/results/gpu/profile-bf16.md).
 * exp/log run on the SFUs (16 per SM per clock): H100 132 SMs x 1.83 GHz, A100 108 SMs x 1.41 GHz; inside a
   fused kernel they serialize with the MMAs (no warp specialization), so they add to its compute time.
 * cuBLAS GEMMs move each operand and the output through DRAM once (their tiling gets L2 reuse); an addmm
@@ -50,7 +50,7 @@ GPUS = {
     "H100": GPU("H100 SXM", 989.0, 67.0, 3.35, 8.0, 132, 132 * 16 * 1.83e9),
     "A100": GPU("A100 SXM", 312.0, 19.5, 2.0, 5.0, 108, 108 * 16 * 1.41e9),
 }
-ATOMIC_EFFICIENCY = 0.14  # measured on an H200, see the module docstring
+ATOMIC_EFFICIENCY = 0.14  # measured, see the module docstring
 
 
 @dataclass
@@ -95,13 +95,7 @@ class Shape:
         return 2.0 * self.n * self.h * self.v
 
 
-def floor_seconds(s: Shape, gpu: GPU) -> float:
-    """The dense floor: three logit GEMMs + dX + dW at peak (two logit GEMMs without the augmented model)."""
-    rate = (gpu.fp32_tflops if s.dtype == "fp32" else gpu.tensor_tflops) * 1e12
-    return (s.models + 2) * s.gemm / rate
-
-
-def _cublas(name, m, k, n, b_in, b_out, accumulate=False) -> Kernel:
+def cublas_gemm(name, m, k, n, b_in, b_out, accumulate=False) -> Kernel:
     return Kernel(name, flops=2.0 * m * k * n,
                   dram=(m * k + k * n) * b_in + m * n * b_out * (2 if accumulate else 1), fused_epilogue=False)
 
@@ -121,12 +115,13 @@ def _tiled_gemm_traffic(s: Shape, bn: int, bv: int, group: int, gpu: GPU, rows: 
 
 def fused_v2(s: Shape, gpu: GPU, kept_fraction: float = 1.0, store_g: bool = False,
              forward_tile=None, backward_tile=None) -> list[Kernel]:
-    """The fused Triton backend (rklu/kernels/triton_fused*.py): 2D-tile forward with vocab splits + combine,
+    """The fused Triton backend (rklu/kernels/kl/triton_fused/): 2D-tile forward with vocab splits + combine,
     2D-tile backward with the gradient filter (kept fraction f) and fp32 atomics for dX/dW, or (store_g,
     deterministic mode) the gradient of a token chunk in the input dtype + cuBLAS dX/dW. Tiles: the best
     config of each autotune list (what the autotuner would pick), or the given (BLOCK_N, BLOCK_V)."""
     from ..kl import triton_fused as tf
-    from ..kl.triton_fused.configs import BACKWARD_SHAPES, FORWARD_SHAPES, GROUP, vocab_split_size
+    from ..kl.triton_fused.configs import BACKWARD_SHAPES, FORWARD_SHAPES, vocab_split_size
+    from .tiles import GROUP
 
     key = "fp32" if s.dtype == "fp32" else "bf16"
     fp32 = s.dtype == "fp32"
@@ -172,8 +167,8 @@ def fused_v2(s: Shape, gpu: GPU, kept_fraction: float = 1.0, store_g: bool = Fal
     if store_g:
         chunk = max(1, tf.DETERMINISTIC_CHUNK_ELEMENTS // s.v)
         chunks = math.ceil(s.n / chunk)
-        out.append(_cublas("dX = G @ W (cuBLAS)", s.n, s.v, s.h, s.b, 4))
-        dw = _cublas("dW += G.T @ X (cuBLAS, per chunk)", s.v, s.n, s.h, s.b, 4)
+        out.append(cublas_gemm("dX = G @ W (cuBLAS)", s.n, s.v, s.h, s.b, 4))
+        dw = cublas_gemm("dW += G.T @ X (cuBLAS, per chunk)", s.v, s.n, s.h, s.b, 4)
         dw.dram += (chunks - 1) * 2 * 4.0 * s.v * s.h  # the fp32 accumulator read+written per chunk
         out.append(dw)
     out.append(Kernel("cast dX, dW to input dtype", dram=(4 + s.b) * (s.n * s.h + s.v * s.h), fused_epilogue=False))
@@ -181,7 +176,7 @@ def fused_v2(s: Shape, gpu: GPU, kept_fraction: float = 1.0, store_g: bool = Fal
 
 
 def chunked(s: Shape, gpu: GPU, chunk_tokens: int | None = None) -> list[Kernel]:
-    """backend="chunked" (rklu/kernels/triton_chunked.py): per chunk, fp32-output cuBLAS logit GEMMs, one Triton
+    """backend="chunked" (rklu/kernels/kl/triton_chunked.py): per chunk, fp32-output cuBLAS logit GEMMs, one Triton
     kernel (two passes over the chunk's fp32 logits; the second assumed to miss L2: a chunk's logits are
     hundreds of MB), the gradient in the input dtype, cuBLAS dX and dW (fp32 accumulator)."""
     from ..kl import triton_chunked as tc
@@ -189,11 +184,11 @@ def chunked(s: Shape, gpu: GPU, chunk_tokens: int | None = None) -> list[Kernel]
     gb = 2 if s.dtype == "bf16" else 4
     chunk = chunk_tokens or tc.default_chunk_tokens(s.n, s.v, gb, _Cuda(), s.augmented, free_bytes=FREE_BYTES)
     chunks = math.ceil(s.n / chunk)
-    out = [_cublas(f"logit GEMM x{s.models} (fp32 out)", s.n, s.h, s.v, s.b, 4) for _ in range(s.models)]
+    out = [cublas_gemm(f"logit GEMM x{s.models} (fp32 out)", s.n, s.h, s.v, s.b, 4) for _ in range(s.models)]
     out.append(Kernel("loss + gradient kernel (2 passes)", dram=s.n * s.v * (2 * 4 * s.models + gb),
                       sfu=(3 if s.reverse else 4) * s.n * s.v, fused_epilogue=False))
-    out.append(_cublas("dX = G @ W", s.n, s.v, s.h, gb, 4))
-    dw = _cublas("dW += G.T @ X (per chunk)", s.v, s.n, s.h, gb, 4)
+    out.append(cublas_gemm("dX = G @ W", s.n, s.v, s.h, gb, 4))
+    dw = cublas_gemm("dW += G.T @ X (per chunk)", s.v, s.n, s.h, gb, 4)
     dw.dram += (chunks - 1) * 2 * 4.0 * s.v * s.h
     out.append(dw)
     out.append(Kernel("cast dX, dW", dram=(4 + s.b) * (s.n * s.h + s.v * s.h), fused_epilogue=False))
@@ -206,60 +201,6 @@ class _Cuda:
 
 # Free GPU memory assumed by the report (an 80 GB card holding a 7B model's training state: ~40 GB free).
 FREE_BYTES = 40 << 30
-
-
-# The kernel before issue 11 (git history: rklu/kernels/triton_fused.py at cce77be), tile (64, 128, 64): forward
-# one program per row block walking all of V; backward one program per vocab block walking all row blocks,
-# dW read-modify-written per row block in global memory, dX by atomics.
-V1_TILE = (64, 128, 64)
-
-
-def fused_v1(s: Shape, gpu: GPU) -> list[Kernel]:
-    bn, bv, _ = V1_TILE
-    row_blocks, col_blocks = math.ceil(s.n / bn), math.ceil(s.v / bv)
-    x, w = s.n * s.h * s.b, s.v * s.h * s.b
-    # forward: programs = row blocks, all walk V in the same order, so W blocks are shared in L2 across the
-    # wave; each program re-reads its X tile per vocab block (512 KB per program: no reuse in L2 at 132+).
-    fwd = Kernel("v1 forward", flops=s.models * s.gemm, dram=s.models * (x * col_blocks + w * math.ceil(row_blocks / gpu.sms)),
-                 l2=s.models * (x * col_blocks + w * row_blocks), sfu=2.0 * s.n * s.v)
-    # backward: programs = vocab blocks; each walks every row block: X re-read per vocab block (shared in L2
-    # across the wave), W tiles re-read per row block, dW tile read+written per row block, dX atomics.
-    bwd = Kernel("v1 backward", flops=(s.models + 2) * s.gemm,
-                 dram=(s.models + 1) * x * math.ceil(col_blocks / gpu.sms) + (s.models + 1) * w * row_blocks
-                 + 2 * 4.0 * s.v * s.h * row_blocks,
-                 l2=(s.models + 1) * (x * col_blocks + w * row_blocks),
-                 atomics=4.0 * s.n * s.h * col_blocks, sfu=1.0 * s.n * s.v)
-    return [fwd, bwd]
-
-
-def eager(s: Shape, gpu: GPU, bytes_per_element: float) -> list[Kernel]:
-    """Materialized logits: 3 cuBLAS logit GEMMs (input-dtype output), the reference math on [N, V] as
-    separate elementwise kernels (``bytes_per_element``, traced), dX/dW GEMMs from the logit gradient."""
-    out = [_cublas("logit GEMM (materialized)", s.n, s.h, s.v, s.b, s.b) for _ in range(s.models)]
-    out.append(Kernel("elementwise reference math (fwd+bwd)", dram=bytes_per_element * s.n * s.v,
-                      sfu=4.0 * s.n * s.v, fused_epilogue=False))
-    out.append(_cublas("dX GEMM", s.n, s.v, s.h, s.b, s.b))
-    out.append(_cublas("dW GEMM", s.v, s.n, s.h, s.b, s.b))
-    return out
-
-
-def torch_chunked(s: Shape, gpu: GPU, bytes_per_element: float) -> list[Kernel]:
-    """The torch backend on a GPU: fp32 weights (cast once), fp32 cuBLAS GEMMs per chunk (FMA rate, no TF32),
-    torch elementwise chunk math (``bytes_per_element``, traced)."""
-    from ..kl.torch_chunked import default_chunk_tokens
-
-    chunks = math.ceil(s.n / default_chunk_tokens(s.v))
-    out = [Kernel("cast weights to fp32", dram=s.models * s.v * s.h * (s.b + 4), fused_epilogue=False)]
-    fp = Shape(s.n, s.h, s.v, "fp32", s.augmented, s.reverse)
-    out += [_cublas("fp32 logit GEMM", s.n, s.h, s.v, 4, 4) for _ in range(s.models)]
-    out.append(Kernel("chunk math (torch ops)", dram=bytes_per_element * s.n * s.v, sfu=4.0 * s.n * s.v,
-                      fused_epilogue=False))
-    out.append(_cublas("fp32 dX GEMM", s.n, s.v, s.h, 4, 4))
-    dw = _cublas("fp32 dW addmm per chunk", s.v, s.n, s.h, 4, 4)
-    dw.dram += (chunks - 1) * 2 * 4.0 * s.v * s.h
-    out.append(dw)
-    del fp
-    return out
 
 
 def estimate(kernels: list[Kernel], s: Shape, gpu: GPU, atomic_efficiency: float = ATOMIC_EFFICIENCY,
@@ -280,9 +221,8 @@ def choose_cuda_backend(n: int, h: int, v: int, dtype: str, augmented: bool, rev
                         grad_filter: bool = True, gpu: str = "H100") -> str:
     """"chunked" when its working set fits in a quarter of the free memory at a chunk of at least
     MIN_EFFICIENT_CHUNK tokens (or all of N) and the model says it is faster than the fused kernel with its
-    default (store-g) backward; else the O(N) fused "triton". Measured on an H200 at N=8192, H=4096, bf16
-    (benchmarks/results/gpu/): chunked 1.20-1.28x the floor, fused store-g 3.5-4.0x, so in practice this
-    means "chunked whenever it fits"."""
+    default (store-g) backward; else the O(N) fused "triton". The GPU measurements (benchmarks/RESULTS.md)
+    put chunked well ahead wherever it fits, so in practice this means "chunked whenever it fits"."""
     from ..kl import triton_chunked as tc
 
     s = Shape(n, h, v, dtype, augmented, reverse)

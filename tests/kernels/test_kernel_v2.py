@@ -4,11 +4,13 @@
 The Triton cases run on CPU through the interpreter (TRITON_INTERPRET=1), whose fixed tiles are
 BLOCK_N=32, BLOCK_V=256 (``triton_fused_configs.block_sizes``); the counter test is built around them.
 """
+import importlib
+
 import pytest
 import torch
 
 from kernel_cases import fused_loss, make_inputs, reference_loss, rel_err, student_params, triton_param
-from rklu.kernels import fused_linear_unlearning_kl
+from rklu.kernels.common import backends
 
 TRITON = triton_param()
 ALL = [pytest.param(("reference", "cpu"), id="reference"), pytest.param(("torch", "cpu"), id="torch"), TRITON]
@@ -251,11 +253,33 @@ def test_compile_specs_cover_the_launch_matrix():
         assert all(k in s.signature for k in s.divisible)
 
 
-def test_grad_filter_is_ignored_by_dense_backends():
-    inputs = make_inputs(10, 16, 200, seed=1)
-    a = fused_linear_unlearning_kl(**inputs, backend="torch", grad_filter=True)
-    b = fused_linear_unlearning_kl(**inputs, backend="torch", grad_filter=False)
-    assert torch.equal(a, b)
+@pytest.mark.parametrize("backend_device", [pytest.param(("reference", "cpu"), id="reference"),
+                                            pytest.param(("torch", "cpu"), id="torch"), triton_param("chunked")])
+def test_grad_filter_reaches_dense_backends_and_changes_nothing(backend_device, monkeypatch):
+    """``grad_filter`` is passed to every backend; the dense ones (reference, torch, chunked) give bitwise the
+    same loss and gradients with it on and off. The inputs are ones where filtering does change the gradient:
+    all probability on 8 of 1000 entries, so the fused backend's filter zeroes the dW rows of the cold entries
+    (~e^-40, not 0 unfiltered), checked below when Triton runs here."""
+    backend, device = backend_device
+    inputs = _peaked_inputs(20, 1000, 16, hot=8, gap=80.0, device=device)
+    module_name, _, attr = backends.get(backend).ops["kl"].partition(":")
+    module = importlib.import_module(module_name)
+    real, received = getattr(module, attr), []
+
+    def spy(*args, **kwargs):
+        received.append(kwargs["grad_filter"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, attr, spy)
+    on, off = (fused_loss(inputs, backend, grad_filter=f) for f in (True, False))
+    assert received == [True, False]
+    assert torch.equal(on, off)
+    for a, b in zip(_grads(on, inputs), _grads(off, inputs)):
+        assert torch.equal(a, b)
+    if backend == "chunked":  # Triton runs here: the same inputs through the filtering backend
+        monkeypatch.setenv("RKLU_FUSED_BACKWARD", "atomic")
+        dw_on, dw_off = (_grads(fused_loss(inputs, "triton", grad_filter=f), inputs)[1] for f in (True, False))
+        assert (dw_on == 0).sum() > (dw_off == 0).sum()
 
 
 @pytest.mark.parametrize("backend_device", [TRITON])

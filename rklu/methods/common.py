@@ -22,7 +22,8 @@ class LossContext:
     retain_weight: float = 1.0   # lambda in L = L_forget + lambda * L_retain
     npo_beta: float = 0.1
     dpo_beta: float = 0.1
-    kl_backend: str = "auto"     # backend of both fused ops (the KL and the label log-prob)
+    kl_backend: str = "auto"       # backend of the fused KL
+    logprob_backend: str = "auto"  # backend of the fused label log-prob (training resolves both once per run)
     cache: dict = field(default_factory=dict)  # per-step memo so a role's student pass runs once
 
     def student(self, role: str, batch) -> HeadOutput:

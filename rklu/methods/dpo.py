@@ -12,11 +12,11 @@ from .registry import Hyperparameter, MethodSpec
 
 def dpo_loss(ctx: LossContext, batch):
     win, lose = batch["idk"], batch["forget"]
-    win_logp = sequence_logprob(ctx.student("idk", batch), win["labels"], ctx.kl_backend)
-    lose_logp = sequence_logprob(ctx.student("forget", batch), lose["labels"], ctx.kl_backend)
+    win_logp = sequence_logprob(ctx.student("idk", batch), win["labels"], ctx.logprob_backend)
+    lose_logp = sequence_logprob(ctx.student("forget", batch), lose["labels"], ctx.logprob_backend)
     with torch.no_grad():
-        win_ref = sequence_logprob(ctx.original("idk", win), win["labels"], ctx.kl_backend)
-        lose_ref = sequence_logprob(ctx.original("forget", lose), lose["labels"], ctx.kl_backend)
+        win_ref = sequence_logprob(ctx.original("idk", win), win["labels"], ctx.logprob_backend)
+        lose_ref = sequence_logprob(ctx.original("forget", lose), lose["labels"], ctx.logprob_backend)
     margin = (win_logp - win_ref) - (lose_logp - lose_ref)
     loss = -F.logsigmoid(ctx.dpo_beta * margin).mean()
     return loss, {"dpo_margin": margin.mean().detach()}

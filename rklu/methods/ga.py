@@ -6,7 +6,7 @@ from .registry import MethodSpec
 
 
 def ga_loss(ctx: LossContext, batch):
-    nll = mean_nll(ctx.student("forget", batch), batch["forget"]["labels"], ctx.kl_backend)
+    nll = mean_nll(ctx.student("forget", batch), batch["forget"]["labels"], ctx.logprob_backend)
     return -nll, {"forget_nll": nll.detach()}
 
 

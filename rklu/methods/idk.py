@@ -6,7 +6,7 @@ from .registry import MethodSpec
 
 
 def idk_loss(ctx: LossContext, batch):
-    nll = mean_nll(ctx.student("idk", batch), batch["idk"]["labels"], ctx.kl_backend)
+    nll = mean_nll(ctx.student("idk", batch), batch["idk"]["labels"], ctx.logprob_backend)
     return nll, {"idk_nll": nll.detach()}
 
 

@@ -5,5 +5,5 @@ from .common import LossContext, mean_nll
 
 
 def finetune_loss(ctx: LossContext, batch, role: str = "train"):
-    loss = mean_nll(ctx.student(role, batch), batch[role]["labels"], ctx.kl_backend)
+    loss = mean_nll(ctx.student(role, batch), batch[role]["labels"], ctx.logprob_backend)
     return loss, {"nll": loss.detach()}

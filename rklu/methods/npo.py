@@ -13,9 +13,9 @@ from .registry import Hyperparameter, MethodSpec
 
 def npo_loss(ctx: LossContext, batch):
     sub = batch["forget"]
-    logp = sequence_logprob(ctx.student("forget", batch), sub["labels"], ctx.kl_backend)
+    logp = sequence_logprob(ctx.student("forget", batch), sub["labels"], ctx.logprob_backend)
     with torch.no_grad():
-        ref = sequence_logprob(ctx.original("forget", sub), sub["labels"], ctx.kl_backend)
+        ref = sequence_logprob(ctx.original("forget", sub), sub["labels"], ctx.logprob_backend)
     log_ratio = logp - ref
     loss = -F.logsigmoid(-ctx.npo_beta * log_ratio).mean() * 2.0 / ctx.npo_beta
     return loss, {"forget_log_ratio": log_ratio.mean().detach()}

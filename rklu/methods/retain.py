@@ -8,7 +8,7 @@ from .registry import RetainTerm, register_retain_term
 
 
 def rt_term(ctx: LossContext, batch):
-    loss = mean_nll(ctx.student("retain", batch), batch["retain"]["labels"], ctx.kl_backend)
+    loss = mean_nll(ctx.student("retain", batch), batch["retain"]["labels"], ctx.logprob_backend)
     return loss, {"retain_nll": loss.detach()}
 
 

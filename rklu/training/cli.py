@@ -6,6 +6,7 @@ import argparse
 import sys
 import typing
 
+from ..kernels.common import backends as kernel_backends
 from .config import FIELD_TYPES, FIELD_NAMES, _base_type, list_presets
 
 HELP = {
@@ -41,6 +42,8 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
                                 help="unlearning method (unlearn only)")
         elif tp is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+        elif name == "kl_backend":  # the kernels' backend registry, read when the parser is built
+            parser.add_argument(flag, dest=name, default=None, choices=kernel_backends.choices("kl"))
         elif typing.get_origin(tp) is list:
             parser.add_argument(flag, dest=name, nargs="+", default=None)
         else:

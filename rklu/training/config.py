@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from ..kernels.common import backends as kernel_backends
+
 STAGES = ("finetune", "augment", "unlearn")
 
 
@@ -44,7 +46,7 @@ class RunConfig:
     npo_beta: float = 0.1
     dpo_beta: float = 0.1
     ta_scale: float = 2.5             # task-arithmetic s
-    kl_backend: str = "auto"          # fused KL backend: auto | torch | triton
+    kl_backend: str = "auto"          # fused KL backend: auto | a registered one (rklu/kernels/common/backends.py)
     # --- optimization ----------------------------------------------------------------------------
     epochs: int = 5
     learning_rate: float = 1e-5
@@ -107,6 +109,7 @@ class RunConfig:
             problem = hp.problem(getattr(self, hp.name))
             if problem:
                 raise ValueError(problem)
+        kl_backends = kernel_backends.choices("kl")
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
@@ -121,6 +124,7 @@ class RunConfig:
             (not (self.lora and self.parallel == "fsdp2"),
              "parallel fsdp2 is full-parameter training; with lora use parallel ddp (one base copy per GPU)"),
             (self.mixed_precision in ("no", "bf16"), f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}"),
+            (self.kl_backend in kl_backends, f"kl_backend must be one of {', '.join(kl_backends)}, got {self.kl_backend!r}"),
         ]
         for ok, message in checks:
             if not ok:

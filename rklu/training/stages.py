@@ -24,8 +24,10 @@ from ..data.formatting import get_prompt_format
 from ..data.qa import check_overlap, load_qa, split_slice
 from ..data.text import read_text_corpus
 from ..data.tofu import FORGET_SPLITS, idk_answers
+from ..kernels.common.backends import resolve_for_run
 from ..methods import FINETUNE, LossContext, get_method, task_arithmetic
 from ..models import loading
+from ..models.heads import output_head
 from . import distributed
 from .config import RunConfig, resolve_config
 from .run_folder import check_run_dir, finish_run, model_dir, start_run_dir
@@ -267,12 +269,19 @@ def unlearn(config=None, *, preset: str | None = None, config_file=None, evaluat
         model = _lora(cfg, model)
     teacher_models = load_teachers(cfg, method, model, ctx)
     device = _device()
+    # One backend per fused op for the whole run ("auto" decided once, for the largest call), recorded in run.json.
+    head = output_head(model)[0]
+    kernel_backends = resolve_for_run(cfg.kl_backend, device, problem=dict(
+        n=cfg.batch_size * cfg.max_length, h=head.shape[1], v=head.shape[0], augmented=method.needs_augmented,
+        dtype="fp32" if head.dtype == torch.float32 and cfg.mixed_precision == "no" else "bf16", reverse=True))
+    ctx.kl_backend, ctx.logprob_backend = kernel_backends["kl"], kernel_backends["logprob"]
     mode = _parallel_mode(cfg, evaluate)
     run_dir = check_run_dir(cfg, resume)
     place_teachers(cfg, ctx, teacher_models, mode, device)
 
     status = start_run_dir(run_dir, cfg, "unlearn", resume, {
-        "method": method.name, "forget_rows": len(forget), "retain_rows": None if retain is None else len(retain)})
+        "method": method.name, "forget_rows": len(forget), "retain_rows": None if retain is None else len(retain),
+        "kernel_backends": kernel_backends})
     if cfg.teacher_cache != "none":
         status["teacher_cache"] = cache_teachers(cfg, ctx, method, teacher_models, model,
                                                  {"forget": forget, "retain": retain, "idk": idk}, tokenizer, run_dir,

@@ -92,6 +92,17 @@ def resolve(op: str, backend: str, device: torch.device, problem: dict | None = 
     return backend
 
 
+def resolve_for_run(backend: str, device: torch.device, problem: dict | None = None) -> dict[str, str]:
+    """Each op's backend for a whole run, resolved once, so that every call of a run (the forget and retain
+    terms of one step, every step) runs the same one: ``{"kl": ..., "logprob": ...}``. ``backend`` is the
+    run's KL backend (``problem`` as for ``auto_backend``: the largest call of the run); the log-prob takes
+    the same name when it implements the log-prob, else (a KL-only backend such as ``"chunked"``) its own
+    ``"auto"`` choice, stated in the result rather than reinterpreted per call."""
+    kl = resolve("kl", backend, device, problem)
+    logprob = kl if kl in names("logprob") else resolve("logprob", AUTO, device)
+    return {"kl": kl, "logprob": logprob}
+
+
 def function(op: str, backend: str) -> Callable:
     """The op function of a resolved backend."""
     check_name(backend, op)

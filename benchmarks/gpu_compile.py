@@ -1,7 +1,7 @@
 """GPU-readiness check that runs on CPU: compile every Triton kernel of rklu.kernels for sm_80 (A100) and
 sm_90 (H100) with every config it can be launched with, and record registers, spills and shared memory.
 
-Each Triton module exposes ``compile_specs()`` (rklu/kernels/compile_spec.py) over its launch matrix (dtype bf16 /
+Each Triton module exposes ``compile_specs()`` (rklu/kernels/common/compile_spec.py) over its launch matrix (dtype bf16 /
 fp32 x direction x augmented teacher x bias, plus kernel-specific flags); every spec is compiled with each of
 its configs through ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 80|90, 32))`` -- Triton lowers
 to PTX and runs the wheel's ptxas without a GPU -- then the wheel's ``cuobjdump --dump-resource-usage``
@@ -15,7 +15,7 @@ architecture gives one block (sm_80: 166912 bytes, sm_90: 232448), or more regis
 
     python benchmarks/gpu_compile.py                    # full matrix -> benchmarks/results/gpu-compile.{json,md}
     python benchmarks/gpu_compile.py --modules rklu.kernels.kl.triton_chunked   # recompile one module, merge
-    python benchmarks/gpu_compile.py --subset ci --out /tmp/x --check     # what tests/test_gpu_compile.py runs
+    python benchmarks/gpu_compile.py --subset ci --out /tmp/x --check     # what tests/kernels/test_gpu_compile.py runs
     python benchmarks/gpu_compile.py --verify           # committed JSON covers the current sources, no problem
 
 The committed JSON stores, per row, a hash of the module's kernel sources (the module file and the

@@ -1,6 +1,6 @@
 """Kept fraction f of the fused backward's gradient filter, measured on real language-model logits.
 
-The Triton backward (rklu/kernels/triton_fused_backward.py) skips a (BLOCK_N tokens x BLOCK_V vocab) tile when
+The Triton backward (rklu/kernels/kl/triton_fused/backward.py) skips a (BLOCK_N tokens x BLOCK_V vocab) tile when
 every probability that could carry gradient is below eps = finfo(dtype).eps / 32 (2^-12 for bf16, 2^-28 for
 fp32): for the reverse KL the student's p_s (the gradient p_s * (log-ratio - KL) is proportional to it); for
 the forward KL max(p_s, exp(z_o - lse_t)), the bound on the teacher's probability the kernel can form from

@@ -81,7 +81,7 @@ def chunk_sweep_section(gpu_dir: Path) -> list[str]:
         return []
     out = ["### Chunked cuBLAS backend: chunk size", "",
            "N=8192, H=4096, V=32000, bf16; one process per chunk size, run one after the other on the same "
-           "machine. The default is `TARGET_CHUNK_TOKENS` in `rklu/kernels/triton_chunked.py`.", "",
+           "machine. The default is `TARGET_CHUNK_TOKENS` in `rklu/kernels/kl/triton_chunked.py`.", "",
            "| chunk tokens | time ms | peak extra MiB | from |", "|---:|---:|---:|---|"]
     for size, name, r in sorted(points, key=lambda p: p[0]):
         out.append(f"| {size} | {r['median_s'] * 1e3:.1f} | {r['peak_extra_bytes'] / 2**20:,.0f} | `{name}` |")
@@ -132,7 +132,7 @@ def roofline_section(gpu_dir: Path) -> list[str]:
                 measured.setdefault((r["impl"], r["n"], r["h"], r["v"]), r)
     device = next((d["meta"]["device_name"] for d in (_load(gpu_dir / "kernel-headline-bf16.json"),) if d), None)
     out = ["## Roofline estimate vs measured", "",
-           "Estimates from `benchmarks/roofline.py` (`rklu/kernels/cost_model.py`; assumptions in `results/roofline-table.md`); "
+           "Estimates from `benchmarks/roofline.py` (`rklu/kernels/common/cost_model.py`; assumptions in `results/roofline-table.md`); "
            "'filter f' is the kept fraction measured on SmolLM2 logits (`results/grad-sparsity.md`). Measured: "
            + (f"**{device}**, bf16, same run as the GEMM floor." if device else "no GPU run yet (—)."), "",
            "| N | H | V | backend | filter | H100 est ms | H100 est x floor | A100 est x floor | measured ms | "

@@ -48,7 +48,7 @@ HEADLINE=8192x4096x32000,8192x4096x128256
 stage profile 90 "$PY" benchmarks/profile_kernel.py --shape 8192x4096x32000 --out "$OUT/profile-bf16"
 stage kernel-headline 150 "$PY" benchmarks/bench_kernel.py --device cuda --dtype bf16 --shapes "$HEADLINE" \
   --impls eager,triton_atomic,triton_store,chunked,chunked_noaug,liger,floor,floor_noaug --out "$OUT/kernel-headline-bf16"
-# The chunked backend's chunk size (default 4096: rklu/kernels/triton_chunked.py). 256 and 512 tell whether `auto`
+# The chunked backend's chunk size (default 4096: rklu/kernels/kl/triton_chunked.py). 256 and 512 tell whether `auto`
 # should keep chunking below MIN_EFFICIENT_CHUNK (512) when memory is short, instead of the fused kernel.
 for c in 256 512 1024 2048 8192; do
   stage "chunk-$c" 30 "$PY" benchmarks/bench_kernel.py --device cuda --dtype bf16 --shapes 8192x4096x32000 \

@@ -3,7 +3,7 @@
 Every Triton module in ``rklu.kernels`` exposes ``compile_specs() -> list[CompileSpec]`` over its full
 launch matrix (dtype bf16/fp32 x direction x augmented teacher yes/no x bias yes/no), and
 ``benchmarks/gpu_compile.py`` compiles each spec with each of its configs for sm_80 and sm_90 to check
-registers, spills and shared memory (the CPU test ``tests/test_gpu_compile.py`` runs a subset in CI).
+registers, spills and shared memory (the CPU test ``tests/kernels/test_gpu_compile.py`` runs a subset in CI).
 """
 from dataclasses import dataclass, field
 

@@ -3,7 +3,7 @@
 Every config in an autotune list must be spill-free and fit the shared memory of sm_80 (166912 bytes per
 block) and sm_90 (232448 bytes), for bf16 and fp32 and every variant (direction, augmented teacher, bias,
 sorted vocabulary, filter, deterministic store): ``compile_specs()`` enumerates that matrix and
-``benchmarks/gpu_compile.py`` (tests/test_gpu_compile.py) compiles each case for both targets on CPU.
+``benchmarks/gpu_compile.py`` (tests/kernels/test_gpu_compile.py) compiles each case for both targets on CPU.
 The lists below are what survived that check. What limits them is registers, not shared memory: a
 [64, 128] fp32 tile is 32 registers per thread at 8 warps, the kernels hold up to three (two GEMM
 accumulators + one teacher/student tile), and sm_80 has no vector float atomics, so every element of the

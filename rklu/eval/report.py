@@ -285,7 +285,7 @@ def write_report(run_dirs: Sequence, out_dir, *, retain_eval_dir=None, plots: bo
     ``paper_split``) beside ours, in the table and on the forget-quality-vs-utility plot."""
     if not run_dirs:
         raise ValueError("no run directories given")
-    from rklu.training.run_record import read_run_json, run_status
+    from rklu.run_record import read_run_json, run_status
 
     records = []
     for run_dir in run_dirs:

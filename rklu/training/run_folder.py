@@ -12,7 +12,7 @@ import yaml
 from ..io import atomic_write_json, atomic_write_text
 from . import distributed
 from .config import RunConfig
-from .run_record import STALE, check_resume, process_record
+from ..run_record import STALE, check_resume, process_record
 
 MODEL_SUBDIR = "model"
 

@@ -157,7 +157,7 @@ def test_kill_mid_epoch_then_resume_equals_uninterrupted(uninterrupted, tmp_path
     else:
         assert proc.returncode == -signal.SIGKILL
         assert status["status"] == "running"  # nothing could be recorded: resume relies on checkpoints only
-        from rklu.training.run_record import STALE, run_status
+        from rklu.run_record import STALE, run_status
 
         assert status["pid"] == proc.pid and run_status(status) == STALE  # ... but readers see it is dead
         # a save cut short by the kill: no trainer_state.json (Trainer writes it last) -> must be skipped

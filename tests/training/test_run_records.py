@@ -10,8 +10,8 @@ import pytest
 
 from rklu.cli import main
 from rklu.methods import METHOD_NAMES
-from rklu.training import run_record
-from rklu.training.run_record import STALE, check_resume, run_status
+from rklu import run_record
+from rklu.run_record import STALE, check_resume, run_status
 
 
 def _dead_pid() -> int:

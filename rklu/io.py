@@ -1,15 +1,19 @@
 """Atomic file writes: a crash mid-write never leaves a truncated file that later reads as valid."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temp file in the target's folder, fsync it, then rename over ``path``."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], nbytes: int | None = None) -> Path:
+    """Call ``write(tmp_path)`` on a temp file in the target's folder, fsync it, then rename over ``path``.
+    A full disk (ENOSPC) leaves the previous file as it was and is re-raised naming ``path`` and the bytes
+    needed (``nbytes`` when the caller knows them, else at least what was written when space ran out)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -19,18 +23,30 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            raise _no_space(path, nbytes, written) from error
         raise
     return path
 
 
+def _no_space(path: Path, nbytes: int | None, written: int) -> OSError:
+    needed = f"{nbytes} bytes needed" if nbytes is not None else f"more than {written} bytes needed"
+    free = shutil.disk_usage(path.parent).free
+    return OSError(errno.ENOSPC, f"no space left on the device writing {path} ({needed}, {free} free); "
+                                 "the previous file is unchanged", str(path))
+
+
 def atomic_write_text(path, text: str) -> Path:
+    data = text.encode("utf-8")
+
     def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-    return atomic_write(path, write)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+    return atomic_write(path, write, nbytes=len(data))
 
 
 def atomic_write_json(path, obj: Any, indent: int = 2) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +16,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from ..io import atomic_write_json, atomic_write_text
 from ..methods import LossContext, Method
 from ..models.heads import managed_call
-from . import distributed
+from . import checkpoints, distributed
 
 
 class NonFiniteLossError(RuntimeError):
@@ -159,11 +160,37 @@ class UnlearningTrainer(Trainer):
             state_dict = distributed.drop_tied_copies(self.model, state_dict)
         super()._save(output_dir, state_dict=state_dict)
 
-    def _save_rng_state(self, output_dir):
-        super()._save_rng_state(output_dir)
-        # Trainer writes trainer_state.json (what marks a checkpoint complete, see last_checkpoint) on rank
-        # 0 right after this; wait until every rank has written its RNG state and shards
+    def _save_checkpoint(self, model, trial):
+        """Trainer's save, then the completion marker (``checkpoints.write_manifest``) once every rank has
+        written its files; older checkpoints are rotated out only after that, so the previous complete one
+        survives a save that fails. A full disk removes the incomplete folder and says what it needed."""
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        except OSError as error:
+            if checkpoints.is_no_space(error):
+                raise self._no_space(error, folder) from error
+            raise
+        finally:
+            self.args.save_total_limit = limit
+        distributed.barrier()  # every rank's shards, optimizer and RNG state are on disk
+        if distributed.is_main():
+            checkpoints.write_manifest(folder, distributed.world_size())
+            from transformers.trainer_utils import rotate_checkpoints
+
+            rotate_checkpoints(output_dir=str(folder.parent), save_total_limit=limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
         distributed.barrier()
+
+    def _no_space(self, error: OSError, folder: Path) -> checkpoints.CheckpointError:
+        previous = checkpoints.last_complete_checkpoint(folder.parent)
+        # bytes needed: the previous checkpoint's size, else the weights plus AdamW's two moments
+        needed = checkpoints.folder_bytes(previous) if previous else \
+            3 * sum(p.numel() * p.element_size() for p in self.model.parameters())
+        if distributed.is_main():
+            shutil.rmtree(folder, ignore_errors=True)
+        return checkpoints.no_space_error(error, folder, needed)
 
     def load_epoch_sums(self, checkpoint) -> None:
         # the saved sums are over all ranks: rank 0 takes them, the others start from zero, so the
@@ -329,15 +356,10 @@ def steps_per_epoch(n_rows: int, cfg) -> int:
     return max(1, math.ceil(math.ceil(n_rows / per_step) / cfg.grad_accumulation(_world_size())))
 
 
-def last_checkpoint(checkpoint_dir) -> str | None:
-    """The newest *complete* checkpoint: Trainer writes ``trainer_state.json`` last, so a folder without it
-    (a save cut short by a crash or SIGKILL) is skipped and an older complete one is used."""
-    checkpoint_dir = Path(checkpoint_dir)
-    if not checkpoint_dir.is_dir():
-        return None
-    complete = [p for p in checkpoint_dir.glob("checkpoint-*")
-                if p.is_dir() and p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
-    return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
+def last_checkpoint(checkpoint_dir, report=None) -> str | None:
+    """The newest complete, intact checkpoint (see ``checkpoints``): one whose save was cut short, or
+    whose files were truncated or removed since, is reported (naming the file) and an older one used."""
+    return checkpoints.last_complete_checkpoint(checkpoint_dir, report=report)
 
 
 def run_training(cfg, model, dataset, collator, method: Method, loss_context: LossContext, run_dir,
@@ -365,7 +387,7 @@ def run_training(cfg, model, dataset, collator, method: Method, loss_context: Lo
         trainer.remove_callback(PrinterCallback)
     if on_trainer is not None:
         on_trainer(trainer)
-    checkpoint = last_checkpoint(run_dir / "checkpoints") if resume else None
+    checkpoint = checkpoints.resume_checkpoint(run_dir / "checkpoints") if resume else None
     if checkpoint:
         trainer.load_epoch_sums(checkpoint)
     import signal

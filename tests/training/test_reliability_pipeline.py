@@ -142,7 +142,7 @@ def test_kill_mid_epoch_then_resume_equals_uninterrupted(uninterrupted, tmp_path
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     deadline = time.time() + 120
     # 8 steps per epoch; signal once checkpoint-2 is complete, i.e. during step 3 (mid-epoch 1)
-    while not (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file():
+    while not (out / "checkpoints" / "checkpoint-2" / "rklu_complete.json").is_file():
         assert proc.poll() is None, proc.communicate()
         assert time.time() < deadline
         time.sleep(0.05)
@@ -160,7 +160,7 @@ def test_kill_mid_epoch_then_resume_equals_uninterrupted(uninterrupted, tmp_path
         from rklu.run_record import STALE, run_status
 
         assert status["pid"] == proc.pid and run_status(status) == STALE  # ... but readers see it is dead
-        # a save cut short by the kill: no trainer_state.json (Trainer writes it last) -> must be skipped
+        # a save cut short by the kill: no completion marker -> must be skipped
         half = out / "checkpoints" / "checkpoint-99"
         half.mkdir()
         (half / "model.safetensors").write_bytes(b"\x00" * 10)
@@ -184,13 +184,17 @@ def test_kill_mid_epoch_then_resume_equals_uninterrupted(uninterrupted, tmp_path
 
 
 def test_last_checkpoint_skips_half_written(tmp_path):
+    from rklu.training.checkpoints import write_manifest
     from rklu.training.trainer import last_checkpoint
 
     for step, complete in ((2, True), (4, True), (6, False)):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
+        for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"):
+            (folder / name).write_text("{}" if name.endswith(".json") else "x")
+        (folder / "model.safetensors").write_bytes(b"\x08" + b"\x00" * 7 + b"{}      ")  # an empty safetensors file
         if complete:
-            (folder / "trainer_state.json").write_text("{}")
+            write_manifest(folder)
     (tmp_path / "checkpoint-junk").mkdir()
     assert last_checkpoint(tmp_path).endswith("checkpoint-4")
     assert last_checkpoint(tmp_path / "missing") is None

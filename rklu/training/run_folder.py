@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from ..io import atomic_write_json, atomic_write_text
-from . import distributed
+from . import distributed, run_lock
 from .config import RunConfig
 from ..run_record import STALE, check_resume, process_record
 
@@ -26,7 +26,8 @@ def check_run_dir(cfg: RunConfig, resume: bool) -> Path:
     """The run folder, after checking that it may be used: empty or absent, unless resuming (then it must
     exist) or overwriting."""
     run_dir = Path(cfg.output_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
+    run_lock.refuse_if_locked(run_dir)
+    if run_dir.exists() and any(p.name != run_lock.LOCK_NAME for p in run_dir.iterdir()):
         if resume:
             return run_dir
         if not cfg.overwrite:
@@ -52,9 +53,9 @@ def start_run_dir(run_dir: Path, cfg: RunConfig, stage: str, resume: bool, extra
         status.update(world_size=distributed.world_size(), parallel=distributed.resolve_mode(cfg.parallel))
     distributed.barrier()
     if distributed.is_main():
-        if run_dir.exists() and cfg.overwrite and not resume:
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_lock.acquire(run_dir)  # before anything is deleted or written: a run starting now is refused
+        if cfg.overwrite and not resume:
+            _clear_run_dir(run_dir)
         resolved = {"stage": stage, **cfg.to_dict()}
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         atomic_write_json(run_dir / "config.json", resolved)
@@ -63,9 +64,17 @@ def start_run_dir(run_dir: Path, cfg: RunConfig, stage: str, resume: bool, extra
     return status
 
 
+def _clear_run_dir(run_dir: Path) -> None:
+    """--overwrite: everything but this run's lock."""
+    for entry in run_dir.iterdir():
+        if entry.name != run_lock.LOCK_NAME:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
 def finish_run(run_dir: Path, record: dict, **fields) -> None:
-    """Record the outcome (status, error, steps, ...) and the run's duration in run.json."""
+    """Record the outcome (status, error, steps, ...) and the run's duration in run.json; release the lock."""
     record.update(fields, finished=time.time())
     record["time_s"] = round(record["finished"] - record["started"], 2)
     if distributed.is_main():
         atomic_write_json(run_dir / "run.json", record)
+        run_lock.release(run_dir)

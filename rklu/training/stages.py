@@ -28,7 +28,7 @@ from ..kernels.common.backends import resolve_for_run
 from ..methods import FINETUNE, LossContext, get_method, task_arithmetic
 from ..models import loading
 from ..models.heads import output_head
-from . import distributed
+from . import distributed, run_lock
 from .config import RunConfig, resolve_config
 from .run_folder import check_run_dir, finish_run, model_dir, start_run_dir
 from .teachers import cache_teachers, load_full_model, load_teachers, place_teachers
@@ -45,7 +45,9 @@ def _config(stage, config, preset, config_file, overrides) -> RunConfig:
         if config is not None and config_file is None:
             config_file = config  # a path to a YAML file
         cfg = resolve_config(stage, preset, config_file, overrides)
-    return cfg.validate(stage)
+    cfg = cfg.validate(stage)
+    run_lock.refuse_if_locked(cfg.output_dir)  # a live run on the folder: refuse before any work
+    return cfg
 
 
 def _is_text_spec(spec: str) -> bool:

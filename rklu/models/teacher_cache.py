@@ -8,11 +8,14 @@ token sits at the same position as when the row is computed in any other batch.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import sys
 from pathlib import Path
 
 import torch
 
-from ..io import atomic_torch_save
+from ..io import atomic_torch_save, atomic_write_json
 from .heads import HeadOutput, Teacher
 
 
@@ -67,35 +70,104 @@ def compute_rows(teacher: Teacher, role: str, dataset, collate, batch_size: int,
     return rows
 
 
-def build_cached_teacher(teacher: Teacher, head_model, role_datasets: dict, collate, batch_size: int, device,
-                         storage: str = "memory", cache_dir=None, name: str = "teacher", write: bool = True) -> CachedTeacher:
-    """Cache ``teacher`` on every role's dataset. ``storage="disk"`` writes one file per role under
-    ``cache_dir`` and memory-maps it back, so the hidden states live in the page cache, not the heap.
-    ``write=False`` with disk storage (ranks other than 0): map the files another process wrote instead
-    of computing them."""
-    from .heads import output_head
+def data_digest(dataset) -> str:
+    """sha256 of every row's token ids, in order (the rows a cache entry holds hidden states for)."""
+    digest = hashlib.sha256()
+    for i in range(len(dataset)):
+        ids = dataset[i]["input_ids"]
+        digest.update((",".join(map(str, ids.tolist() if torch.is_tensor(ids) else list(ids))) + ";").encode())
+    return digest.hexdigest()
 
+
+def fingerprint(name: str, role: str, weights: str, dataset, device) -> str:
+    """What a cache entry was computed from: the teacher's weights (digest: values, dtypes, shapes), the
+    rows' token ids, the device type it ran on and the library versions; any change means recompute."""
+    import transformers
+
+    parts = {"teacher": name, "role": role, "weights": weights, "data": data_digest(dataset),
+             "device": torch.device(device).type, "torch": torch.__version__, "transformers": transformers.__version__}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def check_finite_rows(rows: list[torch.Tensor], where: str) -> None:
+    for index, row in enumerate(rows):
+        if not bool(torch.isfinite(row).all()):
+            raise ValueError(f"{where}: row {index} holds NaN or inf hidden states; the teacher is poisoned "
+                             "(check its weights) or the cache file is corrupt")
+
+
+def _entry_paths(cache_dir, name: str, role: str) -> tuple[Path, Path]:
+    base = Path(cache_dir) / f"{name}-{role}"
+    return base.with_suffix(".pt"), base.with_suffix(".json")
+
+
+def _complete_entry(cache_dir, name: str, role: str, expected: str) -> tuple[Path | None, str | None]:
+    """(the entry's .pt file when complete and built from ``expected``, else why not)."""
+    data, meta = _entry_paths(cache_dir, name, role)
+    if not meta.is_file():
+        return None, None if not data.exists() else f"{data} has no {meta.name} (its build was cut short)"
+    try:
+        record = json.loads(meta.read_text(encoding="utf-8"))
+    except ValueError:
+        return None, f"{meta} is unreadable"
+    if record.get("fingerprint") != expected:
+        return None, f"{data} was built for other data, weights or dtype (fingerprint differs)"
+    if not data.is_file() or data.stat().st_size != record.get("bytes"):
+        return None, f"{data} is missing or not the size written"
+    return data, None
+
+
+def _write_entry(cache_dir, name: str, role: str, rows: list[torch.Tensor], expected: str) -> Path:
+    """The hidden states, then the record that marks them complete (written last: an interrupted build
+    leaves no record, and the next run rebuilds the entry)."""
+    data, meta = _entry_paths(cache_dir, name, role)
+    if meta.exists():
+        meta.unlink()
+    atomic_torch_save(data, rows)
+    atomic_write_json(meta, {"fingerprint": expected, "rows": len(rows), "bytes": data.stat().st_size})
+    return data
+
+
+def build_cached_teacher(teacher: Teacher, head_model, role_datasets: dict, collate, batch_size: int, device,
+                         storage: str = "memory", cache_dir=None, name: str = "teacher", write: bool = True,
+                         report=None) -> CachedTeacher:
+    """Cache ``teacher`` on every role's dataset. ``storage="disk"`` keeps one file per role under
+    ``cache_dir`` (memory-mapped back, so the hidden states live in the page cache, not the heap) with a
+    record of its fingerprint: a complete entry built from the same weights and rows is reused (a
+    resumed run does not recompute it), anything else is rebuilt. ``write=False`` with disk storage
+    (ranks other than 0): map the entries another process wrote, checked against this rank's own
+    fingerprint. Every row is checked for NaN/inf. ``report``: where reuse/rebuild messages go."""
+    from .heads import output_head
+    from .teacher_checks import weights_digest
+
+    if storage not in ("memory", "disk"):
+        raise ValueError(f"unknown teacher cache storage {storage!r}; expected 'memory' or 'disk'")
+    if storage == "disk" and cache_dir is None:
+        raise ValueError("teacher cache on disk needs a cache_dir")
+    report = report or (lambda message: print(message, file=sys.stderr))
     weight, bias = output_head(head_model)
     weight = weight.detach().clone()
     bias = None if bias is None else bias.detach().clone()
-    if storage == "disk" and not write:
-        if cache_dir is None:
-            raise ValueError("teacher cache on disk needs a cache_dir")
-        rows = {}
-        for role in role_datasets:
-            path = Path(cache_dir) / f"{name}-{role}.pt"
-            if not path.is_file():
-                raise FileNotFoundError(f"teacher cache file {path} was not written (rank 0 computes it)")
-            rows[role] = torch.load(path, mmap=True, weights_only=True)
-        return CachedTeacher(rows, weight, bias)
-    rows = {role: compute_rows(teacher, role, ds, collate, batch_size, device) for role, ds in role_datasets.items()}
-    if storage == "disk":
-        if cache_dir is None:
-            raise ValueError("teacher cache on disk needs a cache_dir")
-        for role, tensors in list(rows.items()):
-            path = Path(cache_dir) / f"{name}-{role}.pt"
-            atomic_torch_save(path, tensors)
-            rows[role] = torch.load(path, mmap=True, weights_only=True)
-    elif storage != "memory":
-        raise ValueError(f"unknown teacher cache storage {storage!r}; expected 'memory' or 'disk'")
+    weights = weights_digest(head_model)[0] if storage == "disk" else None
+    rows = {}
+    for role, dataset in role_datasets.items():
+        where = f"the {name} teacher's cached {role} hidden states"
+        if storage == "memory":
+            rows[role] = compute_rows(teacher, role, dataset, collate, batch_size, device)
+            check_finite_rows(rows[role], where)
+            continue
+        expected = fingerprint(name, role, weights, dataset, device)
+        path, why_not = _complete_entry(cache_dir, name, role, expected)
+        if path is None and not write:
+            raise FileNotFoundError(f"teacher cache entry {_entry_paths(cache_dir, name, role)[0]} is not complete "
+                                    f"for this run ({why_not or 'not written'}; rank 0 computes it)")
+        if path is None:
+            if why_not:
+                report(f"teacher cache: rebuilding: {why_not}")
+            path = _write_entry(cache_dir, name, role,
+                                compute_rows(teacher, role, dataset, collate, batch_size, device), expected)
+        elif write:
+            report(f"teacher cache: reusing {path} (complete, same fingerprint)")
+        rows[role] = torch.load(path, mmap=True, weights_only=True)
+        check_finite_rows(rows[role], f"{where} ({path})")
     return CachedTeacher(rows, weight, bias)

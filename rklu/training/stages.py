@@ -31,7 +31,7 @@ from ..models.heads import output_head
 from . import distributed, run_lock
 from .config import RunConfig, resolve_config
 from .run_folder import check_run_dir, finish_run, model_dir, start_run_dir
-from .teachers import cache_teachers, load_full_model, load_teachers, place_teachers
+from .teachers import cache_teachers, check_teachers, load_full_model, load_teachers, place_teachers
 from .trainer import NonFiniteLossError, TrainingInterrupted, last_checkpoint, run_training
 
 
@@ -270,6 +270,7 @@ def unlearn(config=None, *, preset: str | None = None, config_file=None, evaluat
     if cfg.lora:
         model = _lora(cfg, model)
     teacher_models = load_teachers(cfg, method, model, ctx)
+    check_teachers(cfg, method, model, tokenizer, teacher_models)
     device = _device()
     # One backend per fused op for the whole run ("auto" decided once, for the largest call), recorded in run.json.
     head = output_head(model)[0]

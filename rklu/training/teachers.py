@@ -11,8 +11,8 @@ import torch
 
 from ..data.collate import QACollator
 from ..methods import LossContext, Method
-from ..models import loading
-from ..models.heads import AdapterTeacher, ModelTeacher, output_head
+from ..models import loading, teacher_checks
+from ..models.heads import AdapterTeacher, ModelTeacher
 from ..models.teacher_cache import build_cached_teacher, model_bytes
 from . import distributed
 from .config import RunConfig
@@ -34,7 +34,7 @@ def load_teachers(cfg: RunConfig, method: Method, student, ctx: LossContext) -> 
     """The teachers ``method`` needs. With LoRA (``student`` already has its adapter) the original is the
     student's base with adapters off and an adapter-dir augmented model a second adapter on the same base,
     both set on ``ctx`` directly; every other teacher is a frozen full model, returned by name and checked
-    to share the student's vocabulary."""
+    by :func:`check_teachers`."""
     teacher_models = {}
     if cfg.lora:
         # one copy of the weights: original = adapters off, augmented = a second adapter on the same base
@@ -54,13 +54,23 @@ def load_teachers(cfg: RunConfig, method: Method, student, ctx: LossContext) -> 
             teacher_models["original"] = load_full_model(cfg, cfg.original or cfg.model, "original model")
         if method.needs_augmented:
             teacher_models["augmented"] = load_full_model(cfg, cfg.augmented, "augmented model")
-    student_vocab = output_head(student)[0].shape[0]
-    for name, teacher in teacher_models.items():
-        teacher_vocab = output_head(teacher)[0].shape[0]
-        if teacher_vocab != student_vocab:
-            raise ValueError(f"vocab size mismatch: the {name} model's lm_head has {teacher_vocab} rows but the "
-                             f"student ({cfg.model}) has {student_vocab}; teachers must share the student's tokenizer")
     return teacher_models
+
+
+def teacher_paths(cfg: RunConfig, method: Method) -> dict:
+    """The folders the teachers come from (their tokenizers must be the student's)."""
+    paths = {}
+    if method.needs_original and cfg.original and Path(cfg.original).resolve() != Path(cfg.model).resolve():
+        paths["original"] = cfg.original
+    if method.needs_augmented:
+        paths["augmented"] = cfg.augmented
+    return paths
+
+
+def check_teachers(cfg: RunConfig, method: Method, student, tokenizer, teacher_models: dict) -> None:
+    """Before the run folder: no NaN/inf weight in the student or a teacher, the student's vocabulary and
+    tokenizer in every teacher (``rklu.models.teacher_checks``)."""
+    teacher_checks.check_models(student, tokenizer, cfg.model, teacher_models, teacher_paths(cfg, method))
 
 
 def place_teachers(cfg: RunConfig, ctx: LossContext, teacher_models: dict, mode: str, device) -> None:

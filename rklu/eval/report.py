@@ -123,6 +123,14 @@ def _record(values: Mapping, meta: Mapping, run_dir: Path, epoch) -> dict:
     }
 
 
+
+def _finished(paths):
+    """Paths outside an interrupted evaluation's staging folder (``rklu.eval.staging``), sorted."""
+    from rklu.eval.staging import STAGING_NAME
+
+    return sorted(p for p in paths if STAGING_NAME not in p.parts)
+
+
 def collect_run(run_dir, retain_eval_dir=None) -> list[dict]:
     """Per-epoch records of one run directory (see the module docstring for the layouts read)."""
     from rklu.eval.aggregate import aggregate
@@ -144,14 +152,14 @@ def collect_run(run_dir, retain_eval_dir=None) -> list[dict]:
                     return records
     records = []
     seen = set()
-    for path in sorted(run_dir.rglob(AGGREGATE_NAME)):
+    for path in _finished(run_dir.rglob(AGGREGATE_NAME)):
         data = _load_any(path)
         if isinstance(data, Mapping):
             epoch = data.get("epoch", _epoch_from_path(path, run_dir))
             records.append(_record(data, meta, run_dir, epoch))
             seen.add(path.parent.resolve())
     if retain_eval_dir is not None:
-        for path in sorted(run_dir.rglob(FORGET_FILE)):
+        for path in _finished(run_dir.rglob(FORGET_FILE)):
             if path.parent.resolve() in seen:
                 continue
             data = aggregate(path.parent, retain_eval_dir)

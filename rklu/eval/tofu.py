@@ -16,6 +16,7 @@ import numpy as np
 
 from rklu.eval import privacy as priv
 from rklu.eval.aggregate import aggregate, tofu_names, write_aggregate  # noqa: F401  (re-exported)
+from rklu.eval.staging import staged_logs
 from rklu.eval.scoring import (TOFU_BATCH_SIZE, TOFU_MAX_LENGTH, encode_qa, generate_greedy,  # noqa: F401
                                generation_fields, sequence_losses)
 from rklu.eval.tofu_logs import (AGGREGATED_FILE, EVAL_FILES, FORGET_FILE, PER_SAMPLE_KEYS,  # noqa: F401
@@ -163,16 +164,18 @@ def evaluate_tofu(model, tokenizer, prompt_format, forget_split: str, out_dir, *
         if not rows:
             raise ValueError(f"TOFU set {config} is empty")
         sets.append(EvalSet(config, filename, rows, base_key, normalize))
-    results = evaluate_sets(model, tokenizer, prompt_format, sets, out_dir, batch_size=batch_size,
-                            max_new_tokens=max_new_tokens, max_length=max_length, progress=progress,
-                            sort_by_length=sort_by_length)
-    write_bundle(out_dir, results)
-    if privacy:
-        forget_rows, holdout_rows, holdout_split = priv.privacy_rows(forget_split, source, limit)
-        log = priv.evaluate_privacy(model, tokenizer, prompt_format, forget_rows, holdout_rows,
-                                    forget_split=forget_split.replace("_perturbed", ""), holdout_split=holdout_split,
-                                    batch_size=batch_size, max_length=max_length, progress=progress)
-        priv.write_privacy(out_dir, log)
-    elif (out_dir / priv.PRIVACY_FILE).is_file():
-        (out_dir / priv.PRIVACY_FILE).unlink()  # a stale one would be aggregated with these logs
+    # the logs land in out_dir together once every set is done (a Ctrl-C leaves the earlier set whole);
+    # the earlier privacy log and aggregate go with the earlier set
+    with staged_logs(out_dir, replaced=(*EVAL_FILES, AGGREGATED_FILE, priv.PRIVACY_FILE, "aggregate.json")) as staging:
+        results = evaluate_sets(model, tokenizer, prompt_format, sets, staging, batch_size=batch_size,
+                                max_new_tokens=max_new_tokens, max_length=max_length, progress=progress,
+                                sort_by_length=sort_by_length)
+        write_bundle(staging, results)
+        if privacy:
+            forget_rows, holdout_rows, holdout_split = priv.privacy_rows(forget_split, source, limit)
+            log = priv.evaluate_privacy(model, tokenizer, prompt_format, forget_rows, holdout_rows,
+                                        forget_split=forget_split.replace("_perturbed", ""),
+                                        holdout_split=holdout_split, batch_size=batch_size, max_length=max_length,
+                                        progress=progress)
+            priv.write_privacy(staging, log)
     return results

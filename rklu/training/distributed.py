@@ -99,6 +99,17 @@ def all_reduce_sums(values: dict[str, float], count: int) -> tuple[dict[str, flo
     return dict(zip(keys, totals[:-1])), int(round(totals[-1]))
 
 
+def is_peer_failure(error: BaseException) -> bool:
+    """A collective that failed because another rank went away (gloo: the peer's socket closed; NCCL: a
+    backend error or a watchdog timeout), not an error of this rank's own."""
+    backend_error = getattr(torch.distributed, "DistBackendError", ())
+    if backend_error and isinstance(error, backend_error):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("gloo" in text or "NCCL" in text) and \
+        any(s in text for s in ("Connection closed by peer", "Connection reset by peer", "remote worker", "Timed out"))
+
+
 def any_rank(flag: bool) -> bool:
     """True on every rank if ``flag`` is true on any (collective): decisions that change the sequence of
     collectives (stop, skip a micro-batch) must be taken by all ranks together, or the others hang."""

@@ -37,8 +37,16 @@ def read_lock(run_dir) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
+def _job() -> str | None:
+    """The launch this process belongs to (torchrun / accelerate launch set it): every rank of one job
+    counts rank 0's lock as its own."""
+    return os.environ.get("TORCHELASTIC_RUN_ID")
+
+
 def _is_mine(record: dict) -> bool:
-    return record.get("pid") == os.getpid() and record.get("host") == socket.gethostname()
+    if record.get("host") != socket.gethostname():
+        return False
+    return record.get("pid") == os.getpid() or (_job() is not None and record.get("job") == _job())
 
 
 def _holder(record: dict) -> str:
@@ -69,7 +77,7 @@ def acquire(run_dir) -> Path:
     Released by :func:`release`, or when the process exits."""
     path = lock_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {**process_record(), "time": time.time()}
+    record = {**process_record(), "job": _job(), "time": time.time()}
     for _ in range(3):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

@@ -38,6 +38,16 @@ class TrainingInterrupted(RuntimeError):
                          "continue with --resume")
 
 
+class RankLost(RuntimeError):
+    """Another process of a multi-process job died (a killed rank, a lost node): its collective failed here."""
+
+    def __init__(self, step: int, checkpoint: str | None, error: BaseException):
+        self.step, self.checkpoint = step, checkpoint
+        where = f"the last complete checkpoint is {checkpoint}" if checkpoint else "no checkpoint is complete yet"
+        super().__init__(f"another rank of this job stopped after optimizer step {step} (a killed process or "
+                         f"a lost node); {where}: relaunch with --resume. Collective error: {error}")
+
+
 OOM_ADVICE = ("out of GPU memory during training; try: kl_backend auto/triton (the fused KL never builds "
               "[tokens x vocab] logits), teacher_cache memory or disk (frees the teacher models), a smaller "
               "kernel chunk (fewer tokens per KL chunk), or a smaller batch_size with gradient accumulation "
@@ -399,6 +409,10 @@ def run_training(cfg, model, dataset, collator, method: Method, loss_context: Lo
     previous = {sig: signal.signal(sig, stop.handle) for sig in handled}
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
+    except RuntimeError as error:
+        if distributed.is_distributed() and distributed.is_peer_failure(error):
+            raise RankLost(trainer.state.global_step, last_checkpoint(run_dir / "checkpoints"), error) from error
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

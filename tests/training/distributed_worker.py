@@ -4,11 +4,14 @@
 SPEC: {"log_dir": DIR, "runs": [{"argv": [...rklu CLI args...], "stop_at": k or null}, ...]}. The runs go
 one after the other in the same process group (one launch, to pay the process start-up once).
 ``stop_at``: every rank raises after optimizer step k (before that step's checkpoint), like a crash.
+``sigkill``: {"rank": r, "step": k}: rank r kills itself with SIGKILL while saving checkpoint k, after the
+other rank has written that checkpoint's weights and optimizer state (a node lost mid-save).
 Every file write through ``rklu.io.atomic_write`` is logged per rank to ``log_dir/writes-rank<R>.txt``,
 so the test can check that only rank 0 writes results; each run's exit code goes to
 ``log_dir/exit-rank<R>.txt``."""
 import json
 import os
+import signal
 import sys
 
 import torch
@@ -27,10 +30,10 @@ def main(spec_path: str) -> int:
 
     original_write = rklu.io.atomic_write
 
-    def logged_write(path, write):
+    def logged_write(path, write, *args, **kwargs):
         with open(os.path.join(log_dir, f"writes-rank{rank}.txt"), "a", encoding="utf-8") as log:
             log.write(f"{path}\n")
-        return original_write(path, write)
+        return original_write(path, write, *args, **kwargs)
 
     rklu.io.atomic_write = logged_write
 
@@ -45,9 +48,19 @@ def main(spec_path: str) -> int:
             if state.global_step == self.step:
                 raise Crash(f"stopped after step {self.step}")
 
+    from rklu.training.trainer import UnlearningTrainer
+
     original_run_training = stages.run_training
+    original_save_rng = UnlearningTrainer._save_rng_state
     codes = []
     for run in spec["runs"]:
+        kill = run.get("sigkill")
+        if kill and kill["rank"] == rank:
+            def save_rng(self, output_dir, _step=kill["step"]):
+                if self.state.global_step == _step:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return original_save_rng(self, output_dir)
+            UnlearningTrainer._save_rng_state = save_rng
         def run_training(*args, _stop=run.get("stop_at"), **kwargs):
             if _stop:
                 kwargs["callbacks"] = [*kwargs.get("callbacks", ()), StopAt(_stop)]

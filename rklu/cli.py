@@ -37,6 +37,10 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help (0) or a usage error (2), already printed: a status, also for callers
         return done.code if isinstance(done.code, int) else 2
+    if getattr(args, "trust_remote_code", None):  # eval commands' flag (training stages read it from the config)
+        from rklu.models.loading import allow_remote_code
+
+        allow_remote_code(True)
     try:
         return int(args.func(args) or 0)
     except (UserError, ValueError, FileNotFoundError) as error:

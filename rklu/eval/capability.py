@@ -107,7 +107,9 @@ def run_capability(model_path: str, tasks: Sequence[str] = DEFAULT_TASKS, *, bat
     """Run lm-eval's ``simple_evaluate`` with the HF backend on ``model_path``; returns accuracies + average."""
     lm_eval = _import_lm_eval()
     specs, names = resolve_tasks(list(tasks))
-    model_args = f"pretrained={model_path},dtype={dtype}"
+    from rklu.models.loading import remote_code_kwargs
+
+    model_args = f"pretrained={model_path},dtype={dtype},trust_remote_code={remote_code_kwargs()['trust_remote_code']}"
     try:
         from lm_eval.tasks import TaskManager
 

@@ -39,6 +39,8 @@ def _prompt_format(name: str | None, model_path: str, tokenizer=None):
 def _add_model_args(p: argparse.ArgumentParser):
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow Python code shipped in the model folder (auto_map) to run; off by default")
 
 
 def _positive(value: str) -> int:

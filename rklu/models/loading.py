@@ -59,10 +59,27 @@ def _load_named(name: str, dtype: torch.dtype, attn: str | None):
 
     folder, filename = smollm2_gguf()
     kwargs = {"attn_implementation": attn} if attn else {}
-    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=filename, dtype=torch.float32, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=filename, dtype=torch.float32, **kwargs,
+                                                 **remote_code_kwargs())
     model = _plain_copy(model).to(dtype)
     model.config.name_or_path = name
     return model
+
+
+# Loading never runs Python code shipped with a model (a config or tokenizer whose ``auto_map`` names
+# modeling files in the folder or on the hub): transformers then refuses the model with a message naming
+# the option. The user allows it per run (``--trust-remote-code`` / ``trust_remote_code: true``).
+_REMOTE_CODE = {"allowed": False}
+
+
+def allow_remote_code(allowed: bool) -> None:
+    _REMOTE_CODE["allowed"] = bool(allowed)
+
+
+def remote_code_kwargs() -> dict:
+    """The ``trust_remote_code`` argument every ``from_pretrained`` call here passes (never left to a
+    library default)."""
+    return {"trust_remote_code": _REMOTE_CODE["allowed"]}
 
 
 def looks_like_path(name: str) -> bool:
@@ -127,7 +144,7 @@ def load_model(name_or_path: str, *, dtype="auto", flash_attention: str | bool =
     if attn:
         kwargs["attn_implementation"] = attn
     try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs, **remote_code_kwargs())
     except OSError as error:
         raise FileNotFoundError(f"cannot load model {name_or_path!r}: {error}") from None
     return _finish_load(model, gradient_checkpointing, trainable)
@@ -171,9 +188,9 @@ def load_tokenizer(name_or_path: str):
     check_model_source(name_or_path, "tokenizer")
     if is_named_model(name_or_path) and not Path(name_or_path).exists():
         folder, filename = smollm2_gguf()
-        return ensure_pad_token(AutoTokenizer.from_pretrained(str(folder), gguf_file=filename))
+        return ensure_pad_token(AutoTokenizer.from_pretrained(str(folder), gguf_file=filename, **remote_code_kwargs()))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **remote_code_kwargs())
     except OSError as error:
         raise FileNotFoundError(f"cannot load tokenizer {name_or_path!r}: {error}") from None
     return ensure_pad_token(tokenizer)

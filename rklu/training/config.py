@@ -30,6 +30,7 @@ class RunConfig:
     flash_attention: str = "auto"     # auto | yes | no
     mixed_precision: str = "no"       # no | bf16: autocast matmuls to bf16, weights and optimizer stay in dtype (CPU too)
     gradient_checkpointing: bool = False
+    trust_remote_code: bool = False   # run Python code shipped in a model folder (auto_map); off: refuse such models
     # --- data ------------------------------------------------------------------------------------
     data: str = "tofu:full"           # finetune data: tofu:<config>[a:b], a .json/.jsonl QA file, or a .txt corpus
     forget: str = "tofu:forget10"     # augment/unlearn forget data (same spec forms)

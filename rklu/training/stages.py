@@ -46,6 +46,7 @@ def _config(stage, config, preset, config_file, overrides) -> RunConfig:
             config_file = config  # a path to a YAML file
         cfg = resolve_config(stage, preset, config_file, overrides)
     cfg = cfg.validate(stage)
+    loading.allow_remote_code(cfg.trust_remote_code)
     run_lock.refuse_if_locked(cfg.output_dir)  # a live run on the folder: refuse before any work
     return cfg
 
@@ -82,7 +83,8 @@ def _fit_context(cfg: RunConfig, model_path: str) -> RunConfig:
     try:
         from transformers import AutoConfig
 
-        context = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+        context = getattr(AutoConfig.from_pretrained(model_path, **loading.remote_code_kwargs()),
+                          "max_position_embeddings", None)
     except (OSError, ValueError):
         return cfg  # not a loadable model config (e.g. an adapter dir): loading reports problems later
     if context and cfg.max_length > context:

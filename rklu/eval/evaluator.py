@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from rklu.eval.metrics import EvalContext, compute_metrics
+from rklu.eval.staging import staged_logs
 from rklu.eval.tofu import EvalSet, evaluate_sets
 from rklu.eval.tofu_logs import FORGET_FILE
 
@@ -44,8 +45,9 @@ class Evaluator:
         from rklu.data.formatting import get_prompt_format
 
         fmt = get_prompt_format(self.prompt_format, tokenizer)
-        return evaluate_sets(model, tokenizer, fmt, self.sets, Path(out_dir), batch_size=self.batch_size,
-                             max_new_tokens=self.max_new_tokens, sort_by_length=True)
+        with staged_logs(Path(out_dir), replaced=self.files) as staging:  # all sets land together, or none
+            return evaluate_sets(model, tokenizer, fmt, self.sets, staging, batch_size=self.batch_size,
+                                 max_new_tokens=self.max_new_tokens, sort_by_length=True)
 
     def metrics(self, logs: Mapping) -> dict:
         retain_logs = None if self.retain_forget_log is None else {FORGET_FILE: self.retain_forget_log}

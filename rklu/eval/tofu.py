@@ -16,9 +16,9 @@ import numpy as np
 
 from rklu.eval import privacy as priv
 from rklu.eval.aggregate import aggregate, tofu_names, write_aggregate  # noqa: F401  (re-exported)
-from rklu.eval.staging import staged_logs
 from rklu.eval.scoring import (TOFU_BATCH_SIZE, TOFU_MAX_LENGTH, encode_qa, generate_greedy,  # noqa: F401
                                generation_fields, sequence_losses)
+from rklu.eval.staging import staged_logs
 from rklu.eval.tofu_logs import (AGGREGATED_FILE, EVAL_FILES, FORGET_FILE, PER_SAMPLE_KEYS,  # noqa: F401
                                  REAL_AUTHORS_FILE, RETAIN_FILE, SET_NAMES, UTILITY_FILES, WORLD_FACTS_FILE,
                                  load_eval_logs, write_bundle, write_log)

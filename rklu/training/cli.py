@@ -62,6 +62,7 @@ def _method_name(value: str) -> str:
 def _runner(stage):
     def run(args) -> int:
         from . import stages
+        from .run_folder import DryRunComplete
         from .trainer import NonFiniteLossError, TrainingInterrupted
 
         overrides = {name: getattr(args, name) for name in FIELD_NAMES if name != "preset"}
@@ -73,6 +74,9 @@ def _runner(stage):
         except NonFiniteLossError as error:
             print(f"rklu {stage}: {error}", file=sys.stderr)
             return 1
+        except DryRunComplete as done:
+            print(f"rklu {stage}: {done}")
+            return 0
         except TrainingInterrupted as error:
             print(f"rklu {stage}: interrupted: {error}", file=sys.stderr)
             return 143  # 128 + SIGTERM, as if the signal had ended the process

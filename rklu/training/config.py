@@ -76,6 +76,7 @@ class RunConfig:
     # --- run -------------------------------------------------------------------------------------
     output_dir: str = ""
     overwrite: bool = False           # replace an existing run folder
+    dry_run: bool = False             # check config, data, tokenizer, models, teachers and the folder; write nothing
     progress: bool = True
     parallel: str = "auto"            # several processes: auto | ddp | fsdp2 (auto: fsdp2 under an accelerate FSDP config)
     preset: str | None = None         # recorded for the run's config file

@@ -22,6 +22,15 @@ def model_dir(run_dir) -> Path:
     return Path(run_dir) / MODEL_SUBDIR
 
 
+class DryRunComplete(Exception):
+    """``dry_run``: every check that precedes the run folder passed; nothing was written."""
+
+    def __init__(self, run_dir: Path, resume: bool):
+        self.run_dir = run_dir
+        super().__init__(f"dry run: config, data, tokenizer, models and output folder {run_dir} checked"
+                         f"{' (resume)' if resume else ''}; nothing written")
+
+
 def check_run_dir(cfg: RunConfig, resume: bool) -> Path:
     """The run folder, after checking that it may be used: empty or absent, unless resuming (then it must
     exist) or overwriting."""
@@ -35,6 +44,8 @@ def check_run_dir(cfg: RunConfig, resume: bool) -> Path:
                              "it or overwrite (--overwrite) to replace it")
     elif resume:
         raise FileNotFoundError(f"nothing to resume in {run_dir}")
+    if cfg.dry_run:  # the last check before the folder is written
+        raise DryRunComplete(run_dir, resume)
     return run_dir
 
 

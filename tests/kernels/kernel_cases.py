@@ -88,6 +88,15 @@ def reference_loss(inputs, *, dtype=torch.float64, **kwargs):
     return loss, leaves
 
 
+# The per-model logit transforms (rklu/kernels/logit_transform.py): the checks below apply them to the truth and
+# to eager's materialized logits as well as to the kernel under test.
+TRANSFORM_KEYS = tuple(f"{m}_{k}" for m in ("student", "original", "augmented") for k in ("scale", "softcap"))
+
+
+def transform_kwargs(kwargs: dict) -> dict:
+    return {k: v for k, v in kwargs.items() if k in TRANSFORM_KEYS}
+
+
 def fused_loss(inputs, backend, **kwargs):
     return fused_linear_unlearning_kl(**inputs, backend=backend, **kwargs)
 
@@ -111,10 +120,11 @@ def check_bf16_at_least_as_accurate_as_eager(backend, device, direction, **loss_
     inputs = make_inputs(n, h, v, dtype=torch.bfloat16, device=device, masked_fraction=0.2, seed=3)
     loss = fused_loss(inputs, backend, direction=direction, **loss_kwargs)
     grads = torch.autograd.grad(loss, student_params(inputs))
-    truth, leaves = reference_loss(inputs, direction=direction, dtype=torch.float64)
+    truth, leaves = reference_loss(inputs, direction=direction, dtype=torch.float64, **transform_kwargs(loss_kwargs))
     truth_grads = torch.autograd.grad(truth, leaves)
     # Eager bf16: logits materialized in bf16 (what `F.linear` gives), then the same reference math.
-    eager, eager_leaves = reference_loss(inputs, direction=direction, dtype=torch.bfloat16)
+    eager, eager_leaves = reference_loss(inputs, direction=direction, dtype=torch.bfloat16,
+                                         **transform_kwargs(loss_kwargs))
     eager_grads = torch.autograd.grad(eager, eager_leaves)
     assert rel_err(loss, truth) <= 2e-2
     assert abs(loss.double() - truth).item() <= abs(eager.double() - truth).item() + 1e-3
@@ -129,8 +139,9 @@ def check_extreme_logits_stay_finite_and_exact(backend, device, direction, **los
     inputs = make_inputs(9, 16, 333, device=device, scale=50.0, seed=7)  # logits std ~ 4 * 2500 = 1e4
     loss = fused_loss(inputs, backend, direction=direction, alpha=32.0, **loss_kwargs)
     grads = torch.autograd.grad(loss, student_params(inputs))
-    expected, leaves = reference_loss(inputs, direction=direction, alpha=32.0)
-    fp32, fp32_leaves = reference_loss(inputs, direction=direction, alpha=32.0, dtype=torch.float32)
+    transforms = transform_kwargs(loss_kwargs)
+    expected, leaves = reference_loss(inputs, direction=direction, alpha=32.0, **transforms)
+    fp32, fp32_leaves = reference_loss(inputs, direction=direction, alpha=32.0, dtype=torch.float32, **transforms)
     assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
     # At this scale fp32 logits themselves carry ~1e-3 absolute rounding, so the yardstick is the fp32
     # materialized reference: the fused backends must be about as close to float64 as it is.

@@ -7,8 +7,10 @@ Adding a backend: a module with the op function(s) and one ``register(Backend(..
 function receives the counted rows only (ignored tokens dropped, teachers detached):
 
     kl       fn(xs, ws, bs, xo, wo, bo, xa, wa, ba, *, alpha, direction, grad_in_forward, chunk_tokens,
-                grad_filter) -> per-token KL [N]
-    logprob  fn(x, w, b, labels, *, chunk_tokens) -> per-token log p(label) [N]
+                grad_filter, transforms) -> per-token KL [N]
+    logprob  fn(x, w, b, labels, *, chunk_tokens, transform) -> per-token log p(label) [N]
+(``transforms``: the student's, original's and augmented's ``LogitTransform``, ``transform``: the head's;
+common/logit_transform.py.)
 
 ``"auto"`` is not a backend but the policy ``auto_backend``: torch off CUDA, on CUDA the cost model's choice
 (``cost_model.choose_cuda_backend``) for the KL and Triton for the log-prob.

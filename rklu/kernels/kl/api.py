@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..common import logit_transform as lt
 from ..common import backends
 from ..common.masking import reduce_counted, select_counted, zero_loss
 from ..common.validation import check_alpha, check_direction_reduction, check_finite, check_linear_inputs
@@ -36,11 +37,19 @@ def fused_linear_unlearning_kl(
     chunk_tokens: int | None = None,
     check_inputs_finite: bool = True,
     grad_filter: bool | None = None,
+    student_scale: float = 1.0,
+    student_softcap: float | None = None,
+    original_scale: float = 1.0,
+    original_softcap: float | None = None,
+    augmented_scale: float = 1.0,
+    augmented_softcap: float | None = None,
 ) -> torch.Tensor:
     """Unlearning KL between the student and the (modified) teacher, from hidden states and lm_head weights.
 
-    ``l = hidden @ weight.T (+ bias)`` for each model; the teacher is ``l_o - alpha * relu(l_aug - l_o)``
-    (or ``l_o`` without an augmented model). ``direction="reverse"`` is KL(p_student || p_teacher) (RKLU),
+    ``l = hidden @ weight.T (+ bias)`` for each model, then that model's logit transform: ``l = scale * l``
+    and, with a softcap ``c``, ``l = c * tanh(l / c)`` (``<model>_scale``, ``<model>_softcap``; a head that
+    divides, like Granite's ``logits_scaling``, passes the inverse; see ``common/logit_transform.py``). The
+    teacher is ``l_o - alpha * relu(l_aug - l_o)`` (or ``l_o`` without an augmented model). ``direction="reverse"`` is KL(p_student || p_teacher) (RKLU),
     ``"forward"`` is KL(p_teacher || p_student) (FKLU, and the "+KL" retain term). Gradients flow to the
     student's hidden states, weight and bias; the teachers are constants. With the fused backends no
     [tokens x vocab] tensor is built. Labels only mask: pass them already shifted for next-token
@@ -52,6 +61,9 @@ def fused_linear_unlearning_kl(
     """
     check_direction_reduction(direction, reduction)
     check_alpha(alpha)
+    transforms = (lt.logit_transform("student", student_scale, student_softcap),
+                  lt.logit_transform("original", original_scale, original_softcap),
+                  lt.logit_transform("augmented", augmented_scale, augmented_softcap))
     check_linear_inputs(student_hidden, student_weight, student_bias, original_hidden, original_weight,
                         original_bias, augmented_hidden, augmented_weight, augmented_bias, labels)
     backend = resolve_backend(backend, student_hidden.device, problem=dict(
@@ -77,7 +89,8 @@ def fused_linear_unlearning_kl(
 
     per_token = backends.function("kl", backend)(
         xs, student_weight, student_bias, xo, wo, bo, xa, wa, ba, alpha=float(alpha), direction=direction,
-        grad_in_forward=reduction != "none", chunk_tokens=chunk_tokens, grad_filter=grad_filter)
+        grad_in_forward=reduction != "none", chunk_tokens=chunk_tokens, grad_filter=grad_filter,
+        transforms=transforms)
     return reduce_counted(per_token, counted, lead_shape, reduction)
 
 

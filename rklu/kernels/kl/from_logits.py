@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ..common import logit_transform as lt
 from ..common.masking import reduce_counted, select_counted, zero_loss
 from ..common.torch_chunks import torch_chunk_tokens
 from ..common.validation import check_alpha, check_direction_reduction, check_logit_inputs
@@ -13,7 +14,7 @@ from .chunk_math import chunk_loss_and_grad
 
 class _FromLogits(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, student, original, augmented, alpha, direction, chunk):
+    def forward(ctx, student, original, augmented, alpha, direction, chunk, transforms):
         n, _ = student.shape
         dtype = torch.float64 if student.dtype == torch.float64 else torch.float32
         per_token = torch.empty(n, dtype=dtype, device=student.device)
@@ -21,20 +22,20 @@ class _FromLogits(torch.autograd.Function):
         with torch.no_grad():
             for start in range(0, n, chunk):
                 end = min(n, start + chunk)
-                loss, g = chunk_loss_and_grad(
-                    student[start:end].to(dtype, copy=True), original[start:end].to(dtype, copy=True),
-                    None if augmented is None else augmented[start:end].to(dtype, copy=True),
-                    alpha, direction, grad is not None)
+                zs, factor = lt.apply_(student[start:end].to(dtype, copy=True), transforms[0], grad is not None)
+                zo, _ = lt.apply_(original[start:end].to(dtype, copy=True), transforms[1])
+                za = None if augmented is None else lt.apply_(augmented[start:end].to(dtype, copy=True), transforms[2])[0]
+                loss, g = chunk_loss_and_grad(zs, zo, za, alpha, direction, grad is not None)
                 per_token[start:end] = loss
                 if grad is not None:
-                    grad[start:end] = g
+                    grad[start:end] = lt.chain(g, factor)
         ctx.save_for_backward(grad)
         return per_token
 
     @staticmethod
     def backward(ctx, grad_per_token):
         (grad,) = ctx.saved_tensors
-        return grad * grad_per_token[:, None].to(grad.dtype), None, None, None, None, None
+        return grad * grad_per_token[:, None].to(grad.dtype), None, None, None, None, None, None
 
 
 def unlearning_kl_from_logits(
@@ -48,10 +49,20 @@ def unlearning_kl_from_logits(
     ignore_index: int = -100,
     reduction: str = "mean",
     chunk_tokens: int | None = None,
+    student_scale: float = 1.0,
+    student_softcap: float | None = None,
+    original_scale: float = 1.0,
+    original_softcap: float | None = None,
+    augmented_scale: float = 1.0,
+    augmented_softcap: float | None = None,
 ) -> torch.Tensor:
-    """Same loss as :func:`unlearning_kl_reference`, memory-lean: teachers are treated as constants."""
+    """Same loss as :func:`unlearning_kl_reference`, memory-lean: teachers are treated as constants. The
+    ``<model>_scale`` / ``<model>_softcap`` transforms apply to the given logits (``common/logit_transform.py``)."""
     check_direction_reduction(direction, reduction)
     check_alpha(alpha)
+    transforms = (lt.logit_transform("student", student_scale, student_softcap),
+                  lt.logit_transform("original", original_scale, original_softcap),
+                  lt.logit_transform("augmented", augmented_scale, augmented_softcap))
     check_logit_inputs(student_logits, original_logits, augmented_logits, labels)
     vocab = student_logits.shape[-1]
     lead = student_logits.shape[:-1]
@@ -61,5 +72,5 @@ def unlearning_kl_from_logits(
     if student.shape[0] == 0:
         return zero_loss(lead, reduction, student_logits)
     per_token = _FromLogits.apply(student, original, augmented, float(alpha), direction,
-                                  chunk_tokens or torch_chunk_tokens(vocab))
+                                  chunk_tokens or torch_chunk_tokens(vocab), transforms)
     return reduce_counted(per_token, counted, lead, reduction)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from ..common import logit_transform as lt
 from ..common.torch_chunks import compute_dtype, torch_chunk_tokens
 from .chunk_math import chunk_loss_and_grad
 
@@ -21,10 +22,10 @@ def _as(t, dtype):
 
 
 def unlearning_kl(xs, ws, bs, xo, wo, bo, xa, wa, ba, *, alpha, direction, grad_in_forward, chunk_tokens,
-                  grad_filter):
+                  grad_filter, transforms=(lt.IDENTITY,) * 3):
     """The KL op of backend "torch" (common/backends.py). Dense gradients: ``grad_filter`` does not apply."""
     return TorchChunkedUnlearningKL.apply(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_in_forward,
-                                          chunk_tokens)
+                                          chunk_tokens, transforms)
 
 
 class TorchChunkedUnlearningKL(torch.autograd.Function):
@@ -37,7 +38,8 @@ class TorchChunkedUnlearningKL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_in_forward, chunk_tokens):
+    def forward(ctx, xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_in_forward, chunk_tokens,
+                transforms=(lt.IDENTITY,) * 3):
         dtype = compute_dtype(xs, ws)
         ws32, bs32 = _as(ws, dtype), _as(bs, dtype)
         wo32, bo32 = _as(wo, dtype), _as(bo, dtype)
@@ -51,11 +53,12 @@ class TorchChunkedUnlearningKL(torch.autograd.Function):
         with torch.no_grad():
             for start in range(0, n, chunk):
                 end = min(n, start + chunk)
-                loss, g = _chunk(xs, xo, xa, start, end, ws32, bs32, wo32, bo32, wa32, ba32, alpha, direction, in_forward)
+                loss, g = _chunk(xs, xo, xa, start, end, ws32, bs32, wo32, bo32, wa32, ba32, alpha, direction,
+                                 in_forward, transforms)
                 per_token[start:end] = loss
                 if in_forward:
                     grads.add(g, start, end)
-        ctx.alpha, ctx.direction, ctx.chunk = alpha, direction, chunk
+        ctx.alpha, ctx.direction, ctx.chunk, ctx.transforms = alpha, direction, chunk, transforms
         ctx.grad_in_forward = in_forward
         ctx.dtypes = (xs.dtype, ws.dtype, None if bs is None else bs.dtype)
         ctx.has_bias = bs is not None
@@ -82,25 +85,31 @@ class TorchChunkedUnlearningKL(torch.autograd.Function):
             with torch.no_grad():
                 for start in range(0, xs.shape[0], ctx.chunk):
                     end = min(xs.shape[0], start + ctx.chunk)
-                    _, g = _chunk(xs, xo, xa, start, end, ws32, bs32, wo32, bo32, wa32, ba32, ctx.alpha, ctx.direction, True)
+                    _, g = _chunk(xs, xo, xa, start, end, ws32, bs32, wo32, bo32, wa32, ba32, ctx.alpha,
+                                  ctx.direction, True, ctx.transforms)
                     grads.add(g.mul_(grad_per_token[start:end, None].to(g.dtype)), start, end)
             dx, dw, db = grads.result()
         x_dtype, w_dtype, b_dtype = ctx.dtypes
         return (dx.to(x_dtype), dw.to(w_dtype), None if db is None else db.to(b_dtype),
-                None, None, None, None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None, None, None, None)
 
 
-def _chunk(xs, xo, xa, start, end, ws32, bs32, wo32, bo32, wa32, ba32, alpha, direction, need_grad):
+def _chunk(xs, xo, xa, start, end, ws32, bs32, wo32, bo32, wa32, ba32, alpha, direction, need_grad, transforms):
     # Logits stay float32 even inside torch.autocast (which would otherwise run these GEMMs in bf16).
     with torch.autocast(xs.device.type, enabled=False):
-        return _chunk_fp32(xs, xo, xa, start, end, ws32, bs32, wo32, bo32, wa32, ba32, alpha, direction, need_grad)
+        return _chunk_fp32(xs, xo, xa, start, end, ws32, bs32, wo32, bo32, wa32, ba32, alpha, direction,
+                           need_grad, transforms)
 
 
-def _chunk_fp32(xs, xo, xa, start, end, ws32, bs32, wo32, bo32, wa32, ba32, alpha, direction, need_grad):
-    student = _logits(xs[start:end], ws32, bs32)
-    original = _logits(xo[start:end], wo32, bo32)
-    augmented = None if xa is None else _logits(xa[start:end], wa32, ba32)
-    return chunk_loss_and_grad(student, original, augmented, alpha, direction, need_grad)
+def _chunk_fp32(xs, xo, xa, start, end, ws32, bs32, wo32, bo32, wa32, ba32, alpha, direction, need_grad,
+                transforms):
+    """Per-token loss and d loss / d (untransformed) student logits of one chunk."""
+    t_s, t_o, t_a = transforms
+    student, factor = lt.apply_(_logits(xs[start:end], ws32, bs32), t_s, need_grad)
+    original, _ = lt.apply_(_logits(xo[start:end], wo32, bo32), t_o)
+    augmented = None if xa is None else lt.apply_(_logits(xa[start:end], wa32, ba32), t_a)[0]
+    loss, g = chunk_loss_and_grad(student, original, augmented, alpha, direction, need_grad)
+    return loss, None if g is None else lt.chain(g, factor)
 
 
 class _GradAccumulator:

@@ -27,12 +27,16 @@ fp32 first, which is exact (bf16/fp16 -> fp32) and accumulates in fp32 like the 
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 import triton
 import triton.language as tl
 
+from ..common import logit_transform as lt
 from ..common.compile_spec import CompileSpec
 from ..common.tiles import AUTOTUNE, INTERPRET, gemm_dtype, to_dtype
+from ..common.logit_transform_triton import _transform, _transform_grad
 
 
 # Chunk size. On CUDA: TARGET_CHUNK_TOKENS (the GEMMs chunk x H x V run at full rate, and dW's fp32
@@ -56,19 +60,23 @@ def _logits(Z, B, rows, cols, col_mask, stride_z, HAS_B: tl.constexpr):
 
 @triton.jit
 def _student_teacher(ZS, ZO, ZA, BS, BO, BA, rows, cols, col_mask, stride_z, alpha,
-                     HAS_AUG: tl.constexpr, HAS_BS: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr):
-    zs = _logits(ZS, BS, rows, cols, col_mask, stride_z, HAS_BS)
-    zt = _logits(ZO, BO, rows, cols, col_mask, stride_z, HAS_BO)
+                     logit_scale_s, softcap_s, inv_softcap_s, logit_scale_o, softcap_o, inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a,
+                     HAS_AUG: tl.constexpr, HAS_BS: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr,
+                     HAS_SOFTCAP_S: tl.constexpr, HAS_SOFTCAP_O: tl.constexpr, HAS_SOFTCAP_A: tl.constexpr):
+    """Each model's transformed logits (common/logit_transform_triton.py), then the teacher from them."""
+    zs = _transform(_logits(ZS, BS, rows, cols, col_mask, stride_z, HAS_BS), logit_scale_s, softcap_s, inv_softcap_s, HAS_SOFTCAP_S)
+    zt = _transform(_logits(ZO, BO, rows, cols, col_mask, stride_z, HAS_BO), logit_scale_o, softcap_o, inv_softcap_o, HAS_SOFTCAP_O)
     if HAS_AUG:
-        za = _logits(ZA, BA, rows, cols, col_mask, stride_z, HAS_BA)
+        za = _transform(_logits(ZA, BA, rows, cols, col_mask, stride_z, HAS_BA), logit_scale_a, softcap_a, inv_softcap_a, HAS_SOFTCAP_A)
         zt = zt - alpha * tl.maximum(za - zt, 0.0)
     return zs, zt
 
 
 @triton.jit
 def _chunk_kernel(ZS, ZO, ZA, BS, BO, BA, ROW_SCALE, G, LOSS,
-                  n_rows, V, stride_z, stride_g, alpha,
+                  n_rows, V, stride_z, stride_g, alpha, logit_scale_s, softcap_s, inv_softcap_s, logit_scale_o, softcap_o, inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a,
                   HAS_AUG: tl.constexpr, HAS_BS: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr,
+                  HAS_SOFTCAP_S: tl.constexpr, HAS_SOFTCAP_O: tl.constexpr, HAS_SOFTCAP_A: tl.constexpr,
                   REVERSE: tl.constexpr, WRITE_GRAD: tl.constexpr,
                   BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
     """BLOCK_N rows of the chunk per program: loss [rows] and (WRITE_GRAD) the logit gradient [rows, V]."""
@@ -88,7 +96,8 @@ def _chunk_kernel(ZS, ZO, ZA, BS, BO, BA, ROW_SCALE, G, LOSS,
         cols = v0 + tl.arange(0, BLOCK_V)
         col_mask = cols < V
         zs, zt = _student_teacher(ZS, ZO, ZA, BS, BO, BA, rows, cols, col_mask, stride_z, alpha,
-                                  HAS_AUG, HAS_BS, HAS_BO, HAS_BA)
+                                  logit_scale_s, softcap_s, inv_softcap_s, logit_scale_o, softcap_o, inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a, HAS_AUG, HAS_BS, HAS_BO, HAS_BA,
+                                  HAS_SOFTCAP_S, HAS_SOFTCAP_O, HAS_SOFTCAP_A)
         valid = col_mask[None, :]
         # Every block holds a valid column: the new maxima are finite, exp(m_old - m_new) is 0 on the first.
         new_m_s = tl.maximum(m_s, tl.max(tl.where(valid, zs, float("-inf")), axis=1))
@@ -132,7 +141,8 @@ def _chunk_kernel(ZS, ZO, ZA, BS, BO, BA, ROW_SCALE, G, LOSS,
             cols = v0 + tl.arange(0, BLOCK_V)
             col_mask = cols < V
             zs, zt = _student_teacher(ZS, ZO, ZA, BS, BO, BA, rows, cols, col_mask, stride_z, alpha,
-                                      HAS_AUG, HAS_BS, HAS_BO, HAS_BA)
+                                      logit_scale_s, softcap_s, inv_softcap_s, logit_scale_o, softcap_o, inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a, HAS_AUG, HAS_BS, HAS_BO,
+                                      HAS_BA, HAS_SOFTCAP_S, HAS_SOFTCAP_O, HAS_SOFTCAP_A)
             valid = col_mask[None, :]
             rel_s = zs - m_s[:, None]
             rel_t = zt - m_t[:, None]
@@ -142,7 +152,8 @@ def _chunk_kernel(ZS, ZO, ZA, BS, BO, BA, ROW_SCALE, G, LOSS,
                 g = p_s * ((rel_s - rel_t) - mean_rel[:, None])
             else:
                 g = p_s - tl.exp(tl.where(valid, rel_t - log_d_t[:, None], float("-inf")))
-            g = g * row_scale[:, None]
+            # d loss / d (untransformed) student logits: the row's weight and the transform's chain factor.
+            g = _transform_grad(g * row_scale[:, None], zs, logit_scale_s, inv_softcap_s, HAS_SOFTCAP_S)
             tl.store(G + rows[:, None] * stride_g + cols[None, :], g.to(G.dtype.element_ty),
                      mask=row_mask[:, None] & valid)
 
@@ -165,14 +176,17 @@ _chunk_tuned = triton.autotune(autotune_configs(), key=["V"])(_chunk_kernel) if 
 TUNED_KERNELS = {"chunk": _chunk_tuned} if AUTOTUNE else {}
 
 
-def _run_chunk_kernel(zs, zo, za, bs, bo, ba, row_scale, g, loss, alpha, reverse, write_grad):
+def _run_chunk_kernel(zs, zo, za, bs, bo, ba, row_scale, g, loss, alpha, reverse, write_grad, transforms):
     n, v = zs.shape
     dummy = zs  # never dereferenced: the HAS_* / WRITE_GRAD flags switch the accesses off
     args = (zs, zo, za if za is not None else dummy, bs if bs is not None else dummy,
             bo if bo is not None else dummy, ba if ba is not None else dummy,
             row_scale if row_scale is not None else dummy, g if g is not None else dummy, loss,
             n, v, zs.stride(0), g.stride(0) if g is not None else 0, float(alpha))
+    transform_args, (soft_s, soft_o, soft_a) = lt.kernel_args(transforms)
+    args += transform_args
     flags = dict(HAS_AUG=za is not None, HAS_BS=bs is not None, HAS_BO=bo is not None, HAS_BA=ba is not None,
+                 HAS_SOFTCAP_S=soft_s, HAS_SOFTCAP_O=soft_o, HAS_SOFTCAP_A=soft_a and za is not None,
                  REVERSE=reverse, WRITE_GRAD=write_grad)
     if AUTOTUNE:
         _chunk_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, **flags)
@@ -248,11 +262,11 @@ def working_set_bytes(chunk: int, v: int, grad_bytes: int, augmented: bool = Tru
 
 
 def unlearning_kl(xs, ws, bs, xo, wo, bo, xa, wa, ba, *, alpha, direction, grad_in_forward, chunk_tokens,
-                  grad_filter):
+                  grad_filter, transforms=(lt.IDENTITY,) * 3):
     """The KL op of backend "chunked" (common/backends.py). Dense gradients: ``grad_filter`` does not apply."""
     xs, ws, xo, wo, xa, wa = to_dtype(gemm_dtype(xs, ws), xs, ws, xo, wo, xa, wa)
     return TritonChunkedUnlearningKL.apply(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_in_forward,
-                                           chunk_tokens)
+                                           chunk_tokens, transforms)
 
 
 class TritonChunkedUnlearningKL(torch.autograd.Function):
@@ -262,13 +276,14 @@ class TritonChunkedUnlearningKL(torch.autograd.Function):
     ``reduction="none"`` backward recomputes each chunk's logits with the per-token weights."""
 
     @staticmethod
-    def forward(ctx, xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_in_forward, chunk_tokens):
+    def forward(ctx, xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_in_forward, chunk_tokens,
+                transforms=(lt.IDENTITY,) * 3):
         need_grad = any(ctx.needs_input_grad[:3])
         in_forward = grad_in_forward and need_grad
         with torch.no_grad(), torch.autocast(xs.device.type, enabled=False):
             loss, grads = _run(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, chunk_tokens,
-                               row_weights=None, need_grad=in_forward)
-        ctx.alpha, ctx.direction, ctx.chunk_tokens = alpha, direction, chunk_tokens
+                               row_weights=None, need_grad=in_forward, transforms=transforms)
+        ctx.alpha, ctx.direction, ctx.chunk_tokens, ctx.transforms = alpha, direction, chunk_tokens, transforms
         ctx.grad_in_forward = in_forward
         ctx.dtypes = (xs.dtype, ws.dtype, None if bs is None else bs.dtype)
         if in_forward:
@@ -287,14 +302,15 @@ class TritonChunkedUnlearningKL(torch.autograd.Function):
             # V x H x 4 bytes; a separate multiply and cast would read and write it twice more).
             return (_scaled(dx, scale, x_dtype), _scaled(dw, scale, w_dtype),
                     None if db is None else _scaled(db, scale, b_dtype),
-                    None, None, None, None, None, None, None, None, None, None)
+                    None, None, None, None, None, None, None, None, None, None, None)
         else:
             xs, ws, bs, xo, wo, bo, xa, wa, ba = ctx.saved_tensors
             with torch.no_grad(), torch.autocast(xs.device.type, enabled=False):
                 _, (dx, dw, db) = _run(xs, ws, bs, xo, wo, bo, xa, wa, ba, ctx.alpha, ctx.direction,
-                                       ctx.chunk_tokens, row_weights=grad_loss.float().contiguous(), need_grad=True)
+                                       ctx.chunk_tokens, row_weights=grad_loss.float().contiguous(), need_grad=True,
+                                       transforms=ctx.transforms)
         return (dx.to(x_dtype), dw.to(w_dtype), None if db is None else db.to(b_dtype),
-                None, None, None, None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None, None, None, None)
 
 
 @triton.jit
@@ -332,7 +348,8 @@ def last_chunk_tokens() -> int | None:
     return _LAST_CHUNK_TOKENS[-1] if _LAST_CHUNK_TOKENS else None
 
 
-def _run(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, chunk_tokens, row_weights, need_grad):
+def _run(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, chunk_tokens, row_weights, need_grad,
+         transforms=(lt.IDENTITY,) * 3):
     """Loss [N] and, when ``need_grad``, fp32 (dX, dW, dB) weighted per token by ``row_weights`` (None: 1)."""
     device = xs.device
     xs, xo = xs.contiguous(), xo.contiguous()
@@ -370,7 +387,7 @@ def _run(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, chunk_tokens, row
         if need_grad:
             weights = ones[:m] if row_weights is None else row_weights[start:end]
         _run_chunk_kernel(zs, zo, za, bs, bo, ba, weights, g, loss[start:end], alpha, direction == "reverse",
-                          need_grad)
+                          need_grad, transforms)
         if need_grad:
             gemm.mm(g, ws_op, dx[start:end])
             gemm.accumulate(dw, g.T, xs[start:end], first=start == 0)
@@ -382,34 +399,36 @@ def _run(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, chunk_tokens, row
 # ---- compile specs (benchmarks/gpu_compile.py) -------------------------------------------------------------
 
 def compile_specs() -> list[CompileSpec]:
-    """The chunk kernel over dtype x direction x augmented x bias, with every CUDA config."""
+    """The chunk kernel over dtype x direction x augmented x bias x softcap (every model's: the heaviest case
+    of the per-model HAS_SOFTCAP_* flags), with every CUDA config."""
     specs = []
     names = _chunk_kernel.arg_names
+    transform_args = {f"{arg}_{m}" for m in "soa" for arg in ("logit_scale", "softcap", "inv_softcap")}
     for dtype in ("bf16", "fp32"):
         for reverse in (True, False):
-            for aug in (True, False):
-                for bias in (True, False):
-                    sig = {}
-                    for a in names:
-                        if a in ("ZS", "ZO", "ZA", "ROW_SCALE", "LOSS"):
-                            sig[a] = "*fp32"
-                        elif a in ("BS", "BO", "BA", "G"):
-                            sig[a] = f"*{dtype}"
-                        elif a == "alpha":
-                            sig[a] = "fp32"
-                        elif a in ("n_rows", "V", "stride_z", "stride_g"):
-                            sig[a] = "i32"
-                        else:
-                            sig[a] = "constexpr"
-                    constexprs = dict(HAS_AUG=aug, HAS_BS=bias, HAS_BO=bias, HAS_BA=bias and aug,
-                                      REVERSE=reverse, WRITE_GRAD=True)
-                    variant = ",".join(["reverse" if reverse else "forward", "aug" if aug else "no-aug",
-                                        "bias" if bias else "no-bias"])
-                    specs.append(CompileSpec(
-                        kernel="chunked_unlearning_kl", fn=_chunk_kernel, signature=sig, constexprs=constexprs,
-                        configs=tuple(autotune_configs()), dtype=dtype, variant=variant,
-                        divisible=("ZS", "ZO", "ZA", "BS", "BO", "BA", "ROW_SCALE", "G", "LOSS", "V",
-                                   "stride_z", "stride_g")))
+            for aug, bias, softcap in itertools.product((True, False), repeat=3):
+                sig = {}
+                for a in names:
+                    if a in ("ZS", "ZO", "ZA", "ROW_SCALE", "LOSS"):
+                        sig[a] = "*fp32"
+                    elif a in ("BS", "BO", "BA", "G"):
+                        sig[a] = f"*{dtype}"
+                    elif a == "alpha" or a in transform_args:
+                        sig[a] = "fp32"
+                    elif a in ("n_rows", "V", "stride_z", "stride_g"):
+                        sig[a] = "i32"
+                    else:
+                        sig[a] = "constexpr"
+                constexprs = dict(HAS_AUG=aug, HAS_BS=bias, HAS_BO=bias, HAS_BA=bias and aug,
+                                  HAS_SOFTCAP_S=softcap, HAS_SOFTCAP_O=softcap, HAS_SOFTCAP_A=softcap and aug,
+                                  REVERSE=reverse, WRITE_GRAD=True)
+                variant = ",".join(["reverse" if reverse else "forward", "aug" if aug else "no-aug",
+                                    "bias" if bias else "no-bias"] + (["softcap"] if softcap else []))
+                specs.append(CompileSpec(
+                    kernel="chunked_unlearning_kl", fn=_chunk_kernel, signature=sig, constexprs=constexprs,
+                    configs=tuple(autotune_configs()), dtype=dtype, variant=variant,
+                    divisible=("ZS", "ZO", "ZA", "BS", "BO", "BA", "ROW_SCALE", "G", "LOSS", "V",
+                               "stride_z", "stride_g")))
     for dtype in ("bf16", "fp32"):
         specs.append(CompileSpec(
             kernel="chunked_scale_cast", fn=_scale_cast_kernel,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..common import logit_transform as lt
 from ..common import backends
 from ..common.masking import reduce_counted, select_counted, zero_loss
 from ..common.validation import check_finite
@@ -19,9 +20,12 @@ def fused_linear_token_logprob(
     backend: str = "auto",
     chunk_tokens: int | None = None,
     check_inputs_finite: bool = True,
+    scale: float = 1.0,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    """``log softmax(hidden @ weight.T + bias)[label]`` per token: shape ``labels.shape``, 0 where
-    ``labels == ignore_index``; float32 (float64 for float64 inputs on the torch/reference backends).
+    """``log softmax(z)[label]`` per token, ``z = hidden @ weight.T + bias`` times ``scale`` and, with a
+    ``softcap`` c, capped to ``c * tanh(z / c)`` (the head's logit transform, ``common/logit_transform.py``): shape
+    ``labels.shape``, 0 where ``labels == ignore_index``; float32 (float64 for float64 inputs on the torch/reference backends).
 
     Differentiable w.r.t. ``hidden``, ``weight`` and ``bias``. Logits are float32 whatever the input dtype
     (the GEMMs use the autocast dtype under autocast, like lm_head would). ``backend``: ``"triton"`` (CUDA,
@@ -30,6 +34,7 @@ def fused_linear_token_logprob(
     shift them for next-token prediction first (hidden[:, :-1] with labels[:, 1:]).
     """
     backends.check_name(backend, "logprob")
+    transform = lt.logit_transform("", scale, softcap)
     _check_inputs(hidden, weight, bias, labels, ignore_index)
     if hidden.dtype == torch.float64 and backend in ("auto", "triton"):
         if backend == "triton":
@@ -45,7 +50,8 @@ def fused_linear_token_logprob(
     if x.shape[0] == 0:
         return zero_loss(lead_shape, "none", hidden, weight, bias)
     y = y.reshape(-1).long()
-    logp = backends.function("logprob", backend)(x, weight, bias, y, chunk_tokens=chunk_tokens)
+    logp = backends.function("logprob", backend)(x, weight, bias, y, chunk_tokens=chunk_tokens,
+                                                   transform=transform)
     return reduce_counted(logp, counted, lead_shape, "none")
 
 

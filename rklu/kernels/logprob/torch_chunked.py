@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..common import logit_transform as lt
 from ..common.torch_chunks import compute_dtype, torch_chunk_tokens
 
 
@@ -19,16 +20,16 @@ def _chunk_logits(x, w32, b32):
         return z if b32 is None else z.add_(b32)
 
 
-def token_logprob(x, w, b, labels, *, chunk_tokens):
+def token_logprob(x, w, b, labels, *, chunk_tokens, transform=lt.IDENTITY):
     """The log-prob op of backend "torch" (common/backends.py)."""
-    return TorchChunkedTokenLogprob.apply(x, w, b, labels, chunk_tokens)
+    return TorchChunkedTokenLogprob.apply(x, w, b, labels, chunk_tokens, transform)
 
 
 class TorchChunkedTokenLogprob(torch.autograd.Function):
     """Counted tokens only: x [N, H], labels [N] in [0, V) -> log p(label) [N] (float32, float64 for float64)."""
 
     @staticmethod
-    def forward(ctx, x, w, b, labels, chunk_tokens):
+    def forward(ctx, x, w, b, labels, chunk_tokens, transform=lt.IDENTITY):
         dtype = compute_dtype(x, w)
         w32 = w.detach().to(dtype)
         b32 = None if b is None else b.detach().to(dtype)
@@ -39,14 +40,14 @@ class TorchChunkedTokenLogprob(torch.autograd.Function):
         with torch.no_grad():
             for start in range(0, n, chunk):
                 end = min(n, start + chunk)
-                z = _chunk_logits(x[start:end], w32, b32)
+                z, _ = lt.apply_(_chunk_logits(x[start:end], w32, b32), transform)
                 z_label = z.gather(1, labels[start:end, None]).squeeze(1)
                 m = z.max(dim=1).values
                 log_d = z.sub_(m[:, None]).exp_().sum(dim=1).log_()  # z now holds exp(z - m)
                 # (z_y - m) - log d: exact near the max, where z_y - (m + log d) would round at |z|.
                 logp[start:end] = (z_label - m) - log_d
                 stats[start:end, 0], stats[start:end, 1] = m, log_d
-        ctx.chunk = chunk
+        ctx.chunk, ctx.transform = chunk, transform
         ctx.dtypes = (x.dtype, w.dtype, None if b is None else b.dtype)
         ctx.save_for_backward(x, w, b, labels, stats)
         return logp
@@ -64,17 +65,18 @@ class TorchChunkedTokenLogprob(torch.autograd.Function):
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             for start in range(0, x.shape[0], ctx.chunk):
                 end = min(x.shape[0], start + ctx.chunk)
-                z = _chunk_logits(x[start:end], w32, b32)
+                z, factor = lt.apply_(_chunk_logits(x[start:end], w32, b32), ctx.transform, True)
                 m, log_d = stats[start:end, 0], stats[start:end, 1]
                 up = grad_logp[start:end]
                 # d log p(y) / dz = onehot(y) - softmax(z), times the upstream weight of the token
                 g = z.sub_(m[:, None]).sub_(log_d[:, None]).exp_().mul_(-up[:, None])
                 rows = torch.arange(end - start, device=x.device)
                 g[rows, labels[start:end]] += up
+                g = lt.chain(g, factor)
                 dx[start:end] = g @ w32
                 dw.addmm_(g.T, x[start:end].to(dtype))
                 if db is not None:
                     db += g.sum(0)
         x_dtype, w_dtype, b_dtype = ctx.dtypes
-        return dx.to(x_dtype), dw.to(w_dtype), None if db is None else db.to(b_dtype), None, None
+        return dx.to(x_dtype), dw.to(w_dtype), None if db is None else db.to(b_dtype), None, None, None
 

@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..common import logit_transform as lt
 from ..common.compile_spec import CompileSpec
 # the same GEMM precision modes and tile helpers as the KL kernel (NATIVE / IEEE / UPCAST: see common/tiles.py)
 from ..common.tiles import (  # noqa: F401
@@ -33,6 +34,7 @@ from ..common.tiles import (  # noqa: F401
     gemm_precision,
 )
 from ..common.tiles import _grouped_pid as _grouped  # (row block, vocab block) of a program, grouped order
+from ..common.logit_transform_triton import _transform, _transform_grad  # the head's scale and softcap
 
 
 # Skip a backward tile's GEMMs when max |g| <= this. 0.0: only exactly-zero tiles (results unchanged).
@@ -45,11 +47,11 @@ CHUNK_ELEMENTS = 1 << 22
 
 @triton.jit
 def _gradient_tile(X, W, B, LABELS, STATS, GRAD_OUT, rows, cols, row_mask, col_mask, H, stride_x, stride_w,
-                   HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+                   scale, cap, inv_cap, HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, PRECISION: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
-    """upstream * (onehot(label) - softmax(z)) for one recomputed tile; zero outside the edges."""
-    z = _logit_tile(X, W, B, rows, cols, row_mask, col_mask, H, stride_x, stride_w, HAS_BIAS, PRECISION,
-                    BLOCK_N, BLOCK_V, BLOCK_H)
+    """upstream * (onehot(label) - softmax(z)) * dz/dl for one recomputed tile; zero outside the edges."""
+    z = _transform(_logit_tile(X, W, B, rows, cols, row_mask, col_mask, H, stride_x, stride_w, HAS_BIAS,
+                               PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), scale, cap, inv_cap, HAS_SOFTCAP)
     m = tl.load(STATS + rows * 2 + 0, mask=row_mask, other=0.0)
     log_d = tl.load(STATS + rows * 2 + 1, mask=row_mask, other=0.0)
     upstream = tl.load(GRAD_OUT + rows, mask=row_mask, other=0.0)
@@ -58,12 +60,12 @@ def _gradient_tile(X, W, B, LABELS, STATS, GRAD_OUT, rows, cols, row_mask, col_m
     # (z - m) - log d, not z - lse: exact near the max even for logits of magnitude 1e4.
     p = tl.exp(tl.where(inside, (z - m[:, None]) - log_d[:, None], float("-inf")))
     onehot = tl.where(cols[None, :] == labels[:, None], 1.0, 0.0)
-    return (onehot - p) * upstream[:, None]
+    return _transform_grad((onehot - p) * upstream[:, None], z, scale, inv_cap, HAS_SOFTCAP)
 
 
 @triton.jit
-def _forward_split_kernel(X, W, B, LABELS, PART, N, V, H, stride_x, stride_w, NUM_SPLITS,
-                          HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, GROUP_N: tl.constexpr,
+def _forward_split_kernel(X, W, B, LABELS, PART, N, V, H, stride_x, stride_w, NUM_SPLITS, scale, cap, inv_cap,
+                          HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, PRECISION: tl.constexpr, GROUP_N: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
     row_block, split = _grouped(tl.program_id(0), tl.cdiv(N, BLOCK_N), NUM_SPLITS, GROUP_N)
     rows = row_block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -79,8 +81,8 @@ def _forward_split_kernel(X, W, B, LABELS, PART, N, V, H, stride_x, stride_w, NU
     for v0 in range(v_start, v_end, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         col_mask = cols < V
-        z = _logit_tile(X, W, B, rows, cols, row_mask, col_mask, H, stride_x, stride_w, HAS_BIAS, PRECISION,
-                        BLOCK_N, BLOCK_V, BLOCK_H)
+        z = _transform(_logit_tile(X, W, B, rows, cols, row_mask, col_mask, H, stride_x, stride_w, HAS_BIAS,
+                                   PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), scale, cap, inv_cap, HAS_SOFTCAP)
         valid = col_mask[None, :]
         # Each tile has a valid column, so new_m is finite and exp(m - new_m) is exp(-inf) = 0 at first.
         new_m = tl.maximum(m, tl.max(tl.where(valid, z, float("-inf")), axis=1))
@@ -113,7 +115,7 @@ def _combine_kernel(PART, STATS, LOGP, N, NUM_SPLITS, BLOCK_N: tl.constexpr, BLO
 
 @triton.jit
 def _backward_kernel(X, W, B, LABELS, STATS, GRAD_OUT, DX, DW, DB, N, V, H, stride_x, stride_w, filter_eps,
-                     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, GROUP_N: tl.constexpr,
+                     scale, cap, inv_cap, HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, PRECISION: tl.constexpr, GROUP_N: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
     row_block, v_block = _grouped(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(V, BLOCK_V), GROUP_N)
     rows = row_block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -121,7 +123,7 @@ def _backward_kernel(X, W, B, LABELS, STATS, GRAD_OUT, DX, DW, DB, N, V, H, stri
     row_mask = rows < N
     col_mask = cols < V
     g = _gradient_tile(X, W, B, LABELS, STATS, GRAD_OUT, rows, cols, row_mask, col_mask, H, stride_x, stride_w,
-                       HAS_BIAS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+                       scale, cap, inv_cap, HAS_BIAS, HAS_SOFTCAP, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
     if tl.max(tl.max(tl.abs(g), axis=1), axis=0) > filter_eps:
         if HAS_BIAS:
             tl.atomic_add(DB + cols, tl.sum(g, axis=0), mask=col_mask)
@@ -132,7 +134,7 @@ def _backward_kernel(X, W, B, LABELS, STATS, GRAD_OUT, DX, DW, DB, N, V, H, stri
 
 @triton.jit
 def _gradient_chunk_kernel(X, W, B, LABELS, STATS, GRAD_OUT, G, row0, n_rows, V, H, stride_x, stride_w, stride_g,
-                           HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, GROUP_N: tl.constexpr,
+                           scale, cap, inv_cap, HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, PRECISION: tl.constexpr, GROUP_N: tl.constexpr,
                            BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
     """Deterministic mode: the gradient w.r.t. the logits of rows [row0, row0 + n_rows), written to G."""
     row_block, v_block = _grouped(tl.program_id(0), tl.cdiv(n_rows, BLOCK_N), tl.cdiv(V, BLOCK_V), GROUP_N)
@@ -142,7 +144,7 @@ def _gradient_chunk_kernel(X, W, B, LABELS, STATS, GRAD_OUT, G, row0, n_rows, V,
     row_mask = local < n_rows
     col_mask = cols < V
     g = _gradient_tile(X, W, B, LABELS, STATS, GRAD_OUT, rows, cols, row_mask, col_mask, H, stride_x, stride_w,
-                       HAS_BIAS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+                       scale, cap, inv_cap, HAS_BIAS, HAS_SOFTCAP, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
     tl.store(G + local[:, None] * stride_g + cols[None, :], g.to(G.dtype.element_ty),
              mask=row_mask[:, None] & col_mask[None, :])
 
@@ -232,17 +234,17 @@ def _grid_2d(n_rows, v):
     return lambda meta: (triton.cdiv(n_rows, meta["BLOCK_N"]) * triton.cdiv(v, meta["BLOCK_V"]),)
 
 
-def token_logprob(x, w, b, labels, *, chunk_tokens):
+def token_logprob(x, w, b, labels, *, chunk_tokens, transform=lt.IDENTITY):
     """The log-prob op of backend "triton" (common/backends.py); it has no token chunks (``chunk_tokens``)."""
     dtype = gemm_dtype(x, w)
-    return TritonTokenLogprob.apply(x.to(dtype), w.to(dtype), b, labels)
+    return TritonTokenLogprob.apply(x.to(dtype), w.to(dtype), b, labels, transform)
 
 
 class TritonTokenLogprob(torch.autograd.Function):
     """Counted tokens only: x [N, H] and w [V, H] in one dtype, labels [N] in [0, V) -> log p(label) [N] fp32."""
 
     @staticmethod
-    def forward(ctx, x, w, b, labels):
+    def forward(ctx, x, w, b, labels, transform=lt.IDENTITY):
         x, w, labels = x.contiguous(), w.contiguous(), labels.contiguous()
         n, h = x.shape
         v = w.shape[0]
@@ -250,14 +252,17 @@ class TritonTokenLogprob(torch.autograd.Function):
         part = torch.empty((n, splits, 3), dtype=torch.float32, device=x.device)
         stats = torch.empty((n, 2), dtype=torch.float32, device=x.device)  # max, log-normalizer
         logp = torch.empty(n, dtype=torch.float32, device=x.device)
-        flags = dict(HAS_BIAS=b is not None, PRECISION=gemm_precision(x.dtype), GROUP_N=GROUP)
+        *transform_args, has_softcap = transform.kernel_args()
+        flags = dict(HAS_BIAS=b is not None, HAS_SOFTCAP=has_softcap, PRECISION=gemm_precision(x.dtype),
+                     GROUP_N=GROUP)
         bias = b if b is not None else x  # never dereferenced without HAS_BIAS
         _launch("forward", _forward_split_kernel,
                 lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * splits,),
-                x, w, bias, labels, part, n, v, h, x.stride(0), w.stride(0), splits, **flags)
+                x, w, bias, labels, part, n, v, h, x.stride(0), w.stride(0), splits, *transform_args, **flags)
         _combine_kernel[(triton.cdiv(n, COMBINE_BLOCK_N),)](
             part, stats, logp, n, splits, BLOCK_N=COMBINE_BLOCK_N, BLOCK_S=triton.next_power_of_2(splits))
         ctx.save_for_backward(x, w, b, labels, stats)
+        ctx.transform = transform
         return logp
 
     @staticmethod
@@ -266,21 +271,23 @@ class TritonTokenLogprob(torch.autograd.Function):
         n, h = x.shape
         v = w.shape[0]
         grad_logp = grad_logp.float().contiguous()
-        flags = dict(HAS_BIAS=b is not None, PRECISION=gemm_precision(x.dtype), GROUP_N=GROUP)
+        *transform_args, has_softcap = ctx.transform.kernel_args()
+        flags = dict(HAS_BIAS=b is not None, HAS_SOFTCAP=has_softcap, PRECISION=gemm_precision(x.dtype),
+                     GROUP_N=GROUP)
         bias = b if b is not None else x
         if torch.are_deterministic_algorithms_enabled():
-            dx, dw, db = _deterministic_backward(x, w, bias, labels, stats, grad_logp, flags)
+            dx, dw, db = _deterministic_backward(x, w, bias, labels, stats, grad_logp, transform_args, flags)
         else:
             dx = torch.zeros((n, h), dtype=torch.float32, device=x.device)
             dw = torch.zeros((v, h), dtype=torch.float32, device=x.device)
             db = torch.zeros(v, dtype=torch.float32, device=x.device) if b is not None else dx
             _launch("backward", _backward_kernel, _grid_2d(n, v),
                     x, w, bias, labels, stats, grad_logp, dx, dw, db, n, v, h, x.stride(0), w.stride(0),
-                    float(GRAD_FILTER_EPS), **flags)
-        return dx.to(x.dtype), dw.to(w.dtype), None if b is None else db.to(b.dtype), None
+                    float(GRAD_FILTER_EPS), *transform_args, **flags)
+        return dx.to(x.dtype), dw.to(w.dtype), None if b is None else db.to(b.dtype), None, None
 
 
-def _deterministic_backward(x, w, bias, labels, stats, grad_logp, flags):
+def _deterministic_backward(x, w, bias, labels, stats, grad_logp, transform_args, flags):
     """Gradient w.r.t. the logits of a chunk of tokens from Triton, then dX/dW/db by torch.mm: no atomics."""
     n, h = x.shape
     v = w.shape[0]
@@ -299,7 +306,7 @@ def _deterministic_backward(x, w, bias, labels, stats, grad_logp, flags):
         g_chunk = g[:rows]
         _launch("gradient_chunk", _gradient_chunk_kernel, _grid_2d(rows, v),
                 x, w, bias, labels, stats, grad_logp, g_chunk, start, rows, v, h, x.stride(0), w.stride(0),
-                g_chunk.stride(0), **flags)
+                g_chunk.stride(0), *transform_args, **flags)
         dx[start:start + rows] = torch.mm(g_chunk, w_op)
         dw += torch.mm(g_chunk.T, x_op[start:start + rows])
         if db is not None:
@@ -315,12 +322,13 @@ def compile_specs() -> list:
     for dtype in ("bf16", "fp32"):
         prec = NATIVE if dtype == "bf16" else IEEE
         width = "16bit" if dtype == "bf16" else "fp32"
-        for has_bias in (False, True):
-            variant = "bias" if has_bias else "nobias"
-            common = dict(HAS_BIAS=has_bias, PRECISION=prec, GROUP_N=GROUP)
+        for has_bias, softcap in ((False, False), (True, False), (False, True), (True, True)):
+            variant = ("bias" if has_bias else "nobias") + (",softcap" if softcap else "")
+            common = dict(HAS_BIAS=has_bias, HAS_SOFTCAP=softcap, PRECISION=prec, GROUP_N=GROUP)
             ptr, bias_ptr = f"*{dtype}", f"*{dtype}"
             tiles = dict(BLOCK_N="constexpr", BLOCK_V="constexpr", BLOCK_H="constexpr")
-            flag_sig = dict(HAS_BIAS="constexpr", PRECISION="constexpr", GROUP_N="constexpr")
+            flag_sig = dict(HAS_BIAS="constexpr", HAS_SOFTCAP="constexpr", PRECISION="constexpr",
+                            GROUP_N="constexpr", scale="fp32", cap="fp32", inv_cap="fp32")
             specs.append(CompileSpec(
                 "token_logprob_forward_split", _forward_split_kernel,
                 dict(X=ptr, W=ptr, B=bias_ptr, LABELS="*i64", PART="*fp32", N="i32", V="i32", H="i32",

@@ -34,6 +34,7 @@ import os
 import torch
 import triton
 
+from ...common import logit_transform as lt
 from ...common.tiles import (  # noqa: F401  (re-exported)
     AUTOTUNE, GROUP, IEEE, INTERPRET, NATIVE, UPCAST, _mm, gemm_dtype, gemm_precision, to_dtype,
 )
@@ -125,8 +126,9 @@ def last_backward_tile_stats() -> dict | None:
     return dict(kept=kept, total=total, fraction=kept / max(total, 1), filter=_LAST_STATS["filter"])
 
 
-def _common_args(xs, ws, bs, xo, wo, bo, xa, wa, ba):
+def _common_args(xs, ws, bs, xo, wo, bo, xa, wa, ba, transforms):
     has_aug = xa is not None
+    transform_args, (soft_s, soft_o, soft_a) = lt.kernel_args(transforms)
     dummy = xs  # never dereferenced: the HAS_* flags switch the loads off
     return dict(
         tensors=(xs, ws, bs if bs is not None else dummy, xo, wo, bo if bo is not None else dummy,
@@ -134,7 +136,9 @@ def _common_args(xs, ws, bs, xo, wo, bo, xa, wa, ba):
         sizes=(xs.shape[1], xo.shape[1], xa.shape[1] if has_aug else 0),
         strides=(xs.stride(0), ws.stride(0), xo.stride(0), wo.stride(0),
                  xa.stride(0) if has_aug else 0, wa.stride(0) if has_aug else 0),
+        transforms=transform_args,
         flags=dict(HAS_AUG=has_aug, HAS_BS=bs is not None, HAS_BO=bo is not None, HAS_BA=ba is not None,
+                   HAS_SOFTCAP_S=soft_s, HAS_SOFTCAP_O=soft_o, HAS_SOFTCAP_A=soft_a and has_aug,
                    PRECISION=gemm_precision(xs.dtype), GROUP=GROUP),
     )
 
@@ -155,11 +159,12 @@ def _vocab_order(mean_logit: torch.Tensor) -> torch.Tensor:
 
 
 def unlearning_kl(xs, ws, bs, xo, wo, bo, xa, wa, ba, *, alpha, direction, grad_in_forward, chunk_tokens,
-                  grad_filter):
+                  grad_filter, transforms=(lt.IDENTITY,) * 3):
     """The KL op of backend "triton" (common/backends.py). The backward recomputes the logits whatever the
     reduction, and there is no chunk of tokens: ``grad_in_forward`` and ``chunk_tokens`` do not apply."""
     xs, ws, xo, wo, xa, wa = to_dtype(gemm_dtype(xs, ws), xs, ws, xo, wo, xa, wa)
-    return TritonFusedUnlearningKL.apply(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_filter)
+    return TritonFusedUnlearningKL.apply(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_filter,
+                                         transforms)
 
 
 class TritonFusedUnlearningKL(torch.autograd.Function):
@@ -167,14 +172,15 @@ class TritonFusedUnlearningKL(torch.autograd.Function):
     size) -> per-token loss [N] float32."""
 
     @staticmethod
-    def forward(ctx, xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_filter=None):
+    def forward(ctx, xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_filter=None,
+                transforms=(lt.IDENTITY,) * 3):
         xs, ws, xo, wo = (t.contiguous() for t in (xs, ws, xo, wo))
         xa = None if xa is None else xa.contiguous()
         wa = None if wa is None else wa.contiguous()
         n = xs.shape[0]
         v = ws.shape[0]
         reverse = direction == "reverse"
-        args = _common_args(xs, ws, bs, xo, wo, bo, xa, wa, ba)
+        args = _common_args(xs, ws, bs, xo, wo, bo, xa, wa, ba, transforms)
         split_v = vocab_split_size(n, v)
         splits = triton.cdiv(v, split_v)
         part = torch.empty((splits, n, NUM_STATS), dtype=torch.float32, device=xs.device)
@@ -188,15 +194,17 @@ class TritonFusedUnlearningKL(torch.autograd.Function):
         perm = _vocab_order(mean_logit) if sort else None
         # The per-row reference logits: at the entry of largest mean logit, usually near each row's max, so
         # the log-ratio terms (z - c) stay small and exact (see forward.py).
-        ref = reference_logits(xs, ws, bs, xo, wo, bo, xa, wa, ba, float(alpha), mean_logit.argmax())
+        ref = reference_logits(xs, ws, bs, xo, wo, bo, xa, wa, ba, float(alpha), mean_logit.argmax(),
+                               transforms)
         _launch("forward", _forward_kernel,
                 lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * splits,), dtype_name,
                 *args["tensors"], part, part if perm is None else perm, ref, n, v, *args["sizes"],
-                *args["strides"], float(alpha), split_v, splits, REVERSE=reverse, SORTED=perm is not None,
+                *args["strides"], float(alpha), *args["transforms"], split_v, splits, REVERSE=reverse,
+                SORTED=perm is not None,
                 **args["flags"])
         loss, stats = combine_partials(part, ref, reverse)
         ctx.save_for_backward(xs, ws, bs, xo, wo, bo, xa, wa, ba, stats, perm)
-        ctx.alpha, ctx.direction, ctx.use_filter = float(alpha), direction, use_filter
+        ctx.alpha, ctx.direction, ctx.use_filter, ctx.transforms = float(alpha), direction, use_filter, transforms
         return loss
 
     @staticmethod
@@ -205,12 +213,12 @@ class TritonFusedUnlearningKL(torch.autograd.Function):
         n, h = xs.shape
         v = ws.shape[0]
         grad_loss = grad_loss.float().contiguous()
-        args = _common_args(xs, ws, bs, xo, wo, bo, xa, wa, ba)
+        args = _common_args(xs, ws, bs, xo, wo, bo, xa, wa, ba, ctx.transforms)
         dtype_name = dtype_key(xs.dtype)
         counter = torch.zeros(2, dtype=torch.int32, device=xs.device)  # kept tiles, all tiles
         sorted_ = perm is not None
         common = dict(REVERSE=ctx.direction == "reverse", FILTER=ctx.use_filter, SORTED=sorted_, **args["flags"])
-        eps = filter_eps(xs.dtype)
+        eps = filter_eps(xs.dtype)  # on p, also under a logit transform: see backward.py
         perm_arg = perm if sorted_ else counter  # never dereferenced unless SORTED
         if not store_backward():
             dx = torch.zeros((n, h), dtype=torch.float32, device=xs.device)
@@ -219,13 +227,14 @@ class TritonFusedUnlearningKL(torch.autograd.Function):
             _launch("backward", _backward_kernel,
                     lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * triton.cdiv(v, meta["BLOCK_V"]),),
                     dtype_name, *args["tensors"], stats, grad_loss, perm_arg, dx, dw, db, dx, counter,
-                    0, n, v, *args["sizes"], *args["strides"], 0, ctx.alpha, eps, STORE_G=False, **common)
+                    0, n, v, *args["sizes"], *args["strides"], 0, ctx.alpha, eps, *args["transforms"],
+                    STORE_G=False, **common)
         else:
             dx, dw, db = _deterministic_backward(xs, ws, bs, args, stats, grad_loss, perm_arg, counter,
                                                         ctx.alpha, eps, dtype_name, common)
         _LAST_STATS.update(counter=counter, filter=ctx.use_filter)
         return (dx.to(xs.dtype), dw.to(ws.dtype), None if bs is None else db.to(bs.dtype),
-                None, None, None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None, None, None)
 
 
 def _deterministic_backward(xs, ws, bs, args, stats, grad_loss, perm_arg, counter, alpha, eps, dtype_name, common):
@@ -249,7 +258,7 @@ def _deterministic_backward(xs, ws, bs, args, stats, grad_loss, perm_arg, counte
                     lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]) * triton.cdiv(v, meta["BLOCK_V"]),),
                     dtype_name, *args["tensors"], stats, grad_loss, perm_arg, dx, dw, dx, g, counter,
                     start, rows, v, *args["sizes"], *args["strides"], g.stride(0), alpha, eps,
-                    STORE_G=True, **common)
+                    *args["transforms"], STORE_G=True, **common)
             g_c = g[:rows]
             gemm.mm(g_c, ws, dx[start:start + rows])
             gemm.accumulate(dw, g_c.T, xs[start:start + rows], first=start == 0)

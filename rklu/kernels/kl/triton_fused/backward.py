@@ -24,6 +24,14 @@ gradient itself), 2^-28 for fp32 (far inside the 1e-5 relative tolerance). The v
 order of decreasing mean student logit (``PERM``, computed in the forward), so the few tokens that carry
 probability for a block of rows gather in few vocab blocks and token-level sparsity becomes tile sparsity;
 W, bias and the teachers' W rows are read through the permutation, dW/db written through it.
+Under a logit transform (``HAS_SOFTCAP_*``, ``logit_scale_*``: common/logit_transform_triton.py) every p above comes
+from the transformed logits, the teacher bound from the transformed original (z_t <= z_o holds for them just
+the same), and the gradient w.r.t. the student's raw logits is g_l = scale * (1 - tanh^2) * g. The filter
+still compares p with eps: the factor scale multiplies every entry and the dense result alike (the largest
+entries are O(scale), as they are O(1) without it), and 1 - tanh^2 <= 1 only shrinks an entry, so a skipped
+entry stays below eps relative to the gradient's scale, the guarantee the untransformed filter gives.
+(Dividing eps by the scale would bound |g_l| absolutely instead, and at Cohere's scale 1/16 skip entries 16x
+larger relative to the gradient.)
 Every tile adds 1 to ``COUNTER[1]`` and every kept tile 1 to ``COUNTER[0]`` (int32), so the kept fraction
 f can be measured.
 """
@@ -33,6 +41,7 @@ import triton
 import triton.language as tl
 
 from ...common.tiles import _atomic_dx_dw, _grad_operand, _grouped_pid, _logit_tile, _teacher_tile
+from ...common.logit_transform_triton import _transform, _transform_grad
 
 
 @triton.jit
@@ -68,7 +77,9 @@ def _store_zero(G, local, cols, row_mask, col_mask, stride_g,
 def _backward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, GRAD_OUT, PERM, DX, DW, DB, G, COUNTER,
                      ROW0, NUM_ROWS, V, H_S, H_O, H_A,
                      stride_xs, stride_ws, stride_xo, stride_wo, stride_xa, stride_wa, stride_g, alpha, eps,
+                     logit_scale_s, softcap_s, inv_softcap_s, logit_scale_o, softcap_o, inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a,
                      HAS_AUG: tl.constexpr, HAS_BS: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr,
+                     HAS_SOFTCAP_S: tl.constexpr, HAS_SOFTCAP_O: tl.constexpr, HAS_SOFTCAP_A: tl.constexpr,
                      REVERSE: tl.constexpr, PRECISION: tl.constexpr, FILTER: tl.constexpr,
                      SORTED: tl.constexpr, STORE_G: tl.constexpr, GROUP: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
@@ -92,8 +103,8 @@ def _backward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, GRAD_OUT, PERM, 
     log_d_t = tl.load(STATS + rows * 7 + 3, mask=row_mask, other=0.0)
     upstream = tl.load(GRAD_OUT + rows, mask=row_mask, other=0.0)
 
-    zs = _logit_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws,
-                     HAS_BS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+    zs = _transform(_logit_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws,
+                                HAS_BS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_s, softcap_s, inv_softcap_s, HAS_SOFTCAP_S)
     if REVERSE:
         keep = True
         if FILTER:
@@ -101,8 +112,9 @@ def _backward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, GRAD_OUT, PERM, 
             keep = p_max >= eps
         if keep:
             zt = _teacher_tile(XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H_O, H_A,
-                               stride_xo, stride_wo, stride_xa, stride_wa, alpha,
-                               HAS_AUG, HAS_BO, HAS_BA, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+                               stride_xo, stride_wo, stride_xa, stride_wa, alpha, logit_scale_o, softcap_o, inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a,
+                               HAS_AUG, HAS_BO, HAS_BA, HAS_SOFTCAP_O, HAS_SOFTCAP_A, PRECISION, BLOCK_N,
+                               BLOCK_V, BLOCK_H)
             # log p_s - log p_t - KL == ((z_s - c_s) - (z_t - c_t)) - E_ps[same]: the normalizers cancel
             # analytically, nothing of a common offset's size is formed, and the log-ratio is the forward's
             # expression on bitwise the forward's logits: when p_s is one-hot in fp32 the mean is exactly
@@ -112,14 +124,15 @@ def _backward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, GRAD_OUT, PERM, 
             c_t = tl.load(STATS + rows * 7 + 6, mask=row_mask, other=0.0)
             p_s = tl.exp(tl.where(inside, (zs - m_s[:, None]) - log_d_s[:, None], float("-inf")))
             g = p_s * (((zs - c_s[:, None]) - (zt - c_t[:, None])) - mean[:, None])
-            _apply_grad(g * upstream[:, None], XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask,
+            g = _transform_grad(g * upstream[:, None], zs, logit_scale_s, inv_softcap_s, HAS_SOFTCAP_S)
+            _apply_grad(g, XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask,
                         col_mask, H_S, stride_xs, stride_ws, stride_g, HAS_BS, PRECISION, STORE_G, BLOCK_HG)
         else:
             _store_zero(G, local, cols, row_mask, col_mask, stride_g, STORE_G, BLOCK_N, BLOCK_V)
     else:
         p_s = tl.exp(tl.where(inside, (zs - m_s[:, None]) - log_d_s[:, None], float("-inf")))
-        zo = _logit_tile(XO, WO, BO, rows, cols, row_mask, col_mask, H_O, stride_xo, stride_wo,
-                         HAS_BO, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+        zo = _transform(_logit_tile(XO, WO, BO, rows, cols, row_mask, col_mask, H_O, stride_xo, stride_wo,
+                                    HAS_BO, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_o, softcap_o, inv_softcap_o, HAS_SOFTCAP_O)
         keep = True
         if FILTER:
             # z_t <= z_o, so exp(z_o - M_t - log D_t) bounds p_t from above.
@@ -129,12 +142,13 @@ def _backward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, GRAD_OUT, PERM, 
         if keep:
             zt = zo
             if HAS_AUG:
-                za = _logit_tile(XA, WA, BA, rows, cols, row_mask, col_mask, H_A, stride_xa, stride_wa,
-                                 HAS_BA, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+                za = _transform(_logit_tile(XA, WA, BA, rows, cols, row_mask, col_mask, H_A, stride_xa, stride_wa,
+                                            HAS_BA, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_a, softcap_a, inv_softcap_a,
+                                HAS_SOFTCAP_A)
                 zt = zo - alpha * tl.maximum(za - zo, 0.0)
             p_t = tl.exp(tl.where(inside, (zt - m_t[:, None]) - log_d_t[:, None], float("-inf")))
-            g = p_s - p_t
-            _apply_grad(g * upstream[:, None], XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask,
+            g = _transform_grad((p_s - p_t) * upstream[:, None], zs, logit_scale_s, inv_softcap_s, HAS_SOFTCAP_S)
+            _apply_grad(g, XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask,
                         col_mask, H_S, stride_xs, stride_ws, stride_g, HAS_BS, PRECISION, STORE_G, BLOCK_HG)
         else:
             _store_zero(G, local, cols, row_mask, col_mask, stride_g, STORE_G, BLOCK_N, BLOCK_V)

@@ -2,7 +2,7 @@
 
 Every config in an autotune list must be spill-free and fit the shared memory of sm_80 (166912 bytes per
 block) and sm_90 (232448 bytes), for bf16 and fp32 and every variant (direction, augmented teacher, bias,
-sorted vocabulary, filter, deterministic store): ``compile_specs()`` enumerates that matrix and
+logit softcap, sorted vocabulary, filter, deterministic store): ``compile_specs()`` enumerates that matrix and
 ``benchmarks/gpu_compile.py`` (tests/kernels/test_gpu_compile.py) compiles each case for both targets on CPU.
 The lists below are what survived that check. What limits them is registers, not shared memory: a
 [64, 128] fp32 tile is 32 registers per thread at 8 warps, the kernels hold up to three (two GEMM
@@ -84,49 +84,61 @@ def vocab_split_size(n: int, v: int) -> int:
 
 
 def compile_specs() -> list:
-    """Every kernel this backend launches on CUDA, over dtype x direction x augmented x bias (x filter x
-    deterministic store for the backward), with the configs it can be launched with."""
+    """Every kernel this backend launches on CUDA, over dtype x direction x augmented x bias x softcap (every
+    model's, the heaviest case of the per-model HAS_SOFTCAP_* flags) (x filter x deterministic store for the
+    backward), with the configs it can be launched with."""
     from .backward import _backward_kernel
     from .forward import _forward_kernel
 
     specs = []
+    transform_args = {f"{arg}_{m}": "fp32" for m in "soa" for arg in ("logit_scale", "softcap", "inv_softcap")}
     for dt in ("bf16", "fp32"):
         ptr = f"*{dt}"
         precision = 1 if dt == "fp32" else 0
         for reverse in (True, False):
             for aug in (True, False):
                 for bias in (True, False):
-                    flags = dict(HAS_AUG=aug, HAS_BS=bias, HAS_BO=bias, HAS_BA=bias and aug,
-                                 REVERSE=reverse, PRECISION=precision, GROUP=GROUP)
-                    variant = ",".join(["reverse" if reverse else "forward", "aug" if aug else "no-aug",
-                                        "bias" if bias else "no-bias"])
-                    tensors = {k: ptr for k in ("XS", "WS", "BS", "XO", "WO", "BO", "XA", "WA", "BA")}
-                    ints = ("H_S", "H_O", "H_A", "stride_xs", "stride_ws", "stride_xo", "stride_wo",
-                            "stride_xa", "stride_wa")
-                    sig = {**tensors, "PART": "*fp32", "PERM": "*i64", "REF": "*fp32", "N": "i32", "V": "i32",
-                           **{k: "i32" for k in ints}, "alpha": "fp32", "SPLIT_V": "i32", "NUM_SPLITS": "i32",
-                           **{k: "constexpr" for k in (*flags, "SORTED", "BLOCK_N", "BLOCK_V", "BLOCK_H")}}
-                    for sort in (True, False):
-                        specs.append(CompileSpec(
-                            kernel="unlearning_kl_forward", fn=_forward_kernel, signature=sig,
-                            constexprs=dict(flags, SORTED=sort), configs=tuple(forward_configs(dt)), dtype=dt,
-                            variant=variant + (",sorted" if sort else ",unsorted"),
-                            divisible=(*tensors, "PART", "PERM", "REF", *ints, "SPLIT_V")))
-                    for filt in (True, False):
-                        for store in (False, True):
-                            # Deterministic mode (store) walks the vocabulary unsorted: see triton_fused.py.
-                            bflags = dict(flags, FILTER=filt, SORTED=filt and not store, STORE_G=store)
-                            bsig = {**tensors, "STATS": "*fp32", "GRAD_OUT": "*fp32", "PERM": "*i64",
-                                    "DX": "*fp32", "DW": "*fp32", "DB": "*fp32", "G": ptr, "COUNTER": "*i32",
-                                    "ROW0": "i32", "NUM_ROWS": "i32", "V": "i32",
-                                    **{k: "i32" for k in ints}, "stride_g": "i32", "alpha": "fp32", "eps": "fp32",
-                                    **{k: "constexpr" for k in (*bflags, "BLOCK_N", "BLOCK_V", "BLOCK_H", "BLOCK_HG")}}
-                            bvariant = variant + ("," + ("filter" if filt else "no-filter")
-                                                  + ("," + "store-g" if store else ",atomic"))
-                            specs.append(CompileSpec(
-                                kernel="unlearning_kl_backward", fn=_backward_kernel, signature=bsig,
-                                constexprs=bflags, configs=tuple(backward_configs(dt)), dtype=dt,
-                                variant=bvariant,
-                                divisible=(*tensors, "STATS", "GRAD_OUT", "PERM", "DX", "DW", "DB", "G",
-                                           "COUNTER", *ints, "stride_g")))
+                    for softcap in (True, False):
+                        flags = dict(HAS_AUG=aug, HAS_BS=bias, HAS_BO=bias, HAS_BA=bias and aug,
+                                     HAS_SOFTCAP_S=softcap, HAS_SOFTCAP_O=softcap, HAS_SOFTCAP_A=softcap and aug,
+                                     REVERSE=reverse, PRECISION=precision, GROUP=GROUP)
+                        variant = ",".join(["reverse" if reverse else "forward", "aug" if aug else "no-aug",
+                                            "bias" if bias else "no-bias"] + (["softcap"] if softcap else []))
+                        specs += _variant_specs(_forward_kernel, _backward_kernel, dt, ptr, flags, variant,
+                                                transform_args)
+    return specs
+
+
+def _variant_specs(forward_kernel, backward_kernel, dt, ptr, flags, variant, transform_args) -> list:
+    tensors = {k: ptr for k in ("XS", "WS", "BS", "XO", "WO", "BO", "XA", "WA", "BA")}
+    ints = ("H_S", "H_O", "H_A", "stride_xs", "stride_ws", "stride_xo", "stride_wo",
+            "stride_xa", "stride_wa")
+    sig = {**tensors, "PART": "*fp32", "PERM": "*i64", "REF": "*fp32", "N": "i32", "V": "i32",
+           **{k: "i32" for k in ints}, "alpha": "fp32", **transform_args, "SPLIT_V": "i32", "NUM_SPLITS": "i32",
+           **{k: "constexpr" for k in (*flags, "SORTED", "BLOCK_N", "BLOCK_V", "BLOCK_H")}}
+    specs = []
+    for sort in (True, False):
+        specs.append(CompileSpec(
+            kernel="unlearning_kl_forward", fn=forward_kernel, signature=sig,
+            constexprs=dict(flags, SORTED=sort), configs=tuple(forward_configs(dt)), dtype=dt,
+            variant=variant + (",sorted" if sort else ",unsorted"),
+            divisible=(*tensors, "PART", "PERM", "REF", *ints, "SPLIT_V")))
+    for filt in (True, False):
+        for store in (False, True):
+            # Deterministic mode (store) walks the vocabulary unsorted: see triton_fused.py.
+            bflags = dict(flags, FILTER=filt, SORTED=filt and not store, STORE_G=store)
+            bsig = {**tensors, "STATS": "*fp32", "GRAD_OUT": "*fp32", "PERM": "*i64",
+                    "DX": "*fp32", "DW": "*fp32", "DB": "*fp32", "G": ptr, "COUNTER": "*i32",
+                    "ROW0": "i32", "NUM_ROWS": "i32", "V": "i32",
+                    **{k: "i32" for k in ints}, "stride_g": "i32", "alpha": "fp32", "eps": "fp32",
+                    **transform_args,
+                    **{k: "constexpr" for k in (*bflags, "BLOCK_N", "BLOCK_V", "BLOCK_H", "BLOCK_HG")}}
+            bvariant = variant + ("," + ("filter" if filt else "no-filter")
+                                  + ("," + "store-g" if store else ",atomic"))
+            specs.append(CompileSpec(
+                kernel="unlearning_kl_backward", fn=backward_kernel, signature=bsig,
+                constexprs=bflags, configs=tuple(backward_configs(dt)), dtype=dt,
+                variant=bvariant,
+                divisible=(*tensors, "STATS", "GRAD_OUT", "PERM", "DX", "DW", "DB", "G",
+                           "COUNTER", *ints, "stride_g")))
     return specs

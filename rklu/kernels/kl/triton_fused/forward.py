@@ -36,7 +36,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ...common import logit_transform as lt
 from ...common.tiles import _grouped_pid, _logit_tile, _teacher_tile
+from ...common.logit_transform_triton import _transform
 
 NUM_STATS = 5  # per split: m_s, d_s, m_t, d_t, r
 NUM_ROW_STATS = 7  # combined: M_s, log D_s, M_t, log D_t, mean, c_s, c_t
@@ -45,8 +47,9 @@ NUM_ROW_STATS = 7  # combined: M_s, log D_s, M_t, log D_t, mean, c_s, c_t
 @triton.jit
 def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM, REF,
                     N, V, H_S, H_O, H_A, stride_xs, stride_ws, stride_xo, stride_wo, stride_xa, stride_wa,
-                    alpha, SPLIT_V, NUM_SPLITS,
+                    alpha, logit_scale_s, softcap_s, inv_softcap_s, logit_scale_o, softcap_o, inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a, SPLIT_V, NUM_SPLITS,
                     HAS_AUG: tl.constexpr, HAS_BS: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr,
+                    HAS_SOFTCAP_S: tl.constexpr, HAS_SOFTCAP_O: tl.constexpr, HAS_SOFTCAP_A: tl.constexpr,
                     REVERSE: tl.constexpr, PRECISION: tl.constexpr, SORTED: tl.constexpr, GROUP: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
     pid_n, pid_s = _grouped_pid(tl.program_id(0), tl.cdiv(N, BLOCK_N), NUM_SPLITS, GROUP)
@@ -72,8 +75,9 @@ def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM, REF,
         # Teacher first, folded into its statistics at once, so only one teacher tile (z_t - c_t, or e_t
         # for the forward KL) stays live while the student GEMM runs: two fp32 tiles at a time.
         zt = _teacher_tile(XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H_O, H_A,
-                           stride_xo, stride_wo, stride_xa, stride_wa, alpha,
-                           HAS_AUG, HAS_BO, HAS_BA, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+                           stride_xo, stride_wo, stride_xa, stride_wa, alpha, logit_scale_o, softcap_o, inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a,
+                           HAS_AUG, HAS_BO, HAS_BA, HAS_SOFTCAP_O, HAS_SOFTCAP_A, PRECISION, BLOCK_N, BLOCK_V,
+                           BLOCK_H)
         # Every block holds at least one valid column, so the maxima are finite and the rescale factors
         # exp(m_old - m_new) are exp(-inf) = 0 on the first block, never exp(nan).
         tile_m_t = tl.max(tl.where(valid, zt, float("-inf")), axis=1)
@@ -86,8 +90,8 @@ def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM, REF,
         zt = zt - c_t[:, None]
         if not REVERSE:
             acc = acc * scale_t + tl.sum(e_t * zt, axis=1)
-        zs = _logit_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws,
-                         HAS_BS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+        zs = _transform(_logit_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws,
+                                    HAS_BS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_s, softcap_s, inv_softcap_s, HAS_SOFTCAP_S)
         tile_m_s = tl.max(tl.where(valid, zs, float("-inf")), axis=1)
         new_m_s = tl.maximum(m_s, tile_m_s)
         scale_s = tl.exp(m_s - new_m_s)
@@ -136,19 +140,21 @@ def combine_partials(part: torch.Tensor, ref: torch.Tensor, reverse: bool) -> tu
     return loss, stats
 
 
-def reference_logits(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha: float, col=None) -> torch.Tensor:
-    """[N, 2] fp32: each row's student and teacher logit of vocabulary entry ``col`` (a 1-element tensor). Any per-row constant
-    is correct (it only has to be the same in the forward and the backward); one near the row's largest
-    logits keeps the terms (z - c) small, hence exact."""
+def reference_logits(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha: float, col=None,
+                     transforms=(lt.IDENTITY,) * 3) -> torch.Tensor:
+    """[N, 2] fp32: each row's (transformed) student and teacher logit of vocabulary entry ``col`` (a 1-element
+    tensor). Any per-row constant is correct (it only has to be the same in the forward and the backward);
+    one near the row's largest logits keeps the terms (z - c) small, hence exact."""
     index = torch.zeros(1, dtype=torch.long, device=xs.device) if col is None else col.reshape(1)
 
     def logit0(x, w, b):  # a tensor index: no host synchronization
         z = x.float() @ w.index_select(0, index)[0].float()
         return z if b is None else z + b.index_select(0, index).float()
 
+    t_s, t_o, t_a = transforms
     with torch.autocast(xs.device.type, enabled=False):
-        c_s = logit0(xs, ws, bs)
-        c_t = logit0(xo, wo, bo)
+        c_s = lt.apply(logit0(xs, ws, bs), t_s)
+        c_t = lt.apply(logit0(xo, wo, bo), t_o)
         if xa is not None:
-            c_t = c_t - alpha * torch.relu(logit0(xa, wa, ba) - c_t)
+            c_t = c_t - alpha * torch.relu(lt.apply(logit0(xa, wa, ba), t_a) - c_t)
     return torch.stack((c_s, c_t), dim=1).contiguous()

@@ -117,7 +117,8 @@ def specs_of(name: str) -> list:
 
 def config_name(cfg) -> str:
     tiles = ",".join(f"{k}={v}" for k, v in cfg.kwargs.items())
-    return f"{tiles},warps={cfg.num_warps},stages={cfg.num_stages}"
+    cap = f",maxnreg={cfg.maxnreg}" if getattr(cfg, "maxnreg", None) else ""
+    return f"{tiles},warps={cfg.num_warps},stages={cfg.num_stages}{cap}"
 
 
 def jobs_for(modules, archs, subset) -> list[tuple]:

@@ -41,12 +41,31 @@ def _transform(l, scale, cap, inv_cap, HAS_SOFTCAP: tl.constexpr):
 
 
 @triton.jit
-def _transform_grad(g, z, scale, inv_cap, HAS_SOFTCAP: tl.constexpr):
-    """d loss / d l from ``g`` = d loss / d z and the transformed tile ``z``: times scale * (1 - (z / cap)^2)
-    (the tanh derivative from its value, as Cut-Cross-Entropy's ``tl_softcapping_grad`` and Liger do)."""
+def _transform_with_grad(l, scale, cap, inv_cap, HAS_SOFTCAP: tl.constexpr):
+    """(z, dz/dl) from the raw tile: z bitwise as :func:`_transform` gives it, and the factor
+    scale * (1 - tanh(u)^2) from u itself, as 4 e / (1 + e)^2 with e = exp(-2|u|) where the tanh saturates
+    (1 - t^2 from a rounded t near 1 keeps only the digits of its last ulps)."""
+    z = _transform(l, scale, cap, inv_cap, HAS_SOFTCAP)
     if HAS_SOFTCAP:
+        u = (l * scale) * inv_cap
+        a = tl.minimum(tl.abs(u), 20.0)
+        e = tl.exp(-2.0 * a)
         t = z * inv_cap
-        out = g * (scale * (1.0 - t * t))
+        sech2 = tl.where(a < 0.625, 1.0 - t * t, tl.fdiv(4.0 * e, (1.0 + e) * (1.0 + e)))
+        factor = scale * sech2
+    else:
+        factor = tl.zeros_like(l) + scale
+    return z, factor
+
+
+@triton.jit
+def _transform_grad(g, z, scale, cap, inv_cap, HAS_SOFTCAP: tl.constexpr):
+    """d loss / d l from ``g`` = d loss / d z and the transformed tile ``z`` alone (for kernels that cannot
+    keep the raw tile): times scale * (1 - (z / cap)^2), the tanh derivative from its value as in
+    Cut-Cross-Entropy's ``tl_softcapping_grad`` and Liger, written (cap - z)(cap + z) / cap^2: cap - |z| is
+    exact (Sterbenz) where the tanh saturates, one rounding fewer than forming z / cap first."""
+    if HAS_SOFTCAP:
+        out = g * ((scale * inv_cap * inv_cap) * ((cap - z) * (cap + z)))
     else:
         out = g * scale
     return out

@@ -105,17 +105,20 @@ def _logit_tile(X, W, B, rows, cols, row_mask, col_mask, H, stride_x, stride_w,
 
 @triton.jit
 def _teacher_tile(XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H_O, H_A,
-                  stride_xo, stride_wo, stride_xa, stride_wa, alpha, logit_scale_o, softcap_o, inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a,
+                  stride_xo, stride_wo, stride_xa, stride_wa, alpha, logit_scale_o, softcap_o, inv_softcap_o,
+                  logit_scale_a, softcap_a, inv_softcap_a,
                   HAS_AUG: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr,
                   HAS_SOFTCAP_O: tl.constexpr, HAS_SOFTCAP_A: tl.constexpr, PRECISION: tl.constexpr,
                   BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
     """z_o - alpha * relu(z_aug - z_o) on each model's transformed logits (common/logit_transform_triton.py):
     original then augmented, so two fp32 tiles are live, then one."""
     zt = _transform(_logit_tile(XO, WO, BO, rows, cols, row_mask, col_mask, H_O, stride_xo, stride_wo,
-                                HAS_BO, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_o, softcap_o, inv_softcap_o, HAS_SOFTCAP_O)
+                                HAS_BO, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_o, softcap_o,
+                                inv_softcap_o, HAS_SOFTCAP_O)
     if HAS_AUG:
         za = _transform(_logit_tile(XA, WA, BA, rows, cols, row_mask, col_mask, H_A, stride_xa, stride_wa,
-                                    HAS_BA, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_a, softcap_a, inv_softcap_a, HAS_SOFTCAP_A)
+                                    HAS_BA, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_a, softcap_a,
+                                    inv_softcap_a, HAS_SOFTCAP_A)
         zt = zt - alpha * tl.maximum(za - zt, 0.0)
     return zt
 

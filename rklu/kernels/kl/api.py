@@ -49,7 +49,8 @@ def fused_linear_unlearning_kl(
     ``l = hidden @ weight.T (+ bias)`` for each model, then that model's logit transform: ``l = scale * l``
     and, with a softcap ``c``, ``l = c * tanh(l / c)`` (``<model>_scale``, ``<model>_softcap``; a head that
     divides, like Granite's ``logits_scaling``, passes the inverse; see ``common/logit_transform.py``). The
-    teacher is ``l_o - alpha * relu(l_aug - l_o)`` (or ``l_o`` without an augmented model). ``direction="reverse"`` is KL(p_student || p_teacher) (RKLU),
+    teacher is ``l_o - alpha * relu(l_aug - l_o)`` (or ``l_o`` without an augmented model).
+    ``direction="reverse"`` is KL(p_student || p_teacher) (RKLU),
     ``"forward"`` is KL(p_teacher || p_student) (FKLU, and the "+KL" retain term). Gradients flow to the
     student's hidden states, weight and bias; the teachers are constants. With the fused backends no
     [tokens x vocab] tensor is built. Labels only mask: pass them already shifted for next-token

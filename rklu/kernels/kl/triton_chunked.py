@@ -36,7 +36,7 @@ import triton.language as tl
 from ..common import logit_transform as lt
 from ..common.compile_spec import CompileSpec
 from ..common.tiles import AUTOTUNE, INTERPRET, gemm_dtype, to_dtype
-from ..common.logit_transform_triton import _transform, _transform_grad
+from ..common.logit_transform_triton import _transform, _transform_with_grad
 
 
 # Chunk size. On CUDA: TARGET_CHUNK_TOKENS (the GEMMs chunk x H x V run at full rate, and dW's fp32
@@ -60,21 +60,27 @@ def _logits(Z, B, rows, cols, col_mask, stride_z, HAS_B: tl.constexpr):
 
 @triton.jit
 def _student_teacher(ZS, ZO, ZA, BS, BO, BA, rows, cols, col_mask, stride_z, alpha,
-                     logit_scale_s, softcap_s, inv_softcap_s, logit_scale_o, softcap_o, inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a,
+                     logit_scale_s, softcap_s, inv_softcap_s, logit_scale_o, softcap_o, inv_softcap_o,
+                     logit_scale_a, softcap_a, inv_softcap_a,
                      HAS_AUG: tl.constexpr, HAS_BS: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr,
                      HAS_SOFTCAP_S: tl.constexpr, HAS_SOFTCAP_O: tl.constexpr, HAS_SOFTCAP_A: tl.constexpr):
-    """Each model's transformed logits (common/logit_transform_triton.py), then the teacher from them."""
-    zs = _transform(_logits(ZS, BS, rows, cols, col_mask, stride_z, HAS_BS), logit_scale_s, softcap_s, inv_softcap_s, HAS_SOFTCAP_S)
-    zt = _transform(_logits(ZO, BO, rows, cols, col_mask, stride_z, HAS_BO), logit_scale_o, softcap_o, inv_softcap_o, HAS_SOFTCAP_O)
+    """Each model's transformed logits (common/logit_transform_triton.py), the teacher from them, and the
+    student's chain rule factor d z_s / d l_s."""
+    zs, factor = _transform_with_grad(_logits(ZS, BS, rows, cols, col_mask, stride_z, HAS_BS),
+                                      logit_scale_s, softcap_s, inv_softcap_s, HAS_SOFTCAP_S)
+    zt = _transform(_logits(ZO, BO, rows, cols, col_mask, stride_z, HAS_BO),
+                    logit_scale_o, softcap_o, inv_softcap_o, HAS_SOFTCAP_O)
     if HAS_AUG:
-        za = _transform(_logits(ZA, BA, rows, cols, col_mask, stride_z, HAS_BA), logit_scale_a, softcap_a, inv_softcap_a, HAS_SOFTCAP_A)
+        za = _transform(_logits(ZA, BA, rows, cols, col_mask, stride_z, HAS_BA),
+                        logit_scale_a, softcap_a, inv_softcap_a, HAS_SOFTCAP_A)
         zt = zt - alpha * tl.maximum(za - zt, 0.0)
-    return zs, zt
+    return zs, zt, factor
 
 
 @triton.jit
 def _chunk_kernel(ZS, ZO, ZA, BS, BO, BA, ROW_SCALE, G, LOSS,
-                  n_rows, V, stride_z, stride_g, alpha, logit_scale_s, softcap_s, inv_softcap_s, logit_scale_o, softcap_o, inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a,
+                  n_rows, V, stride_z, stride_g, alpha, logit_scale_s, softcap_s, inv_softcap_s,
+                  logit_scale_o, softcap_o, inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a,
                   HAS_AUG: tl.constexpr, HAS_BS: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr,
                   HAS_SOFTCAP_S: tl.constexpr, HAS_SOFTCAP_O: tl.constexpr, HAS_SOFTCAP_A: tl.constexpr,
                   REVERSE: tl.constexpr, WRITE_GRAD: tl.constexpr,
@@ -95,9 +101,11 @@ def _chunk_kernel(ZS, ZO, ZA, BS, BO, BA, ROW_SCALE, G, LOSS,
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         col_mask = cols < V
-        zs, zt = _student_teacher(ZS, ZO, ZA, BS, BO, BA, rows, cols, col_mask, stride_z, alpha,
-                                  logit_scale_s, softcap_s, inv_softcap_s, logit_scale_o, softcap_o, inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a, HAS_AUG, HAS_BS, HAS_BO, HAS_BA,
-                                  HAS_SOFTCAP_S, HAS_SOFTCAP_O, HAS_SOFTCAP_A)
+        # (the factor is dead code here: the compiler drops it)
+        zs, zt, _ = _student_teacher(ZS, ZO, ZA, BS, BO, BA, rows, cols, col_mask, stride_z, alpha,
+                                     logit_scale_s, softcap_s, inv_softcap_s, logit_scale_o, softcap_o,
+                                     inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a,
+                                     HAS_AUG, HAS_BS, HAS_BO, HAS_BA, HAS_SOFTCAP_S, HAS_SOFTCAP_O, HAS_SOFTCAP_A)
         valid = col_mask[None, :]
         # Every block holds a valid column: the new maxima are finite, exp(m_old - m_new) is 0 on the first.
         new_m_s = tl.maximum(m_s, tl.max(tl.where(valid, zs, float("-inf")), axis=1))
@@ -140,9 +148,11 @@ def _chunk_kernel(ZS, ZO, ZA, BS, BO, BA, ROW_SCALE, G, LOSS,
             v0 = last - i
             cols = v0 + tl.arange(0, BLOCK_V)
             col_mask = cols < V
-            zs, zt = _student_teacher(ZS, ZO, ZA, BS, BO, BA, rows, cols, col_mask, stride_z, alpha,
-                                      logit_scale_s, softcap_s, inv_softcap_s, logit_scale_o, softcap_o, inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a, HAS_AUG, HAS_BS, HAS_BO,
-                                      HAS_BA, HAS_SOFTCAP_S, HAS_SOFTCAP_O, HAS_SOFTCAP_A)
+            zs, zt, factor = _student_teacher(
+                ZS, ZO, ZA, BS, BO, BA, rows, cols, col_mask, stride_z, alpha,
+                logit_scale_s, softcap_s, inv_softcap_s, logit_scale_o, softcap_o, inv_softcap_o,
+                logit_scale_a, softcap_a, inv_softcap_a,
+                HAS_AUG, HAS_BS, HAS_BO, HAS_BA, HAS_SOFTCAP_S, HAS_SOFTCAP_O, HAS_SOFTCAP_A)
             valid = col_mask[None, :]
             rel_s = zs - m_s[:, None]
             rel_t = zt - m_t[:, None]
@@ -153,7 +163,7 @@ def _chunk_kernel(ZS, ZO, ZA, BS, BO, BA, ROW_SCALE, G, LOSS,
             else:
                 g = p_s - tl.exp(tl.where(valid, rel_t - log_d_t[:, None], float("-inf")))
             # d loss / d (untransformed) student logits: the row's weight and the transform's chain factor.
-            g = _transform_grad(g * row_scale[:, None], zs, logit_scale_s, inv_softcap_s, HAS_SOFTCAP_S)
+            g = g * row_scale[:, None] * factor
             tl.store(G + rows[:, None] * stride_g + cols[None, :], g.to(G.dtype.element_ty),
                      mask=row_mask[:, None] & valid)
 

@@ -34,7 +34,7 @@ from ..common.tiles import (  # noqa: F401
     gemm_precision,
 )
 from ..common.tiles import _grouped_pid as _grouped  # (row block, vocab block) of a program, grouped order
-from ..common.logit_transform_triton import _transform, _transform_grad  # the head's scale and softcap
+from ..common.logit_transform_triton import _transform, _transform_with_grad  # the head's scale and softcap
 
 
 # Skip a backward tile's GEMMs when max |g| <= this. 0.0: only exactly-zero tiles (results unchanged).
@@ -50,8 +50,9 @@ def _gradient_tile(X, W, B, LABELS, STATS, GRAD_OUT, rows, cols, row_mask, col_m
                    scale, cap, inv_cap, HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, PRECISION: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
     """upstream * (onehot(label) - softmax(z)) * dz/dl for one recomputed tile; zero outside the edges."""
-    z = _transform(_logit_tile(X, W, B, rows, cols, row_mask, col_mask, H, stride_x, stride_w, HAS_BIAS,
-                               PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), scale, cap, inv_cap, HAS_SOFTCAP)
+    z, factor = _transform_with_grad(_logit_tile(X, W, B, rows, cols, row_mask, col_mask, H, stride_x, stride_w,
+                                                 HAS_BIAS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H),
+                                     scale, cap, inv_cap, HAS_SOFTCAP)
     m = tl.load(STATS + rows * 2 + 0, mask=row_mask, other=0.0)
     log_d = tl.load(STATS + rows * 2 + 1, mask=row_mask, other=0.0)
     upstream = tl.load(GRAD_OUT + rows, mask=row_mask, other=0.0)
@@ -60,12 +61,13 @@ def _gradient_tile(X, W, B, LABELS, STATS, GRAD_OUT, rows, cols, row_mask, col_m
     # (z - m) - log d, not z - lse: exact near the max even for logits of magnitude 1e4.
     p = tl.exp(tl.where(inside, (z - m[:, None]) - log_d[:, None], float("-inf")))
     onehot = tl.where(cols[None, :] == labels[:, None], 1.0, 0.0)
-    return _transform_grad((onehot - p) * upstream[:, None], z, scale, inv_cap, HAS_SOFTCAP)
+    return (onehot - p) * upstream[:, None] * factor
 
 
 @triton.jit
 def _forward_split_kernel(X, W, B, LABELS, PART, N, V, H, stride_x, stride_w, NUM_SPLITS, scale, cap, inv_cap,
-                          HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, PRECISION: tl.constexpr, GROUP_N: tl.constexpr,
+                          HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, PRECISION: tl.constexpr,
+                          GROUP_N: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
     row_block, split = _grouped(tl.program_id(0), tl.cdiv(N, BLOCK_N), NUM_SPLITS, GROUP_N)
     rows = row_block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -115,7 +117,8 @@ def _combine_kernel(PART, STATS, LOGP, N, NUM_SPLITS, BLOCK_N: tl.constexpr, BLO
 
 @triton.jit
 def _backward_kernel(X, W, B, LABELS, STATS, GRAD_OUT, DX, DW, DB, N, V, H, stride_x, stride_w, filter_eps,
-                     scale, cap, inv_cap, HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, PRECISION: tl.constexpr, GROUP_N: tl.constexpr,
+                     scale, cap, inv_cap, HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                     PRECISION: tl.constexpr, GROUP_N: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
     row_block, v_block = _grouped(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(V, BLOCK_V), GROUP_N)
     rows = row_block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -134,7 +137,8 @@ def _backward_kernel(X, W, B, LABELS, STATS, GRAD_OUT, DX, DW, DB, N, V, H, stri
 
 @triton.jit
 def _gradient_chunk_kernel(X, W, B, LABELS, STATS, GRAD_OUT, G, row0, n_rows, V, H, stride_x, stride_w, stride_g,
-                           scale, cap, inv_cap, HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, PRECISION: tl.constexpr, GROUP_N: tl.constexpr,
+                           scale, cap, inv_cap, HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                           PRECISION: tl.constexpr, GROUP_N: tl.constexpr,
                            BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
     """Deterministic mode: the gradient w.r.t. the logits of rows [row0, row0 + n_rows), written to G."""
     row_block, v_block = _grouped(tl.program_id(0), tl.cdiv(n_rows, BLOCK_N), tl.cdiv(V, BLOCK_V), GROUP_N)
@@ -327,8 +331,8 @@ def compile_specs() -> list:
             common = dict(HAS_BIAS=has_bias, HAS_SOFTCAP=softcap, PRECISION=prec, GROUP_N=GROUP)
             ptr, bias_ptr = f"*{dtype}", f"*{dtype}"
             tiles = dict(BLOCK_N="constexpr", BLOCK_V="constexpr", BLOCK_H="constexpr")
-            flag_sig = dict(HAS_BIAS="constexpr", HAS_SOFTCAP="constexpr", PRECISION="constexpr",
-                            GROUP_N="constexpr", scale="fp32", cap="fp32", inv_cap="fp32")
+            flag_sig = dict(scale="fp32", cap="fp32", inv_cap="fp32", HAS_BIAS="constexpr",
+                            HAS_SOFTCAP="constexpr", PRECISION="constexpr", GROUP_N="constexpr")
             specs.append(CompileSpec(
                 "token_logprob_forward_split", _forward_split_kernel,
                 dict(X=ptr, W=ptr, B=bias_ptr, LABELS="*i64", PART="*fp32", N="i32", V="i32", H="i32",

@@ -60,12 +60,15 @@ _KEY = ["H_S", "H_O", "V"]
 
 if AUTOTUNE:
     TUNED_KERNELS = {}
+    # One autotuner per config list: the softcap variants may carry a register cap (configs.SOFTCAP_MAXNREG).
     for _dt in ("bf16", "fp32"):
-        TUNED_KERNELS[f"forward_{_dt}"] = triton.autotune(forward_configs(_dt), key=_KEY)(_forward_kernel)
-        TUNED_KERNELS[f"backward_{_dt}"] = triton.autotune(
-            backward_configs(_dt), key=_KEY, reset_to_zero=["DX", "DW", "DB", "COUNTER"])(_backward_kernel)
-        TUNED_KERNELS[f"backward_store_{_dt}"] = triton.autotune(
-            backward_configs(_dt), key=_KEY, reset_to_zero=["COUNTER"])(_backward_kernel)
+        for _cap, _sfx in ((False, ""), (True, "_softcap")):
+            TUNED_KERNELS[f"forward{_sfx}_{_dt}"] = triton.autotune(
+                forward_configs(_dt, _cap), key=_KEY)(_forward_kernel)
+            TUNED_KERNELS[f"backward{_sfx}_{_dt}"] = triton.autotune(
+                backward_configs(_dt, _cap), key=_KEY, reset_to_zero=["DX", "DW", "DB", "COUNTER"])(_backward_kernel)
+            TUNED_KERNELS[f"backward_store{_sfx}_{_dt}"] = triton.autotune(
+                backward_configs(_dt, _cap), key=_KEY, reset_to_zero=["COUNTER"])(_backward_kernel)
 else:
     TUNED_KERNELS = {}
 
@@ -76,11 +79,13 @@ DETERMINISTIC_CHUNK_ELEMENTS = 1 << 25
 
 def _launch(name, kernel, grid_of, dtype_name, *args, **kwargs):
     """Launch ``kernel`` with the autotuned tiles on CUDA, else the fixed block_sizes();
-    ``grid_of(meta)`` gives the grid from the chosen BLOCK_* values."""
-    tuned = TUNED_KERNELS.get(f"{name}_{dtype_name}")
+    ``grid_of(meta)`` gives the grid from the chosen BLOCK_* values. A softcap on any model takes the
+    softcap variants' config list."""
+    softcap = any(kwargs[f"HAS_SOFTCAP_{m}"] for m in "SOA")
+    tuned = TUNED_KERNELS.get(f"{name}{'_softcap' if softcap else ''}_{dtype_name}")
     if tuned is not None:
         return tuned[grid_of](*args, **kwargs)
-    blocks = block_sizes("forward" if name == "forward" else "backward", dtype_name)
+    blocks = block_sizes("forward" if name == "forward" else "backward", dtype_name, softcap)
     return kernel[grid_of(blocks)](*args, **kwargs, **blocks)
 
 

@@ -77,7 +77,8 @@ def _store_zero(G, local, cols, row_mask, col_mask, stride_g,
 def _backward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, GRAD_OUT, PERM, DX, DW, DB, G, COUNTER,
                      ROW0, NUM_ROWS, V, H_S, H_O, H_A,
                      stride_xs, stride_ws, stride_xo, stride_wo, stride_xa, stride_wa, stride_g, alpha, eps,
-                     logit_scale_s, softcap_s, inv_softcap_s, logit_scale_o, softcap_o, inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a,
+                     logit_scale_s, softcap_s, inv_softcap_s, logit_scale_o, softcap_o, inv_softcap_o,
+                     logit_scale_a, softcap_a, inv_softcap_a,
                      HAS_AUG: tl.constexpr, HAS_BS: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr,
                      HAS_SOFTCAP_S: tl.constexpr, HAS_SOFTCAP_O: tl.constexpr, HAS_SOFTCAP_A: tl.constexpr,
                      REVERSE: tl.constexpr, PRECISION: tl.constexpr, FILTER: tl.constexpr,
@@ -104,7 +105,8 @@ def _backward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, GRAD_OUT, PERM, 
     upstream = tl.load(GRAD_OUT + rows, mask=row_mask, other=0.0)
 
     zs = _transform(_logit_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws,
-                                HAS_BS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_s, softcap_s, inv_softcap_s, HAS_SOFTCAP_S)
+                                HAS_BS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_s, softcap_s,
+                                inv_softcap_s, HAS_SOFTCAP_S)
     if REVERSE:
         keep = True
         if FILTER:
@@ -112,7 +114,8 @@ def _backward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, GRAD_OUT, PERM, 
             keep = p_max >= eps
         if keep:
             zt = _teacher_tile(XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H_O, H_A,
-                               stride_xo, stride_wo, stride_xa, stride_wa, alpha, logit_scale_o, softcap_o, inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a,
+                               stride_xo, stride_wo, stride_xa, stride_wa, alpha, logit_scale_o, softcap_o,
+                               inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a,
                                HAS_AUG, HAS_BO, HAS_BA, HAS_SOFTCAP_O, HAS_SOFTCAP_A, PRECISION, BLOCK_N,
                                BLOCK_V, BLOCK_H)
             # log p_s - log p_t - KL == ((z_s - c_s) - (z_t - c_t)) - E_ps[same]: the normalizers cancel
@@ -124,7 +127,8 @@ def _backward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, GRAD_OUT, PERM, 
             c_t = tl.load(STATS + rows * 7 + 6, mask=row_mask, other=0.0)
             p_s = tl.exp(tl.where(inside, (zs - m_s[:, None]) - log_d_s[:, None], float("-inf")))
             g = p_s * (((zs - c_s[:, None]) - (zt - c_t[:, None])) - mean[:, None])
-            g = _transform_grad(g * upstream[:, None], zs, logit_scale_s, inv_softcap_s, HAS_SOFTCAP_S)
+            g = _transform_grad(g * upstream[:, None], zs, logit_scale_s, softcap_s, inv_softcap_s,
+                                HAS_SOFTCAP_S)
             _apply_grad(g, XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask,
                         col_mask, H_S, stride_xs, stride_ws, stride_g, HAS_BS, PRECISION, STORE_G, BLOCK_HG)
         else:
@@ -132,7 +136,8 @@ def _backward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, GRAD_OUT, PERM, 
     else:
         p_s = tl.exp(tl.where(inside, (zs - m_s[:, None]) - log_d_s[:, None], float("-inf")))
         zo = _transform(_logit_tile(XO, WO, BO, rows, cols, row_mask, col_mask, H_O, stride_xo, stride_wo,
-                                    HAS_BO, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_o, softcap_o, inv_softcap_o, HAS_SOFTCAP_O)
+                                    HAS_BO, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_o, softcap_o,
+                                    inv_softcap_o, HAS_SOFTCAP_O)
         keep = True
         if FILTER:
             # z_t <= z_o, so exp(z_o - M_t - log D_t) bounds p_t from above.
@@ -143,11 +148,13 @@ def _backward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, GRAD_OUT, PERM, 
             zt = zo
             if HAS_AUG:
                 za = _transform(_logit_tile(XA, WA, BA, rows, cols, row_mask, col_mask, H_A, stride_xa, stride_wa,
-                                            HAS_BA, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_a, softcap_a, inv_softcap_a,
+                                            HAS_BA, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_a, softcap_a,
+                                            inv_softcap_a,
                                 HAS_SOFTCAP_A)
                 zt = zo - alpha * tl.maximum(za - zo, 0.0)
             p_t = tl.exp(tl.where(inside, (zt - m_t[:, None]) - log_d_t[:, None], float("-inf")))
-            g = _transform_grad((p_s - p_t) * upstream[:, None], zs, logit_scale_s, inv_softcap_s, HAS_SOFTCAP_S)
+            g = _transform_grad((p_s - p_t) * upstream[:, None], zs, logit_scale_s, softcap_s, inv_softcap_s,
+                                HAS_SOFTCAP_S)
             _apply_grad(g, XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask,
                         col_mask, H_S, stride_xs, stride_ws, stride_g, HAS_BS, PRECISION, STORE_G, BLOCK_HG)
         else:

@@ -35,13 +35,25 @@ BACKWARD_SHAPES = {
 }
 
 
-def forward_configs(dtype_name: str) -> list:
-    return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh), num_warps=w, num_stages=st)
+# Register cap (ptxas .maxnreg) of the softcap variants (HAS_SOFTCAP_*), by (kernel, dtype): with the tanh's
+# fp32 temporaries and no cap, ptxas squeezes the fp32 kernels into 128 registers and spills 8-16 bytes (the
+# forward on sm_80 and sm_90, the store-G backward on sm_80); a cap of 168 still spills on sm_90. With 255
+# (the most a thread can have; 4 warps x 255 fits the register file) it takes what it needs and spills
+# nothing (benchmarks/results/gpu-compile.md). The bf16 kernels and the variants without a softcap keep
+# ptxas' own choice.
+SOFTCAP_MAXNREG = {("forward", "fp32"): 255, ("backward", "fp32"): 255}
+
+
+def forward_configs(dtype_name: str, softcap: bool = False) -> list:
+    maxnreg = SOFTCAP_MAXNREG.get(("forward", dtype_name)) if softcap else None
+    return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh), num_warps=w, num_stages=st, maxnreg=maxnreg)
             for bn, bv, bh, w, st in FORWARD_SHAPES[dtype_name]]
 
 
-def backward_configs(dtype_name: str) -> list:
-    return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh, BLOCK_HG=bhg), num_warps=w, num_stages=st)
+def backward_configs(dtype_name: str, softcap: bool = False) -> list:
+    maxnreg = SOFTCAP_MAXNREG.get(("backward", dtype_name)) if softcap else None
+    return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh, BLOCK_HG=bhg), num_warps=w, num_stages=st,
+                          maxnreg=maxnreg)
             for bn, bv, bh, bhg, w, st in BACKWARD_SHAPES[dtype_name]]
 
 
@@ -50,14 +62,15 @@ def autotune_configs() -> list:
     return [c for dt in ("bf16", "fp32") for c in forward_configs(dt) + backward_configs(dt)]
 
 
-def block_sizes(kernel: str, dtype_name: str) -> dict:
+def block_sizes(kernel: str, dtype_name: str, softcap: bool = False) -> dict:
     """Fixed tiles: the interpreter steps through blocks in Python, so it gets few, large tiles; on CUDA
     (RKLU_TRITON_AUTOTUNE=0) the first entry of the kernel's autotune list."""
     if INTERPRET:
         blocks = dict(BLOCK_N=32, BLOCK_V=256, BLOCK_H=64, num_warps=4)
         return blocks if kernel == "forward" else dict(blocks, BLOCK_HG=64)
-    cfg = (forward_configs if kernel == "forward" else backward_configs)(dtype_name)[0]
-    return dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    cfg = (forward_configs if kernel == "forward" else backward_configs)(dtype_name, softcap)[0]
+    blocks = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return blocks if cfg.maxnreg is None else dict(blocks, maxnreg=cfg.maxnreg)
 
 
 def dtype_key(dtype) -> str:
@@ -110,6 +123,7 @@ def compile_specs() -> list:
 
 
 def _variant_specs(forward_kernel, backward_kernel, dt, ptr, flags, variant, transform_args) -> list:
+    softcap = flags["HAS_SOFTCAP_S"]
     tensors = {k: ptr for k in ("XS", "WS", "BS", "XO", "WO", "BO", "XA", "WA", "BA")}
     ints = ("H_S", "H_O", "H_A", "stride_xs", "stride_ws", "stride_xo", "stride_wo",
             "stride_xa", "stride_wa")
@@ -120,7 +134,7 @@ def _variant_specs(forward_kernel, backward_kernel, dt, ptr, flags, variant, tra
     for sort in (True, False):
         specs.append(CompileSpec(
             kernel="unlearning_kl_forward", fn=forward_kernel, signature=sig,
-            constexprs=dict(flags, SORTED=sort), configs=tuple(forward_configs(dt)), dtype=dt,
+            constexprs=dict(flags, SORTED=sort), configs=tuple(forward_configs(dt, softcap)), dtype=dt,
             variant=variant + (",sorted" if sort else ",unsorted"),
             divisible=(*tensors, "PART", "PERM", "REF", *ints, "SPLIT_V")))
     for filt in (True, False):
@@ -137,7 +151,7 @@ def _variant_specs(forward_kernel, backward_kernel, dt, ptr, flags, variant, tra
                                   + ("," + "store-g" if store else ",atomic"))
             specs.append(CompileSpec(
                 kernel="unlearning_kl_backward", fn=backward_kernel, signature=bsig,
-                constexprs=bflags, configs=tuple(backward_configs(dt)), dtype=dt,
+                constexprs=bflags, configs=tuple(backward_configs(dt, softcap)), dtype=dt,
                 variant=bvariant,
                 divisible=(*tensors, "STATS", "GRAD_OUT", "PERM", "DX", "DW", "DB", "G",
                            "COUNTER", *ints, "stride_g")))

@@ -47,7 +47,8 @@ NUM_ROW_STATS = 7  # combined: M_s, log D_s, M_t, log D_t, mean, c_s, c_t
 @triton.jit
 def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM, REF,
                     N, V, H_S, H_O, H_A, stride_xs, stride_ws, stride_xo, stride_wo, stride_xa, stride_wa,
-                    alpha, logit_scale_s, softcap_s, inv_softcap_s, logit_scale_o, softcap_o, inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a, SPLIT_V, NUM_SPLITS,
+                    alpha, logit_scale_s, softcap_s, inv_softcap_s, logit_scale_o, softcap_o, inv_softcap_o,
+                    logit_scale_a, softcap_a, inv_softcap_a, SPLIT_V, NUM_SPLITS,
                     HAS_AUG: tl.constexpr, HAS_BS: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr,
                     HAS_SOFTCAP_S: tl.constexpr, HAS_SOFTCAP_O: tl.constexpr, HAS_SOFTCAP_A: tl.constexpr,
                     REVERSE: tl.constexpr, PRECISION: tl.constexpr, SORTED: tl.constexpr, GROUP: tl.constexpr,
@@ -75,7 +76,8 @@ def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM, REF,
         # Teacher first, folded into its statistics at once, so only one teacher tile (z_t - c_t, or e_t
         # for the forward KL) stays live while the student GEMM runs: two fp32 tiles at a time.
         zt = _teacher_tile(XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H_O, H_A,
-                           stride_xo, stride_wo, stride_xa, stride_wa, alpha, logit_scale_o, softcap_o, inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a,
+                           stride_xo, stride_wo, stride_xa, stride_wa, alpha, logit_scale_o, softcap_o,
+                           inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a,
                            HAS_AUG, HAS_BO, HAS_BA, HAS_SOFTCAP_O, HAS_SOFTCAP_A, PRECISION, BLOCK_N, BLOCK_V,
                            BLOCK_H)
         # Every block holds at least one valid column, so the maxima are finite and the rescale factors
@@ -91,7 +93,8 @@ def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM, REF,
         if not REVERSE:
             acc = acc * scale_t + tl.sum(e_t * zt, axis=1)
         zs = _transform(_logit_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws,
-                                    HAS_BS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_s, softcap_s, inv_softcap_s, HAS_SOFTCAP_S)
+                                    HAS_BS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_s, softcap_s,
+                                    inv_softcap_s, HAS_SOFTCAP_S)
         tile_m_s = tl.max(tl.where(valid, zs, float("-inf")), axis=1)
         new_m_s = tl.maximum(m_s, tile_m_s)
         scale_s = tl.exp(m_s - new_m_s)

@@ -16,7 +16,8 @@ the forward KL):
     reverse: r = E_{p_s}[(z_s - c_s) - (z_t - c_t)]      forward: r = E_{p_t}[(z_t - m_t) - (z_s - m_s)]
 Every difference formed is of two logits of the same row, so a softmax-invariant common offset (a teacher
 bias of 1e4) cancels instead of making E[z_s - z_t] and (m_s - m_t) two numbers of the offset's size whose
-difference is the small KL; and when the student equals the teacher every term is exactly 0.
+difference is the small KL (reverse: when the student equals the teacher every term is exactly 0; forward:
+the two parts are small and cancel to their rounding).
 Forward KL: relative to the running maxima (earlier terms shift by d * (m_new - m_old) when a maximum moves,
 a difference of two logits of the same row), so where the teacher puts its mass the terms are small: a
 one-hot teacher whose target logit is 1e4 (Cut-Cross-Entropy's forward test as a forward KL) keeps the
@@ -65,8 +66,9 @@ def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM, REF,
     v_end = tl.minimum(V, v_start + SPLIT_V)
     m_s = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     m_t = tl.full((BLOCK_N,), float("-inf"), tl.float32)
-    c_s = tl.load(REF + rows * 2 + 0, mask=row_mask, other=0.0)
-    c_t = tl.load(REF + rows * 2 + 1, mask=row_mask, other=0.0)
+    if REVERSE:
+        c_s = tl.load(REF + rows * 2 + 0, mask=row_mask, other=0.0)
+        c_t = tl.load(REF + rows * 2 + 1, mask=row_mask, other=0.0)
     d_s = tl.zeros((BLOCK_N,), tl.float32)
     d_t = tl.zeros((BLOCK_N,), tl.float32)
     acc = tl.zeros((BLOCK_N,), tl.float32)
@@ -93,12 +95,14 @@ def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM, REF,
         if REVERSE:
             zt = zt - c_t[:, None]
         else:
-            # Forward KL: both models relative to their running maxima. When a maximum moves, earlier terms
-            # shift by it (on the first block there are none: shift 0, never inf - inf); the teacher's part
-            # is summed now (a vector), so no teacher logit tile outlives the student GEMM.
+            # Forward KL: acc = sum e_t ((z_t - m_t) - (z_s - m_s)), relative to the running maxima: when a
+            # maximum moves by `shift`, the earlier terms (weight w_prev in the new scale) move by
+            # w_prev * shift (on the first block there are none: shift 0, never inf - inf). The teacher's
+            # part is added now, the student's after its GEMM, with w_prev taken again from d_t and e_t
+            # (no extra vector stays live across the GEMM: this kernel is at its register limit).
+            w_prev = d_t * scale_t
             shift_t = new_m_t - tl.where(m_t == float("-inf"), new_m_t, m_t)
-            sum_t = tl.sum(e_t * (zt - new_m_t[:, None]), axis=1)
-            d_t_old = d_t
+            acc = (acc * scale_t - w_prev * shift_t) + tl.sum(e_t * (zt - new_m_t[:, None]), axis=1)
         d_t = d_t * scale_t + tl.sum(e_t, axis=1)
         m_t = new_m_t
         zs = _logit_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws,
@@ -111,9 +115,7 @@ def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM, REF,
             acc = acc * scale_s + tl.sum(e_s * ((zs - c_s[:, None]) - zt), axis=1)
         else:
             shift_s = new_m_s - tl.where(m_s == float("-inf"), new_m_s, m_s)
-            # Grouped so that a student equal to the teacher gives exactly 0: equal shifts, equal sums.
-            acc = scale_t * (acc + d_t_old * (shift_s - shift_t)) + (
-                sum_t - tl.sum(e_t * (zs - new_m_s[:, None]), axis=1))
+            acc = (acc + (d_t - tl.sum(e_t, axis=1)) * shift_s) - tl.sum(e_t * (zs - new_m_s[:, None]), axis=1)
         d_s = d_s * scale_s + tl.sum(e_s, axis=1)
         m_s = new_m_s
     if REVERSE:

@@ -22,10 +22,15 @@ import time
 import torch
 
 IMPLS = ("eager", "compiled", "torch_chunked", "triton", "triton_nofilter", "triton_atomic", "triton_store", "chunked",
-         "chunked_noaug", "liger", "floor", "floor_noaug")
-# Implementations doing Liger's work (no augmented teacher: 4 GEMMs), and the floor each is measured against.
-LIGER_WORK = ("chunked_noaug", "liger", "floor_noaug")
-FLOORS = ("floor", "floor_noaug")
+         "chunked_half", "chunked_twice", "chunked_noaug", "chunked_noaug_fwd", "liger", "liger_kldiv", "floor",
+         "floor_noaug", "floor_kldiv")
+# Implementations doing Liger's work (no augmented teacher: 4 GEMMs, or 3 for FusedLinearKLDivLoss, whose
+# teacher distribution is an input), and the floor each is measured against.
+LIGER_WORK = ("chunked_noaug", "chunked_noaug_fwd", "liger", "liger_kldiv", "floor_noaug", "floor_kldiv")
+FLOORS = ("floor", "floor_noaug", "floor_kldiv")
+# Chunked rows at other memory budgets than the default (Liger FusedLinearJSD's working set for the shape,
+# rklu/kernels/kl/chunk_policy.py): that budget times this factor.
+CHUNK_BUDGET_FACTORS = {"chunked_half": 0.5, "chunked_twice": 2.0}
 LABELS = {
     "eager": "eager PyTorch (materialized logits)",
     "compiled": "torch.compile(eager)",
@@ -34,11 +39,16 @@ LABELS = {
     "triton_nofilter": "rklu triton fused, grad filter off",
     "triton_atomic": "rklu triton fused, atomic dX/dW backward",
     "triton_store": "rklu triton fused, store-G + cuBLAS backward",
-    "chunked": "rklu chunked cuBLAS",
+    "chunked": "rklu chunked cuBLAS (default budget: Liger's memory)",
+    "chunked_half": "rklu chunked cuBLAS, half the default budget",
+    "chunked_twice": "rklu chunked cuBLAS, twice the default budget",
     "chunked_noaug": "rklu chunked cuBLAS, Liger's work (no augmented teacher)",
+    "chunked_noaug_fwd": "rklu chunked cuBLAS, forward KL, no augmented teacher (FusedLinearKLDivLoss's work + the teacher GEMM)",
     "liger": "Liger FusedLinearJSD beta=1",
+    "liger_kldiv": "Liger FusedLinearKLDivLoss (teacher probabilities given as an [N, V] input)",
     "floor": "GEMM floor (5 GEMMs)",
     "floor_noaug": "GEMM floor, Liger's work (4 GEMMs)",
+    "floor_kldiv": "GEMM floor, FusedLinearKLDivLoss's work (3 GEMMs)",
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ALPHA = 8.0
@@ -46,12 +56,16 @@ ALPHA = 8.0
 
 def gemms(impl: str) -> int:
     """GEMMs of the work ``impl`` does: 3 logit GEMMs + dX + dW, one logit GEMM less without the augmented
-    teacher (Liger's work)."""
+    teacher (Liger's work), two less when the teacher distribution is an input (FusedLinearKLDivLoss)."""
+    if impl in ("liger_kldiv", "floor_kldiv"):
+        return 3
     return 4 if impl in LIGER_WORK else 5
 
 
 def floor_of(impl: str) -> str:
     """The GEMM floor of the same work as ``impl``."""
+    if impl in ("liger_kldiv", "floor_kldiv"):
+        return "floor_kldiv"
     return "floor_noaug" if impl in LIGER_WORK else "floor"
 
 
@@ -68,16 +82,35 @@ def liger_available() -> bool:
     return liger_import_error() is None
 
 
+def liger_kldiv_import_error() -> str | None:
+    """None when Liger's FusedLinearKLDivLoss imports (liger_kernel/transformers/fused_linear_kl_div.py, in
+    recent releases only), else the error."""
+    try:
+        from liger_kernel.transformers.fused_linear_kl_div import LigerFusedLinearKLDivLoss  # noqa: F401
+    except Exception as e:  # noqa: BLE001 -- any import failure means "not measured", with the reason
+        version = "unknown"
+        try:
+            from importlib.metadata import version as _version
+            version = _version("liger-kernel")
+        except Exception:  # noqa: BLE001
+            pass
+        return f"liger-kernel {version} has no FusedLinearKLDivLoss ({type(e).__name__}: {e})"[:300]
+    return None
+
+
 def unavailable_reason(impl: str, device: str) -> str | None:
     """None when ``impl`` can run on ``device`` here, else why not (printed and stored, never silent)."""
-    if (impl.startswith("triton") or impl.startswith("chunked")) and device != "cuda":
+    if ((impl.startswith("triton") or impl.startswith("chunked")) and device != "cuda"
+            and os.environ.get("TRITON_INTERPRET") != "1"):
         return "Triton backends need CUDA (TRITON_INTERPRET=1 runs them on CPU, far too slowly to time)"
-    if impl == "liger":
+    if impl in ("liger", "liger_kldiv"):
         if device != "cuda":
             return "Liger kernels are Triton/CUDA only"
         error = liger_import_error()
         if error:
             return f"liger_kernel does not import ({error}); pip install 'rklu[bench]'"
+        if impl == "liger_kldiv":
+            return liger_kldiv_import_error()
     return None
 
 
@@ -107,8 +140,17 @@ def eager_loss(xs, ws, xo, wo, xa, wa):
     return unlearning_kl_reference(student, original, augmented, alpha=ALPHA, direction="reverse")
 
 
-def fused_variant(impl: str) -> tuple[str, dict, str | None]:
-    """(backend, extra keyword arguments, fused backward mode or None) of an rklu implementation name."""
+def fused_variant(impl: str, case: dict | None = None) -> tuple[str, dict, str | None]:
+    """(backend, extra keyword arguments, fused backward mode or None) of an rklu implementation name.
+    ``case`` (its shape) sets the budget of the chunked rows at other budgets."""
+    if impl in CHUNK_BUDGET_FACTORS:
+        from rklu.kernels.kl.chunk_policy import liger_extra_bytes
+
+        n, h = case["xs"].shape
+        budget = int(CHUNK_BUDGET_FACTORS[impl] * liger_extra_bytes(n, h, case["ws"].shape[0]))
+        return "chunked", {"max_chunk_bytes": budget}, None
+    if impl == "chunked_noaug_fwd":
+        return "chunked", {"direction": "forward"}, None
     if not impl.startswith("triton"):
         return {"torch_chunked": "torch", "chunked_noaug": "chunked"}.get(impl, impl), {}, None
     return "triton", {"grad_filter": impl != "triton_nofilter"}, {"triton_atomic": "atomic",
@@ -154,17 +196,28 @@ def build_step(impl: str, case: dict, chunk_tokens: int | None = None):
             clear()
             compiled(xs, ws, xo, wo, xa, wa).backward()
         return step
-    if impl in ("torch_chunked", "chunked", "chunked_noaug") or impl.startswith("triton"):
+    if impl == "torch_chunked" or impl.startswith("chunked") or impl.startswith("triton"):
         from rklu.kernels import fused_linear_unlearning_kl
 
-        backend, extra, backward_mode = fused_variant(impl)
+        backend, extra, backward_mode = fused_variant(impl, case)
+        extra.setdefault("direction", "reverse")
 
         def step():
             clear()
             with fused_backward_mode(backward_mode):
-                fused_linear_unlearning_kl(xs, ws, xo, wo, xa, wa, alpha=ALPHA, direction="reverse",
-                                           backend=backend, chunk_tokens=chunk_tokens, check_inputs_finite=False,
-                                           **extra).backward()
+                fused_linear_unlearning_kl(xs, ws, xo, wo, xa, wa, alpha=ALPHA, backend=backend,
+                                           chunk_tokens=chunk_tokens, check_inputs_finite=False, **extra).backward()
+        return step
+    if impl == "liger_kldiv":
+        from liger_kernel.transformers.fused_linear_kl_div import LigerFusedLinearKLDivLoss
+
+        loss_fn = LigerFusedLinearKLDivLoss(reduction="mean")
+        with torch.no_grad():  # its input: the teacher distribution, built once outside the timed step
+            target = torch.softmax(torch.nn.functional.linear(xo, wo).float(), dim=-1).to(xs.dtype)
+
+        def step():
+            clear()
+            loss_fn(xs, ws, target).backward()
         return step
     if impl == "liger":
         from liger_kernel.transformers.fused_linear_jsd import LigerFusedLinearJSD
@@ -181,6 +234,8 @@ def build_step(impl: str, case: dict, chunk_tokens: int | None = None):
     if impl in FLOORS:
         n, v = xs.shape[0], ws.shape[0]
         pairs = [(x, w) for x, w in ((xs, ws), (xo, wo), (xa, wa)) if x is not None]
+        if impl == "floor_kldiv":
+            pairs = pairs[:1]  # the teacher's distribution is an input: the student's logit GEMM only
         with torch.no_grad():
             logits = [torch.empty(n, v, dtype=xs.dtype, device=xs.device) for _ in pairs]
             grad = torch.randn(n, v, device=xs.device).to(xs.dtype)
@@ -273,6 +328,10 @@ def run_case(impl: str, n: int, h: int, v: int, dtype: str, device: str, repeats
         sync(device)
         row["first_call_s"] = time.perf_counter() - t0
         if impl not in FLOORS:
+            # The warm-up's gradients would be freed inside the measured step (its clear()): counted in the
+            # baseline, they would hide that much of the step's own allocations. Drop them first.
+            for t in (case["xs"], case["ws"]):
+                t.grad = None
             row["peak_extra_bytes"] = measure_cuda_peak(step) if device == "cuda" else measure_cpu_peak(step)
             grads = [t.grad for t in (case["xs"], case["ws"]) if t.grad is not None]
             row["grad_bytes"] = sum(g.numel() * g.element_size() for g in grads)
@@ -281,10 +340,14 @@ def run_case(impl: str, n: int, h: int, v: int, dtype: str, device: str, repeats
         row["tokens_per_s"] = n / row["median_s"]
         if impl in FLOORS:
             row["tflops"] = gemms(impl) * 2 * n * h * v / row["median_s"] / 1e12
-        if impl in ("chunked", "chunked_noaug"):
-            from rklu.kernels.kl.triton_chunked import last_chunk_tokens
+        if impl.startswith("chunked"):
+            from rklu.kernels.kl.triton_chunked import last_chunk_plan
 
-            row["chunk_tokens"] = last_chunk_tokens()  # what the timed calls used (target or memory cap)
+            plan = last_chunk_plan()  # what the timed calls used
+            row["chunk_tokens"] = plan.logit_tokens
+            row["grad_tokens"] = plan.grad_tokens
+            row["chunk_budget_bytes"] = plan.budget_bytes
+            row["chunk_working_set_bytes"] = plan.working_set_bytes
         if impl.startswith("triton") or impl.startswith("chunked"):
             row["autotune"] = autotune_choices()
         if impl.startswith("triton"):

@@ -14,6 +14,10 @@ batch that fits a memory budget (GPU: the device; CPU: --cap-mib of RSS), all as
 
     python benchmarks/bench_unlearning_step.py --device cpu                     # ~5M-param model
     python benchmarks/bench_unlearning_step.py --device cuda --sizes 125m,1b,7b # bf16
+    python benchmarks/bench_unlearning_step.py --device cuda --sizes 1b-v128k,7b+lora --fit
+
+A size ending in ``+lora`` trains a LoRA adapter (r=16 on the attention projections, rklu.models.loading's
+add_lora) on the frozen student instead of every parameter; the teachers are the same full models.
 """
 from __future__ import annotations
 
@@ -44,10 +48,22 @@ SIZES = {
 }
 
 
+LORA_SUFFIX = "+lora"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def base_size(size: str) -> str:
+    """The model shape of a size name (``7b+lora`` -> ``7b``), checked."""
+    base = size[: -len(LORA_SUFFIX)] if size.endswith(LORA_SUFFIX) else size
+    if base not in SIZES:
+        raise ValueError(f"unknown size {size!r}: one of {', '.join(SIZES)}, optionally with {LORA_SUFFIX!r}")
+    return base
+
+
 def build_model(size: str, dtype, device, seed: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    h, layers, heads, inter, vocab = SIZES[size]
+    h, layers, heads, inter, vocab = SIZES[base_size(size)]
     config = LlamaConfig(vocab_size=vocab, hidden_size=h, intermediate_size=inter, num_hidden_layers=layers,
                          num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=4096,
                          tie_word_embeddings=False, attention_dropout=0.0)
@@ -93,12 +109,16 @@ def setup(variant: str, size: str, rows: int, seq: int, dtype, device):
     from rklu.models.teacher_cache import CachedTeacher
 
     student = build_model(size, dtype, device, seed=0)
+    if size.endswith(LORA_SUFFIX):
+        from rklu.models.loading import add_lora, lora_config
+
+        student = add_lora(student, lora_config(r=16, alpha=32, target_modules=LORA_TARGETS))
     original = build_model(size, dtype, device, seed=1)
     augmented = build_model(size, dtype, device, seed=2)
-    vocab = SIZES[size][4]
+    vocab = SIZES[base_size(size)][4]
     batch = {"forget": make_batch(rows, seq, vocab, device, 10, 0), "retain": make_batch(rows, seq, vocab, device, 11, 0)}
     tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batch.values())
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5)
     alpha = 8.0
     if variant == "naive":
         for m in (original, augmented):
@@ -291,7 +311,7 @@ def main(argv=None):
     t0 = time.time()
     result_rows, fits, params = [], [], {}
     for size in sizes:
-        h, layers, _, inter, vocab = SIZES[size]
+        h, layers, _, inter, vocab = SIZES[base_size(size)]
         params[size] = f"{(2 * vocab * h + layers * (4 * h * h + 3 * h * inter)) / 1e6:,.1f}M"
         for v in VARIANTS:
             kw = dict(variant=v, size=size, rows=rows, seq=seq, dtype_name=dtype, device=args.device,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from rklu.kernels.common import cost_model as cm
 from rklu.kernels.common.cost_model import GPU, Kernel, Shape, cublas_gemm
 from rklu.kernels.common.torch_chunks import torch_chunk_tokens
 
@@ -63,4 +64,30 @@ def torch_chunked(s: Shape, gpu: GPU, bytes_per_element: float) -> list[Kernel]:
     dw = cublas_gemm("fp32 dW addmm per chunk", s.v, s.n, s.h, 4, 4)
     dw.dram += (chunks - 1) * 2 * 4.0 * s.v * s.h
     out.append(dw)
+    return out
+
+
+def chunk_policies(s: Shape, gpu: GPU) -> dict:
+    """Modelled time and working set of the chunked backend per chunk policy, at shape ``s``: the default
+    (Liger's memory), half and twice that budget, the same budget spent on equal logit and G chunks (no G
+    sizing), and the old fixed 4096-token chunk. {name: dict(logit_tokens, grad_tokens, working_set_bytes,
+    seconds, ratio_to_floor)}."""
+    from rklu.kernels.kl import chunk_policy as cp
+
+    gb = 2 if s.dtype == "bf16" else 4
+    liger = cp.liger_extra_bytes(s.n, s.h, s.v)
+    equal = max(cp.MIN_CHUNK_TOKENS, liger // ((4 * s.models + gb) * s.v) // cp.CHUNK_ALIGN * cp.CHUNK_ALIGN)
+    plans = {
+        "default (Liger's memory)": cm.chunk_plan(s),
+        "half of Liger's memory": cm.chunk_plan(s, max_chunk_bytes=liger // 2),
+        "twice Liger's memory": cm.chunk_plan(s, max_chunk_bytes=2 * liger),
+        "Liger's memory, equal chunks": cm.chunk_plan(s, min(s.n, equal)),
+        "fixed 4096 tokens": cm.chunk_plan(s, 4096),
+    }
+    floor = floor_seconds(s, gpu)
+    out = {}
+    for name, plan in plans.items():
+        t = cm.estimate(cm.chunked(s, gpu, plan.logit_tokens, plan.grad_tokens), s, gpu)
+        out[name] = dict(logit_tokens=plan.logit_tokens, grad_tokens=plan.grad_tokens,
+                         working_set_bytes=plan.working_set_bytes, seconds=t, ratio_to_floor=t / floor)
     return out

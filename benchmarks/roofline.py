@@ -160,8 +160,45 @@ def run(args) -> dict:
     from rklu.kernels.common import cost_model as cm
 
     meta = dict(traced=traced, kept_fraction=f, gpus={k: vars(g) for k, g in cm.GPUS.items()},
-                atomic_efficiency=cm.ATOMIC_EFFICIENCY, assumptions=cm.__doc__.split("Assumptions")[1].strip())
+                atomic_efficiency=cm.ATOMIC_EFFICIENCY, assumptions=cm.__doc__.split("Assumptions")[1].strip(),
+                chunk_policies=chunk_policy_rows())
     return dict(meta=meta, rows=rows)
+
+
+# Issue 23's benchmark shapes: Llama-2/3 vocabularies at H=4096 and Llama-3.2-1B's H=2048.
+POLICY_SHAPES = [(8192, 4096, 32000), (8192, 4096, 128256), (8192, 4096, 256000), (8192, 2048, 128256)]
+
+
+def chunk_policy_rows() -> list[dict]:
+    """The chunked backend's modelled time and working set per chunk policy (cost_model_report.chunk_policies),
+    bf16."""
+    import cost_model_report as rc
+    from rklu.kernels.common import cost_model as cm
+    from rklu.kernels.kl.chunk_policy import liger_extra_bytes
+
+    rows = []
+    for gpu in ("H100", "A100"):
+        for n, h, v in POLICY_SHAPES:
+            s = cm.Shape(n, h, v)
+            for policy, e in rc.chunk_policies(s, cm.GPUS[gpu]).items():
+                rows.append(dict(gpu=gpu, N=n, H=h, V=v, policy=policy, liger_bytes=liger_extra_bytes(n, h, v), **e))
+    return rows
+
+
+def chunk_policy_markdown(rows: list[dict]) -> list[str]:
+    out = ["## Chunked backend: chunk policy (bf16, estimates)", "",
+           "Logit chunk / gradient (G) block in tokens, the working set they take (logit buffers + G; the fp32 "
+           "dX/dW accumulators come on top), and the modelled time. Each G block after the first reads and writes "
+           "the fp32 dW accumulator (8 V H bytes): the cost of small blocks, which sizing G apart from the logit "
+           "chunk avoids at the same memory. Liger MiB: FusedLinearJSD's working set, the default budget "
+           "(rklu/kernels/kl/chunk_policy.py).", "",
+           "| GPU | N | H | V | policy | chunk / G tokens | working set MiB | Liger MiB | est ms | x floor |",
+           "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['gpu']} | {r['N']} | {r['H']} | {r['V']} | {r['policy']} | {r['logit_tokens']} / "
+                   f"{r['grad_tokens']} | {r['working_set_bytes'] / 2**20:,.0f} | {r['liger_bytes'] / 2**20:,.0f} | "
+                   f"{r['seconds'] * 1e3:.1f} | {r['ratio_to_floor']:.2f} |")
+    return out + [""]
 
 
 def markdown(result: dict) -> str:
@@ -199,7 +236,8 @@ def markdown(result: dict) -> str:
                    if r["gpu"] == gpu and (r["N"], r["H"], r["V"]) == shape and r["dtype"] == "bf16"}
             out.append(f"| {gpu} | {shape[0]} | {shape[1]} | {shape[2]} | "
                        + " | ".join(f"{sel[b]['ratio_to_floor']:.2f}" if b in sel else "—" for b in backends) + " |")
-    out += ["", "Per-kernel breakdown at the headline shape (H100, bf16, ms):", ""]
+    out += [""] + chunk_policy_markdown(meta.get("chunk_policies", []))
+    out += ["Per-kernel breakdown at the headline shape (H100, bf16, ms):", ""]
     for r in rows:
         if (r["N"], r["H"], r["V"]) == HEADLINE and r["gpu"] == "H100" and r["dtype"] == "bf16":
             f = "" if not r["filtering"] else f" f={r['kept_fraction']:.3f}"

@@ -35,15 +35,19 @@ def _ok(rows, impl, key):
 
 def kernel_summary(result) -> list[str]:
     """Per shape and implementation, the ratios the issues set targets on (all from the same run). Each row is
-    measured against the GEMM floor of its own work; rows doing Liger's work (no augmented teacher, 4 GEMMs)
-    have no eager ratio (eager does the 5-GEMM unlearning loss), and their Liger ratio is at equal work."""
+    measured against the GEMM floor of its own work; rows doing Liger's work (no augmented teacher, 4 GEMMs;
+    3 for FusedLinearKLDivLoss, whose teacher distribution is an input) have no eager ratio (eager does the
+    5-GEMM unlearning loss). The Liger columns compare with FusedLinearJSD(beta=1), except the forward-KL row
+    (``chunked_noaug_fwd``), compared with FusedLinearKLDivLoss; "equal work" marks rows on Liger's inputs.
+    Memory: extra beyond the returned gradients (peak extra - dX - dW), against Liger's on the same shape."""
     import bench_common as bc
 
     rows = result["rows"]
     keys = list(dict.fromkeys((r["n"], r["h"], r["v"]) for r in rows))
     impls = list(dict.fromkeys(r["impl"] for r in rows if r["impl"] != "eager" and r["impl"] not in bc.FLOORS))
-    out = ["| N | H | V | implementation | GEMMs | x GEMM floor | x faster than eager | x faster than Liger "
-           "| peak extra / eager |", "|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+    out = ["| N | H | V | implementation | chunk / G tokens | GEMMs | x GEMM floor | x faster than eager "
+           "| x faster than Liger | extra beyond grads MiB | extra / Liger's |",
+           "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
 
     def ratio(a, b, fmt="{:.2f}"):
         return fmt.format(a / b) if a is not None and b else "—"
@@ -52,19 +56,28 @@ def kernel_summary(result) -> list[str]:
         r = _ok(rows, impl, k)
         return r and r["median_s"]
 
+    def beyond(r):
+        return None if not r or r.get("peak_extra_bytes") is None else r["peak_extra_bytes"] - r.get("grad_bytes", 0)
+
     for k in keys:
-        eager, liger = _ok(rows, "eager", k), time_of("liger", k)
+        eager = _ok(rows, "eager", k)
         for impl in impls:
             r = _ok(rows, impl, k)
             if r is None:
                 continue
             t, liger_work = r["median_s"], impl in bc.LIGER_WORK
+            liger_impl = "liger_kldiv" if impl == "chunked_noaug_fwd" else "liger"
+            liger = _ok(rows, liger_impl, k)
+            chunk = f"{r['chunk_tokens']} / {r.get('grad_tokens', r['chunk_tokens'])}" if r.get("chunk_tokens") else "—"
+            extra = beyond(r)
             out.append(" | ".join([
-                f"| {k[0]}", str(k[1]), str(k[2]), impl, str(bc.gemms(impl)),
+                f"| {k[0]}", str(k[1]), str(k[2]), impl, chunk, str(bc.gemms(impl)),
                 ratio(t, time_of(bc.floor_of(impl), k)),
                 "—" if liger_work else ratio(eager and eager["median_s"], t),
-                "—" if impl == "liger" else ratio(liger, t) + (" (equal work)" if liger_work and liger else ""),
-                ratio(r.get("peak_extra_bytes"), eager and eager.get("peak_extra_bytes"), "{:.3f}")]) + " |")
+                "—" if impl.startswith("liger") else ratio(liger and liger["median_s"], t)
+                + (" (equal work)" if liger_work and liger else ""),
+                "—" if extra is None else f"{extra / 2**20:,.0f}",
+                "—" if impl.startswith("liger") else ratio(extra, beyond(liger), "{:.2f}")]) + " |")
     return out
 
 
@@ -81,7 +94,7 @@ def chunk_sweep_section(gpu_dir: Path) -> list[str]:
         return []
     out = ["### Chunked cuBLAS backend: chunk size", "",
            "N=8192, H=4096, V=32000, bf16; one process per chunk size, run one after the other on the same "
-           "machine. The default is `TARGET_CHUNK_TOKENS` in `rklu/kernels/kl/triton_chunked.py`.", "",
+           "machine. The default comes from a memory budget: `rklu/kernels/kl/chunk_policy.py`.", "",
            "| chunk tokens | time ms | peak extra MiB | from |", "|---:|---:|---:|---|"]
     for size, name, r in sorted(points, key=lambda p: p[0]):
         out.append(f"| {size} | {r['median_s'] * 1e3:.1f} | {r['peak_extra_bytes'] / 2**20:,.0f} | `{name}` |")
@@ -201,6 +214,8 @@ def main(argv=None):
     gpu_parts += section("Where the time goes (torch.profiler, per CUDA kernel)", gpu / "profile-bf16.md",
                          gpu / "profile-bf16.json", None)
     gpu_parts += section("End-to-end unlearning step", gpu / "step-bf16.md", gpu / "step-bf16.json", step_summary)
+    gpu_parts += section("End-to-end unlearning step, LoRA student", gpu / "step-lora-bf16.md",
+                         gpu / "step-lora-bf16.json", step_summary)
     gpu_parts += section("Fused linear log-prob in an npo+rt / rklu+rt step", gpu / "logprob-bf16.md",
                          gpu / "logprob-bf16.json", None)
     lines += ["## GPU", ""]

@@ -54,7 +54,7 @@ stage pytest-benchmark "$PY" -m pytest benchmarks --benchmark-only -q -ra -p no:
   --benchmark-json "$OUT/pytest-benchmark.json"
 if [ "${SKIP_STEP:-0}" != 1 ]; then
   stage unlearning-step "$PY" benchmarks/bench_unlearning_step.py --device cuda --dtype bf16 \
-    --sizes "${SIZES:-125m,1b,7b}" --rows 8 --seq 512 --fit --fit-probes 10 --out "$OUT/step-bf16"
+    --sizes "${SIZES:-1b-v128k,7b+lora,125m,1b,7b}" --rows 8 --seq 512 --fit --fit-probes 10 --out "$OUT/step-bf16"
 fi
 stage logprob-step "$PY" benchmarks/bench_logprob.py --device cuda --dtype bf16 --sizes 1b,1b-v128k \
   --rows 8 --seq 512 --out "$OUT/logprob-bf16"

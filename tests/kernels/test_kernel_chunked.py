@@ -135,30 +135,59 @@ def test_forward_only_and_no_grad(device):
 
 @pytest.mark.parametrize("device", DEVICE)
 def test_last_chunk_tokens_reports_the_chunk_used(device):
-    """Reports (benchmarks) read the chunk a call ran with: the one asked for, else the default's choice."""
-    from rklu.kernels.kl.triton_chunked import default_chunk_tokens, last_chunk_tokens
+    """Reports (benchmarks) read the chunk a call ran with: the one asked for, else the default plan's."""
+    from rklu.kernels.kl.triton_chunked import default_chunk_tokens, last_chunk_plan, last_chunk_tokens
 
     inputs = make_inputs(40, 16, 3000, device=device, seed=9)
     fused_loss(inputs, "chunked", chunk_tokens=8)
-    assert last_chunk_tokens() == 8
+    assert last_chunk_tokens() == 8 and last_chunk_plan().grad_tokens == 8
     fused_loss(inputs, "chunked")
-    assert last_chunk_tokens() == default_chunk_tokens(40, 3000, 4, torch.device(device)) != 8
+    assert last_chunk_tokens() == default_chunk_tokens(40, 16, 3000, 4, torch.device(device)) == 40
+
+
+@pytest.mark.parametrize("device", DEVICE)
+@pytest.mark.parametrize("direction", ["reverse", "forward"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_gradient_blocks_of_several_logit_chunks(device, direction, reduction):
+    """A budget that gives a G block of several logit chunks (and a last, partial one) computes the same
+    loss and gradients as the reference: rows land in their block, dW accumulates per block."""
+    from rklu.kernels.kl.chunk_policy import working_set_bytes
+    from rklu.kernels.kl.triton_chunked import last_chunk_plan
+
+    n, v = 300, 160
+    inputs = make_inputs(n, 16, v, device=device, bias=True, seed=4)
+    # Room for a 128-token logit chunk and a 256-token G block: chunks 128/128/44, G blocks 256/44.
+    budget = working_set_bytes(128, 256, v, 4)
+    loss = fused_loss(inputs, "chunked", direction=direction, reduction=reduction, max_chunk_bytes=budget)
+    plan = last_chunk_plan()
+    assert (plan.logit_tokens, plan.grad_tokens, plan.fits) == (128, 256, True)
+    expected, leaves = reference_loss(inputs, direction=direction, reduction=reduction)
+    weights = torch.linspace(0.5, 1.5, n, dtype=torch.float64)
+    total = (loss * weights.to(loss)).sum() if reduction == "none" else loss
+    want = (expected * weights).sum() if reduction == "none" else expected
+    assert rel_err(total, want) <= 1e-5
+    got = torch.autograd.grad(total, student_params(inputs))
+    truth = torch.autograd.grad(want, leaves)
+    for g, t in zip(got, truth):
+        assert rel_err(g, t) <= 1e-5
 
 
 def test_auto_on_cpu_stays_torch():
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
 
 
-def test_auto_policy_on_cuda_uses_memory_and_the_cost_model():
-    """The CUDA policy (pure Python): chunked when its working set fits and the model prefers it; the O(N)
-    fused kernel when memory is short (a chunk of < 512 tokens would fit)."""
-    from rklu.kernels.common.cost_model import choose_cuda_backend
-    from rklu.kernels.kl.triton_chunked import working_set_bytes
+def test_auto_policy_on_cuda_uses_the_fused_kernel_only_when_no_128_token_chunk_fits():
+    """The CUDA policy (pure Python): chunked whenever 128-token chunks fit in a quarter of the free memory;
+    the O(N) fused kernel only when they do not."""
+    from rklu.kernels.kl.chunk_policy import choose_cuda_backend, working_set_bytes
 
     big = dict(n=8192, h=4096, v=32000, dtype="bf16", augmented=True, reverse=True)
     assert choose_cuda_backend(free_bytes=80 << 30, **big) == "chunked"
-    short = 4 * working_set_bytes(256, 32000, 2)
-    assert choose_cuda_backend(free_bytes=short, **big) == "triton"
+    floor = working_set_bytes(128, 128, 32000, 2)
+    assert choose_cuda_backend(free_bytes=4 * floor, **big) == "chunked"
+    assert choose_cuda_backend(free_bytes=4 * floor - 4, **big) == "triton"
+    # Fewer than 128 tokens: all of them is the floor.
+    assert choose_cuda_backend(free_bytes=4 * working_set_bytes(64, 64, 32000, 2), **dict(big, n=64)) == "chunked"
 
 
 @pytest.mark.parametrize("device", DEVICE)

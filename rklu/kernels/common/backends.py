@@ -12,8 +12,9 @@ function receives the counted rows only (ignored tokens dropped, teachers detach
 (``transforms``: the student's, original's and augmented's ``LogitTransform``, ``transform``: the head's;
 common/logit_transform.py.)
 
-``"auto"`` is not a backend but the policy ``auto_backend``: torch off CUDA, on CUDA the cost model's choice
-(``cost_model.choose_cuda_backend``) for the KL and Triton for the log-prob.
+``"auto"`` is not a backend but the policy ``auto_backend``: torch off CUDA, on CUDA the chunk policy's choice
+(``kl.chunk_policy.choose_cuda_backend``) for the KL and Triton for the log-prob. The chunked KL op also takes
+``max_chunk_bytes`` and ``memory_fraction`` (kl/api.py passes them to it alone).
 """
 from __future__ import annotations
 
@@ -113,16 +114,15 @@ def function(op: str, backend: str) -> Callable:
 
 def auto_backend(op: str, device: torch.device, problem: dict | None = None) -> str:
     """``"torch"`` off CUDA (or without Triton). On CUDA: the log-prob runs on ``"triton"``; the KL, given the
-    ``problem`` (n, h, v, dtype "bf16"/"fp32", augmented, reverse, grad_filter), on ``"chunked"`` when its
-    O(chunk x V) working set fits in a quarter of the free GPU memory (torch.cuda.mem_get_info) at a chunk of
-    >= 512 tokens (or all of them) and the roofline model (``cost_model.choose_cuda_backend``) says it is
-    faster than the O(N)-memory fused kernel with the gradient filter at the kept fraction measured on
-    SmolLM2 logits; else (also when no problem is given) on ``"triton"``."""
+    ``problem`` (n, h, v, dtype "bf16"/"fp32", augmented, reverse, grad_filter), on ``"chunked"`` whenever its
+    smallest chunk plan (128-token chunks, or all N) fits in a quarter of the free GPU memory
+    (torch.cuda.mem_get_info; ``kl.chunk_policy.choose_cuda_backend``); else (also when no problem is given)
+    on the O(N)-memory ``"triton"`` kernel."""
     if device.type != "cuda" or not triton_available(device):
         return "torch"
     if op != "kl" or problem is None:
         return "triton"
-    from .cost_model import choose_cuda_backend
+    from ..kl.chunk_policy import choose_cuda_backend
 
     free, _ = torch.cuda.mem_get_info(device)
     return choose_cuda_backend(free_bytes=free, **problem)

@@ -1,8 +1,9 @@
 """Roofline cost model of the unlearning-KL backends on a GPU: FLOPs and bytes per launched kernel, derived
 from each backend's own grid and tile constants (imported from the kernel modules), turned into time as
-sum over kernels of max(compute, DRAM traffic, L2 traffic). Used by ``backend="auto"`` (backends.py) to pick
-between the fused kernel and the chunked cuBLAS path, and by benchmarks/roofline.py for the report (whose
-report-only models -- dense floor, eager, torch, the first fused kernel -- are in benchmarks/cost_model_report.py).
+sum over kernels of max(compute, DRAM traffic, L2 traffic). Report-only: benchmarks/roofline.py (whose
+report-only models -- dense floor, eager, torch, the first fused kernel -- are in
+benchmarks/cost_model_report.py) and the chunk-policy estimates (``chunk_policies`` there); ``backend="auto"``
+decides from memory alone (rklu/kernels/kl/chunk_policy.py).
 
 Assumptions (stated once, here):
 * peak rates: H100 SXM 989 TFLOP/s bf16 dense, 67 TFLOP/s fp32 FMA (fp32 inputs: Triton's IEEE tl.dot and
@@ -51,6 +52,10 @@ GPUS = {
     "A100": GPU("A100 SXM", 312.0, 19.5, 2.0, 5.0, 108, 108 * 16 * 1.41e9),
 }
 ATOMIC_EFFICIENCY = 0.14  # measured, see the module docstring
+# Host-side cost of one kernel launch that the GPU cannot hide behind the previous one when kernels are
+# short (a typical CUDA launch latency; not measured here). Counted where a backend's launches scale with
+# its chunk count (chunked).
+LAUNCH_SECONDS = 5e-6
 
 
 @dataclass
@@ -61,6 +66,7 @@ class Kernel:
     l2: float = 0.0             # bytes through L2 (tile operand reads)
     atomics: float = 0.0        # bytes of fp32 atomic adds
     sfu: float = 0.0            # exp/log count
+    launch: float = 0.0         # kernel launches (LAUNCH_SECONDS each, added to the kernel's time)
     fused_epilogue: bool = True  # SFU work serializes with the MMAs
 
     def seconds(self, gpu: GPU, fp32: bool, atomic_efficiency: float) -> float:
@@ -70,7 +76,7 @@ class Kernel:
         compute = compute + sfu if self.fused_epilogue else max(compute, sfu)
         atomic_time = 0.0 if atomic_efficiency == math.inf else self.atomics / (gpu.l2_tbs * 1e12 * atomic_efficiency)
         l2 = self.l2 / (gpu.l2_tbs * 1e12) + atomic_time
-        return max(compute, self.dram / (gpu.hbm_tbs * 1e12), l2)
+        return max(compute, self.dram / (gpu.hbm_tbs * 1e12), l2) + self.launch * LAUNCH_SECONDS
 
 
 @dataclass
@@ -175,28 +181,42 @@ def fused_v2(s: Shape, gpu: GPU, kept_fraction: float = 1.0, store_g: bool = Fal
     return out
 
 
-def chunked(s: Shape, gpu: GPU, chunk_tokens: int | None = None) -> list[Kernel]:
-    """backend="chunked" (rklu/kernels/kl/triton_chunked.py): per chunk, fp32-output cuBLAS logit GEMMs, one Triton
-    kernel (two passes over the chunk's fp32 logits; the second assumed to miss L2: a chunk's logits are
-    hundreds of MB), the gradient in the input dtype, cuBLAS dX and dW (fp32 accumulator)."""
-    from ..kl import triton_chunked as tc
-
+def chunked(s: Shape, gpu: GPU, chunk_tokens: int | None = None, grad_tokens: int | None = None,
+            **knobs) -> list[Kernel]:
+    """backend="chunked" (rklu/kernels/kl/triton_chunked.py): per logit chunk, fp32-output cuBLAS logit GEMMs
+    and one Triton kernel (two passes over the chunk's fp32 logits; the second assumed to miss L2: a chunk's
+    logits are hundreds of MB) writing the gradient G in the input dtype; per G block (``grad_tokens``,
+    whole logit chunks or all N), cuBLAS dX and dW. Each G block after the first reads and writes the fp32
+    [V, H] dW accumulator in full (cuBLAS beta = 1): 8 * V * H bytes of DRAM traffic per block, the cost of
+    small blocks. Every logit chunk also pays LAUNCH_SECONDS per launch (its GEMMs and kernel). Chunks: the
+    given ones (``chunk_tokens`` alone sets both), else the chunk policy's plan under ``knobs``
+    (max_chunk_bytes, memory_fraction) with FREE_BYTES free. Per policy: benchmarks/cost_model_report.py."""
+    plan = chunk_plan(s, chunk_tokens, grad_tokens, **knobs)
     gb = 2 if s.dtype == "bf16" else 4
-    chunk = chunk_tokens or tc.default_chunk_tokens(s.n, s.v, gb, _Cuda(), s.augmented, free_bytes=FREE_BYTES)
-    chunks = math.ceil(s.n / chunk)
+    chunks = math.ceil(s.n / plan.logit_tokens)
+    blocks = math.ceil(s.n / plan.grad_tokens)
     out = [cublas_gemm(f"logit GEMM x{s.models} (fp32 out)", s.n, s.h, s.v, s.b, 4) for _ in range(s.models)]
     out.append(Kernel("loss + gradient kernel (2 passes)", dram=s.n * s.v * (2 * 4 * s.models + gb),
                       sfu=(3 if s.reverse else 4) * s.n * s.v, fused_epilogue=False))
     out.append(cublas_gemm("dX = G @ W", s.n, s.v, s.h, gb, 4))
-    dw = cublas_gemm("dW += G.T @ X (per chunk)", s.v, s.n, s.h, gb, 4)
-    dw.dram += (chunks - 1) * 2 * 4.0 * s.v * s.h
+    dw = cublas_gemm("dW += G.T @ X (per G block)", s.v, s.n, s.h, gb, 4)
+    dw.dram += (blocks - 1) * 2 * 4.0 * s.v * s.h
     out.append(dw)
     out.append(Kernel("cast dX, dW", dram=(4 + s.b) * (s.n * s.h + s.v * s.h), fused_epilogue=False))
+    out.append(Kernel("launches", launch=chunks * (s.models + 1) + blocks * 2))
     return out
 
 
-class _Cuda:
-    type = "cuda"
+def chunk_plan(s: Shape, chunk_tokens: int | None = None, grad_tokens: int | None = None, **knobs):
+    """The chunked backend's plan for shape ``s``: the chunk policy with FREE_BYTES free, or the given chunks."""
+    from ..kl import chunk_policy as cp
+
+    gb = 2 if s.dtype == "bf16" else 4
+    if chunk_tokens is not None:
+        c = min(s.n, chunk_tokens)
+        g = min(s.n, grad_tokens or c)
+        return cp.ChunkPlan(c, g, None, cp.working_set_bytes(c, g, s.v, gb, s.augmented), True, "given")
+    return cp.plan_chunks(s.n, s.h, s.v, gb, s.augmented, free_bytes=FREE_BYTES, **knobs)
 
 
 # Free GPU memory assumed by the report (an 80 GB card holding a 7B model's training state: ~40 GB free).
@@ -207,30 +227,3 @@ def estimate(kernels: list[Kernel], s: Shape, gpu: GPU, atomic_efficiency: float
              fp32_gemms: bool | None = None) -> float:
     fp32 = s.dtype == "fp32" if fp32_gemms is None else fp32_gemms
     return sum(k.seconds(gpu, fp32, atomic_efficiency) for k in kernels)
-
-
-# ---- what backend="auto" uses --------------------------------------------------------------------------------
-
-# Kept fraction assumed by the policy when choosing between the filtered fused kernel and the chunked path:
-# measured on SmolLM2-135M logits over TOFU answers, reverse KL, 64x128 tiles, threshold 2^-12, sorted
-# vocabulary (benchmarks/results/grad-sparsity.md: 0.64; 0.84 for the forward KL).
-ASSUMED_KEPT_FRACTION = 0.64
-
-
-def choose_cuda_backend(n: int, h: int, v: int, dtype: str, augmented: bool, reverse: bool, free_bytes: int,
-                        grad_filter: bool = True, gpu: str = "H100") -> str:
-    """"chunked" when its working set fits in a quarter of the free memory at a chunk of at least
-    MIN_EFFICIENT_CHUNK tokens (or all of N) and the model says it is faster than the fused kernel with its
-    default (store-g) backward; else the O(N) fused "triton". The GPU measurements (benchmarks/RESULTS.md)
-    put chunked well ahead wherever it fits, so in practice this means "chunked whenever it fits"."""
-    from ..kl import triton_chunked as tc
-
-    s = Shape(n, h, v, dtype, augmented, reverse)
-    g = GPUS[gpu]
-    gb = 2 if dtype == "bf16" else 4
-    chunk = tc.default_chunk_tokens(n, v, gb, _Cuda(), augmented, free_bytes=free_bytes)
-    if chunk < min(n, tc.MIN_EFFICIENT_CHUNK):
-        return "triton"
-    t_chunked = estimate(chunked(s, g, chunk), s, g)
-    t_fused = estimate(fused_v2(s, g, ASSUMED_KEPT_FRACTION if grad_filter else 1.0, store_g=True), s, g)
-    return "chunked" if t_chunked <= t_fused else "triton"

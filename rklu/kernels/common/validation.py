@@ -87,3 +87,37 @@ def check_logit_inputs(student_logits, original_logits, augmented_logits, labels
             raise ValueError(f"{name} is on {t.device} but student_logits is on {device}")
     if labels is not None and tuple(labels.shape) != tuple(student_logits.shape[:-1]):
         raise ValueError(f"labels shape {tuple(labels.shape)} must equal the logits' leading shape {tuple(student_logits.shape[:-1])}")
+
+
+def model_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype a model's lm_head GEMM runs in: the autocast dtype when autocast is on (what lm_head would
+    use), else the wider of its hidden states' and weight's dtypes (as ``tiles.gemm_dtype``)."""
+    if torch.is_autocast_enabled(hidden.device.type):
+        return torch.get_autocast_dtype(hidden.device.type)
+    return torch.promote_types(hidden.dtype, weight.dtype)
+
+
+def mixed_precision_teachers(xs, ws, xo, wo, xa=None, wa=None) -> list[str]:
+    """Teachers whose GEMM dtype is wider than the student's (e.g. fp32 teacher, bf16 student): one-dtype
+    kernels would round them to the student's dtype. Each as "name (dtype)"."""
+    student = model_dtype(xs, ws)
+    wider = []
+    for name, x, w in (("original", xo, wo), ("augmented", xa, wa)):
+        if x is None:
+            continue
+        dtype = model_dtype(x, w)
+        if torch.promote_types(dtype, student) != student:
+            wider.append(f"{name} ({dtype})")
+    return wider
+
+
+def check_no_teacher_rounding(xs, ws, xo, wo, xa=None, wa=None) -> None:
+    """The fused Triton kernel runs every GEMM in one dtype (its tiles share one tl.dot mode): a teacher in a
+    wider dtype than the student would be rounded to the student's. Refuse that before any work."""
+    wider = mixed_precision_teachers(xs, ws, xo, wo, xa, wa)
+    if wider:
+        raise ValueError(
+            f"backend='triton' computes every model in the student's dtype ({model_dtype(xs, ws)}), but the "
+            f"teacher {' and '.join(wider)} {'is' if len(wider) == 1 else 'are'} wider: its logits would be "
+            "rounded. Use backend='chunked' or 'torch' (each model's GEMM in its own dtype), or cast the teacher "
+            "to the student's dtype yourself.")

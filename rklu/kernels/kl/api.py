@@ -7,7 +7,10 @@ import torch
 from ..common import logit_transform as lt
 from ..common import backends
 from ..common.masking import reduce_counted, select_counted, zero_loss
-from ..common.validation import check_alpha, check_direction_reduction, check_finite, check_linear_inputs
+from ..common.validation import (
+    check_alpha, check_direction_reduction, check_finite, check_linear_inputs, mixed_precision_teachers,
+)
+from .chunk_policy import check_chunk_knobs
 
 
 def resolve_backend(backend: str, device: torch.device, problem: dict | None = None) -> str:
@@ -35,6 +38,8 @@ def fused_linear_unlearning_kl(
     original_bias: torch.Tensor | None = None,
     augmented_bias: torch.Tensor | None = None,
     chunk_tokens: int | None = None,
+    max_chunk_bytes: int | None = None,
+    chunk_memory_fraction: float | None = None,
     check_inputs_finite: bool = True,
     grad_filter: bool | None = None,
     student_scale: float = 1.0,
@@ -56,6 +61,17 @@ def fused_linear_unlearning_kl(
     [tokens x vocab] tensor is built. Labels only mask: pass them already shifted for next-token
     prediction (hidden[:, :-1] with labels[:, 1:]). Each model may have its own hidden size.
 
+    Mixed dtypes (a bf16 student with an fp32 teacher): the torch backend computes every model in fp32, the
+    chunked backend each model's GEMM in its own dtype; the fused ``"triton"`` kernel computes all in the
+    student's dtype and so refuses a wider teacher (ValueError naming the dtypes); ``"auto"`` never picks it
+    for one.
+
+    Chunks of the ``"chunked"`` backend (``chunk_policy.py``): by default a memory budget equal to Liger-Kernel
+    FusedLinearJSD's working set for the same shape (at most a quarter of the free GPU memory);
+    ``max_chunk_bytes`` (bytes) or ``chunk_memory_fraction`` (of the free GPU memory) set the budget instead;
+    ``chunk_tokens`` fixes the chunk (the torch backend's only knob). Never below 128 tokens (or N).
+    ``triton_chunked.last_chunk_plan()`` reports what a call used.
+
     ``grad_filter`` (Triton backend): skip backward tiles whose every gradient entry is below
     finfo(dtype).eps / 32 (see ``rklu/kernels/kl/triton_fused/backward.py``); None = on unless the environment sets
     ``RKLU_GRAD_FILTER=0``. The torch and reference backends compute dense gradients and ignore it.
@@ -65,13 +81,18 @@ def fused_linear_unlearning_kl(
     transforms = (lt.logit_transform("student", student_scale, student_softcap),
                   lt.logit_transform("original", original_scale, original_softcap),
                   lt.logit_transform("augmented", augmented_scale, augmented_softcap))
+    check_chunk_knobs(max_chunk_bytes, chunk_memory_fraction, chunk_tokens)
     check_linear_inputs(student_hidden, student_weight, student_bias, original_hidden, original_weight,
                         original_bias, augmented_hidden, augmented_weight, augmented_bias, labels)
+    requested = backend
     backend = resolve_backend(backend, student_hidden.device, problem=dict(
         n=student_hidden[..., 0].numel(), h=max(student_hidden.shape[-1], original_hidden.shape[-1]),
         v=student_weight.shape[0], dtype="fp32" if student_hidden.dtype == torch.float32 else "bf16",
         augmented=augmented_hidden is not None, reverse=direction == "reverse",
         grad_filter=grad_filter is not False))
+    if requested == "auto" and backend == "triton" and mixed_precision_teachers(
+            student_hidden, student_weight, original_hidden, original_weight, augmented_hidden, augmented_weight):
+        backend = "torch"  # the fused kernel would round the wider teacher; torch computes it in fp32
     if check_inputs_finite:
         for name, t in (("student_hidden", student_hidden), ("original_hidden", original_hidden),
                         ("augmented_hidden", augmented_hidden)):
@@ -88,10 +109,12 @@ def fused_linear_unlearning_kl(
     if xs.shape[0] == 0:
         return zero_loss(lead_shape, reduction, student_hidden, student_weight, student_bias)
 
+    # The chunk budget knobs concern the chunked backend alone (the others take chunk_tokens or nothing).
+    budget = dict(max_chunk_bytes=max_chunk_bytes, memory_fraction=chunk_memory_fraction) if backend == "chunked" else {}
     per_token = backends.function("kl", backend)(
         xs, student_weight, student_bias, xo, wo, bo, xa, wa, ba, alpha=float(alpha), direction=direction,
         grad_in_forward=reduction != "none", chunk_tokens=chunk_tokens, grad_filter=grad_filter,
-        transforms=transforms)
+        transforms=transforms, **budget)
     return reduce_counted(per_token, counted, lead_shape, reduction)
 
 

@@ -3,7 +3,8 @@ forward pass, a chunk of tokens at a time -- but the logits are never rounded to
 
 Per chunk of tokens:
   1. three GEMMs with float32 output from the bf16/fp16 inputs (``torch.mm(x, w.T, out_dtype=torch.float32)``
-     on CUDA: tensor cores, fp32 accumulation, fp32 result) for the student, original and augmented logits;
+     on CUDA: tensor cores, fp32 accumulation, fp32 result) for the student, original and augmented logits,
+     each model in its own dtype (an fp32 teacher of a bf16 student is not rounded to bf16);
   2. ONE Triton kernel reads the three fp32 logit tiles (plus biases) once to build the teacher and the
      online log-sum-exps of student and teacher and the KL, then a second time, last block first, to write
      the gradient d loss / d student logits in the input dtype (the blocks read last by the first pass are
@@ -37,17 +38,11 @@ from ..common import logit_transform as lt
 from ..common.compile_spec import CompileSpec
 from ..common.tiles import AUTOTUNE, INTERPRET, gemm_dtype, to_dtype
 from ..common.logit_transform_triton import _transform, _transform_with_grad
+from .chunk_policy import ChunkPlan, plan_chunks
 
 
-# Chunk size. On CUDA: TARGET_CHUNK_TOKENS (the GEMMs chunk x H x V run at full rate, and dW's fp32
-# accumulator is read and written once per chunk: fewer, larger chunks), capped so the working set (3 fp32
-# logit buffers + the gradient, per token (4 * 3 + 2) * V bytes: 1.8 GB at V=32000, 14.7 GB at V=256000)
-# takes at most a quarter of the free GPU memory (the chunk-size sweep: benchmarks/RESULTS.md). On CPU
-# (tests, under TRITON_INTERPRET=1) a 16 MiB budget: several chunks per call.
-TARGET_CHUNK_TOKENS = 4096
-CPU_CHUNK_BYTES = 1 << 24
-# Smallest chunk worth running on CUDA: below it the logit GEMMs (chunk x H x V) lose tensor-core efficiency.
-MIN_EFFICIENT_CHUNK = 512
+# Chunk sizes come from a memory budget (chunk_policy.py): by default no more extra memory than Liger's
+# FusedLinearJSD for the same shape, the gradient buffer sized apart from the logit buffers.
 
 
 @triton.jit
@@ -249,34 +244,33 @@ class _Gemms:
         return acc.addmm_(a.float(), b.float())
 
 
-def default_chunk_tokens(n: int, v: int, grad_bytes: int, device: torch.device, augmented: bool = True,
-                         free_bytes: int | None = None) -> int:
-    """Tokens per chunk: TARGET_CHUNK_TOKENS on CUDA within a quarter of ``free_bytes`` (default: what
-    torch.cuda.mem_get_info reports), a 16 MiB working set on CPU; never more than ``n``."""
-    per_token = working_set_bytes(1, v, grad_bytes, augmented)
-    if device.type == "cuda":
-        if free_bytes is None:
-            free_bytes = torch.cuda.mem_get_info(device)[0]
-        chunk = min(TARGET_CHUNK_TOKENS, free_bytes // 4 // per_token)
-    else:
-        chunk = CPU_CHUNK_BYTES // per_token
-    chunk = max(1, chunk)
-    if chunk >= 256:
-        chunk -= chunk % 256  # whole cuBLAS tiles
-    return int(min(n, chunk))
+def default_chunk_plan(n: int, h: int, v: int, grad_bytes: int, device: torch.device, augmented: bool = True,
+                       free_bytes: int | None = None, **knobs) -> ChunkPlan:
+    """``chunk_policy.plan_chunks`` with the free GPU memory read from the device on CUDA (None elsewhere).
+    ``knobs``: max_chunk_bytes, memory_fraction, chunk_tokens."""
+    if free_bytes is None and device.type == "cuda":
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    return plan_chunks(n, h, v, grad_bytes, augmented, free_bytes=free_bytes, **knobs)
 
 
-def working_set_bytes(chunk: int, v: int, grad_bytes: int, augmented: bool = True) -> int:
-    """Extra memory of one call besides inputs and the fp32 gradient accumulators: the chunk buffers."""
-    return chunk * v * (4 * (3 if augmented else 2) + grad_bytes)
+def default_chunk_tokens(n: int, h: int, v: int, grad_bytes: int, device: torch.device, augmented: bool = True,
+                         free_bytes: int | None = None, **knobs) -> int:
+    """Tokens per logit chunk of ``default_chunk_plan``."""
+    return default_chunk_plan(n, h, v, grad_bytes, device, augmented, free_bytes, **knobs).logit_tokens
 
 
 def unlearning_kl(xs, ws, bs, xo, wo, bo, xa, wa, ba, *, alpha, direction, grad_in_forward, chunk_tokens,
-                  grad_filter, transforms=(lt.IDENTITY,) * 3):
-    """The KL op of backend "chunked" (common/backends.py). Dense gradients: ``grad_filter`` does not apply."""
-    xs, ws, xo, wo, xa, wa = to_dtype(gemm_dtype(xs, ws), xs, ws, xo, wo, xa, wa)
+                  grad_filter, transforms=(lt.IDENTITY,) * 3, max_chunk_bytes=None, memory_fraction=None):
+    """The KL op of backend "chunked" (common/backends.py). Dense gradients: ``grad_filter`` does not apply.
+    Each model's GEMMs run in its own dtype (``gemm_dtype`` of its hidden states and weight): an fp32 teacher
+    of a bf16 student is not rounded. Chunks: ``chunk_policy.plan_chunks`` under the given knobs."""
+    xs, ws = to_dtype(gemm_dtype(xs, ws), xs, ws)
+    xo, wo = to_dtype(gemm_dtype(xo, wo), xo, wo)
+    if xa is not None:
+        xa, wa = to_dtype(gemm_dtype(xa, wa), xa, wa)
+    chunking = dict(chunk_tokens=chunk_tokens, max_chunk_bytes=max_chunk_bytes, memory_fraction=memory_fraction)
     return TritonChunkedUnlearningKL.apply(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_in_forward,
-                                           chunk_tokens, transforms)
+                                           chunking, transforms)
 
 
 class TritonChunkedUnlearningKL(torch.autograd.Function):
@@ -286,14 +280,14 @@ class TritonChunkedUnlearningKL(torch.autograd.Function):
     ``reduction="none"`` backward recomputes each chunk's logits with the per-token weights."""
 
     @staticmethod
-    def forward(ctx, xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_in_forward, chunk_tokens,
+    def forward(ctx, xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_in_forward, chunking=None,
                 transforms=(lt.IDENTITY,) * 3):
         need_grad = any(ctx.needs_input_grad[:3])
         in_forward = grad_in_forward and need_grad
         with torch.no_grad(), torch.autocast(xs.device.type, enabled=False):
-            loss, grads = _run(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, chunk_tokens,
+            loss, grads = _run(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, chunking,
                                row_weights=None, need_grad=in_forward, transforms=transforms)
-        ctx.alpha, ctx.direction, ctx.chunk_tokens, ctx.transforms = alpha, direction, chunk_tokens, transforms
+        ctx.alpha, ctx.direction, ctx.chunking, ctx.transforms = alpha, direction, chunking, transforms
         ctx.grad_in_forward = in_forward
         ctx.dtypes = (xs.dtype, ws.dtype, None if bs is None else bs.dtype)
         if in_forward:
@@ -317,7 +311,7 @@ class TritonChunkedUnlearningKL(torch.autograd.Function):
             xs, ws, bs, xo, wo, bo, xa, wa, ba = ctx.saved_tensors
             with torch.no_grad(), torch.autocast(xs.device.type, enabled=False):
                 _, (dx, dw, db) = _run(xs, ws, bs, xo, wo, bo, xa, wa, ba, ctx.alpha, ctx.direction,
-                                       ctx.chunk_tokens, row_weights=grad_loss.float().contiguous(), need_grad=True,
+                                       ctx.chunking, row_weights=grad_loss.float().contiguous(), need_grad=True,
                                        transforms=ctx.transforms)
         return (dx.to(x_dtype), dw.to(w_dtype), None if db is None else db.to(b_dtype),
                 None, None, None, None, None, None, None, None, None, None, None)
@@ -349,58 +343,75 @@ def _scaled(grad: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torc
     return out
 
 
-_LAST_CHUNK_TOKENS: list = []
+_LAST_PLAN: list = []
+
+
+def last_chunk_plan() -> ChunkPlan | None:
+    """The chunk plan of the most recent chunked call (None before any), for reports."""
+    return _LAST_PLAN[-1] if _LAST_PLAN else None
 
 
 def last_chunk_tokens() -> int | None:
-    """Tokens per chunk of the most recent chunked call (None before any): what ``chunk_tokens`` or
-    ``default_chunk_tokens`` (target, free-memory cap) gave, for reports."""
-    return _LAST_CHUNK_TOKENS[-1] if _LAST_CHUNK_TOKENS else None
+    """Tokens per logit chunk of the most recent chunked call (None before any)."""
+    return _LAST_PLAN[-1].logit_tokens if _LAST_PLAN else None
 
 
-def _run(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, chunk_tokens, row_weights, need_grad,
+def _run(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, chunking, row_weights, need_grad,
          transforms=(lt.IDENTITY,) * 3):
-    """Loss [N] and, when ``need_grad``, fp32 (dX, dW, dB) weighted per token by ``row_weights`` (None: 1)."""
+    """Loss [N] and, when ``need_grad``, fp32 (dX, dW, dB) weighted per token by ``row_weights`` (None: 1).
+    ``chunking``: the knobs of ``chunk_policy.plan_chunks`` (chunk_tokens, max_chunk_bytes, memory_fraction)."""
     device = xs.device
     xs, xo = xs.contiguous(), xo.contiguous()
     xa = None if xa is None else xa.contiguous()
     n, v = xs.shape[0], ws.shape[0]
+    # One GEMM mode per model: each model's logits from its own dtype (a fp32 teacher of a bf16 student is
+    # not rounded), all with fp32 output.
     gemm = _Gemms(device, xs.dtype)
-    wst, wot = gemm.operand(ws).T, gemm.operand(wo).T
-    wat = None if wa is None else gemm.operand(wa).T
+    gemm_o = _Gemms(device, xo.dtype)
+    gemm_a = None if xa is None else _Gemms(device, xa.dtype)
+    wst, wot = gemm.operand(ws).T, gemm_o.operand(wo).T
+    wat = None if wa is None else gemm_a.operand(wa).T
     grad_dtype = xs.dtype if xs.dtype in (torch.bfloat16, torch.float16) else torch.float32
-    chunk = chunk_tokens or default_chunk_tokens(n, v, torch.finfo(grad_dtype).bits // 8, device, xa is not None)
-    _LAST_CHUNK_TOKENS[:] = [chunk]
+    plan = default_chunk_plan(n, xs.shape[1], v, torch.finfo(grad_dtype).bits // 8, device, xa is not None,
+                              **(chunking or {}))
+    _LAST_PLAN[:] = [plan]
+    chunk = plan.logit_tokens
+    # G block: the rows whose gradient is written before one dX GEMM and one dW accumulation (whole logit
+    # chunks, or all N); without a gradient the logit chunks run back to back.
+    block = plan.grad_tokens if need_grad else n
     zs_buf = torch.empty((chunk, v), dtype=torch.float32, device=device)
     zo_buf = torch.empty_like(zs_buf)
     za_buf = None if xa is None else torch.empty_like(zs_buf)
-    g_buf = torch.empty((chunk, v), dtype=grad_dtype, device=device) if need_grad else None
+    g_buf = torch.empty((block, v), dtype=grad_dtype, device=device) if need_grad else None
     ones = torch.ones(chunk, dtype=torch.float32, device=device) if need_grad and row_weights is None else None
     loss = torch.empty(n, dtype=torch.float32, device=device)
     if need_grad:
         dx = torch.empty((n, xs.shape[1]), dtype=torch.float32, device=device)
-        dw = torch.empty(ws.shape, dtype=torch.float32, device=device)  # the first chunk writes it
+        dw = torch.empty(ws.shape, dtype=torch.float32, device=device)  # the first block writes it
         db = None if bs is None else torch.zeros(v, dtype=torch.float32, device=device)
         ws_op = gemm.operand(ws)
-    for start in range(0, n, chunk):
-        end = min(n, start + chunk)
-        m = end - start
-        zs, zo = zs_buf[:m], zo_buf[:m]
-        gemm.mm(xs[start:end], wst, zs)
-        gemm.mm(xo[start:end], wot, zo)
-        za = None
-        if xa is not None:
-            za = za_buf[:m]
-            gemm.mm(xa[start:end], wat, za)
-        g = None if g_buf is None else g_buf[:m]
-        weights = None
+    for block_start in range(0, n, block):
+        block_end = min(n, block_start + block)
+        for start in range(block_start, block_end, chunk):
+            end = min(block_end, start + chunk)
+            m = end - start
+            zs, zo = zs_buf[:m], zo_buf[:m]
+            gemm.mm(xs[start:end], wst, zs)
+            gemm_o.mm(xo[start:end], wot, zo)
+            za = None
+            if xa is not None:
+                za = za_buf[:m]
+                gemm_a.mm(xa[start:end], wat, za)
+            g = None if g_buf is None else g_buf[start - block_start:end - block_start]
+            weights = None
+            if need_grad:
+                weights = ones[:m] if row_weights is None else row_weights[start:end]
+            _run_chunk_kernel(zs, zo, za, bs, bo, ba, weights, g, loss[start:end], alpha, direction == "reverse",
+                              need_grad, transforms)
         if need_grad:
-            weights = ones[:m] if row_weights is None else row_weights[start:end]
-        _run_chunk_kernel(zs, zo, za, bs, bo, ba, weights, g, loss[start:end], alpha, direction == "reverse",
-                          need_grad, transforms)
-        if need_grad:
-            gemm.mm(g, ws_op, dx[start:end])
-            gemm.accumulate(dw, g.T, xs[start:end], first=start == 0)
+            g = g_buf[:block_end - block_start]
+            gemm.mm(g, ws_op, dx[block_start:block_end])
+            gemm.accumulate(dw, g.T, xs[block_start:block_end], first=block_start == 0)
             if db is not None:
                 db += g.sum(0, dtype=torch.float32)
     return loss, ((dx, dw, db) if need_grad else None)

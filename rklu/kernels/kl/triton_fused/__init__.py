@@ -38,6 +38,7 @@ from ...common import logit_transform as lt
 from ...common.tiles import (  # noqa: F401  (re-exported)
     AUTOTUNE, GROUP, IEEE, INTERPRET, NATIVE, UPCAST, _mm, gemm_dtype, gemm_precision, to_dtype,
 )
+from ...common.validation import check_no_teacher_rounding
 from ..triton_chunked import _Gemms
 from .backward import _backward_kernel
 from .configs import (
@@ -166,7 +167,9 @@ def _vocab_order(mean_logit: torch.Tensor) -> torch.Tensor:
 def unlearning_kl(xs, ws, bs, xo, wo, bo, xa, wa, ba, *, alpha, direction, grad_in_forward, chunk_tokens,
                   grad_filter, transforms=(lt.IDENTITY,) * 3):
     """The KL op of backend "triton" (common/backends.py). The backward recomputes the logits whatever the
-    reduction, and there is no chunk of tokens: ``grad_in_forward`` and ``chunk_tokens`` do not apply."""
+    reduction, and there is no chunk of tokens: ``grad_in_forward`` and ``chunk_tokens`` do not apply. All
+    GEMMs run in the student's dtype: a wider teacher is refused, never rounded (``check_no_teacher_rounding``)."""
+    check_no_teacher_rounding(xs, ws, xo, wo, xa, wa)
     xs, ws, xo, wo, xa, wa = to_dtype(gemm_dtype(xs, ws), xs, ws, xo, wo, xa, wa)
     return TritonFusedUnlearningKL.apply(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_filter,
                                          transforms)

@@ -11,17 +11,27 @@ block by few programs; with splits the grid fills the machine and the W tiles of
 row blocks of a group while they sit in L2.
 
 Statistics of a split, per token: the student and teacher maxima m_s, m_t, the normalizers
-d = sum exp(z - m), and r, the mean log-ratio *relative to per-row reference logits* c_s, c_t:
-    reverse: r = E_{p_s}[(z_s - c_s) - (z_t - c_t)]      forward: r = E_{p_t}[(z_t - c_t) - (z_s - c_s)]
-Why a reference: a softmax-invariant common offset (a teacher bias of 1e4) would otherwise make E[z_s - z_t]
-and (m_s - m_t) two numbers of the offset's size whose difference is the small KL (its rounding error would
-grow with the offset). Every difference formed here is of two logits of the same row, in which the offset
-cancels. The reference is the row's logit of the vocabulary entry with the largest mean student logit
-(``reference_logits``: a GEMV in torch, O(N * H); near the row's top logits, so (z - c) is small and
-exact where the probability is), the same constant for every split and for the backward, so the splits combine without
-re-centering and the backward forms the log-ratio with exactly the forward's expression: where p_s is
-one-hot in fp32 (logits ~1e4) the mean is bitwise the argmax's term and the gradient exactly 0, as in
-the materialized reference (a running-max re-centering would round differently and leave ~1e-3 there).
+d = sum exp(z - m), and r, the mean log-ratio under the weighting model (p_s for the reverse KL, p_t for
+the forward KL):
+    reverse: r = E_{p_s}[(z_s - c_s) - (z_t - c_t)]      forward: r = E_{p_t}[(z_t - m_t) - (z_s - m_s)]
+Every difference formed is of two logits of the same row, so a softmax-invariant common offset (a teacher
+bias of 1e4) cancels instead of making E[z_s - z_t] and (m_s - m_t) two numbers of the offset's size whose
+difference is the small KL (reverse: when the student equals the teacher every term is exactly 0; forward:
+the two parts are small and cancel to their rounding).
+Forward KL: relative to the running maxima (earlier terms shift by d * (m_new - m_old) when a maximum moves,
+a difference of two logits of the same row), so where the teacher puts its mass the terms are small: a
+one-hot teacher whose target logit is 1e4 (Cut-Cross-Entropy's forward test as a forward KL) keeps the
+torch backend's accuracy. Relative to a fixed reference instead, E_{p_t}[z_t - c] and (M_t - c) are two
+numbers of size 1e4 whose difference is the small loss, each rounded to its ulp (~1e-3).
+Reverse KL: relative to per-row reference logits c_s, c_t, the row's logits of the vocabulary entry with
+the largest mean student logit (``reference_logits``: a GEMV in torch, O(N * H); near the row's top logits,
+so (z - c) is small where the probability usually is), the same constant for every split and for the
+backward, so the splits combine without re-centering and the backward forms the log-ratio with exactly the
+forward's expression: where p_s is one-hot in fp32 (logits ~1e4) the mean is bitwise the argmax's term and
+the gradient exactly 0, as in the materialized reference (a running-max re-centering would round
+differently and leave ~1e-3 there). The price: a student whose mass sits far above its reference entry
+(a one-hot student at 1e4 on a row whose top entry is not the reference) rounds E[z_s - c_s] and
+(M_s - c_s) at its ulp, like the forward KL would with references (tests/kernels/test_kernel_extreme_logits.py).
 
 With gradient filtering the forward walks the vocabulary through the same permutation as the backward
 (``PERM``, statistics don't depend on the order): a logit then sits at the same place of the same-shaped
@@ -60,8 +70,9 @@ def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM, REF,
     v_end = tl.minimum(V, v_start + SPLIT_V)
     m_s = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     m_t = tl.full((BLOCK_N,), float("-inf"), tl.float32)
-    c_s = tl.load(REF + rows * 2 + 0, mask=row_mask, other=0.0)
-    c_t = tl.load(REF + rows * 2 + 1, mask=row_mask, other=0.0)
+    if REVERSE:
+        c_s = tl.load(REF + rows * 2 + 0, mask=row_mask, other=0.0)
+        c_t = tl.load(REF + rows * 2 + 1, mask=row_mask, other=0.0)
     d_s = tl.zeros((BLOCK_N,), tl.float32)
     d_t = tl.zeros((BLOCK_N,), tl.float32)
     acc = tl.zeros((BLOCK_N,), tl.float32)
@@ -87,11 +98,19 @@ def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM, REF,
         scale_t = tl.exp(m_t - new_m_t)
         # Padding columns go through exp(-inf) = 0: exp of their (zero) logits minus the max could overflow.
         e_t = tl.exp(tl.where(valid, zt - new_m_t[:, None], float("-inf")))
+        if REVERSE:
+            zt = zt - c_t[:, None]
+        else:
+            # Forward KL: acc = sum e_t ((z_t - m_t) - (z_s - m_s)), relative to the running maxima: when a
+            # maximum moves by `shift`, the earlier terms (weight w_prev in the new scale) move by
+            # w_prev * shift (on the first block there are none: shift 0, never inf - inf). The teacher's
+            # part is added now, the student's after its GEMM, with w_prev taken again from d_t and e_t
+            # (no extra vector stays live across the GEMM: this kernel is at its register limit).
+            w_prev = d_t * scale_t
+            shift_t = new_m_t - tl.where(m_t == float("-inf"), new_m_t, m_t)
+            acc = (acc * scale_t - w_prev * shift_t) + tl.sum(e_t * (zt - new_m_t[:, None]), axis=1)
         d_t = d_t * scale_t + tl.sum(e_t, axis=1)
         m_t = new_m_t
-        zt = zt - c_t[:, None]
-        if not REVERSE:
-            acc = acc * scale_t + tl.sum(e_t * zt, axis=1)
         zs = _transform(_logit_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws,
                                     HAS_BS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_s, softcap_s,
                                     inv_softcap_s, HAS_SOFTCAP_S)
@@ -99,11 +118,11 @@ def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM, REF,
         new_m_s = tl.maximum(m_s, tile_m_s)
         scale_s = tl.exp(m_s - new_m_s)
         e_s = tl.exp(tl.where(valid, zs - new_m_s[:, None], float("-inf")))
-        zs = zs - c_s[:, None]
         if REVERSE:
-            acc = acc * scale_s + tl.sum(e_s * (zs - zt), axis=1)
+            acc = acc * scale_s + tl.sum(e_s * ((zs - c_s[:, None]) - zt), axis=1)
         else:
-            acc = acc - tl.sum(e_t * zs, axis=1)
+            shift_s = new_m_s - tl.where(m_s == float("-inf"), new_m_s, m_s)
+            acc = (acc + (d_t - tl.sum(e_t, axis=1)) * shift_s) - tl.sum(e_t * (zs - new_m_s[:, None]), axis=1)
         d_s = d_s * scale_s + tl.sum(e_s, axis=1)
         m_s = new_m_s
     if REVERSE:
@@ -132,13 +151,15 @@ def combine_partials(part: torch.Tensor, ref: torch.Tensor, reverse: bool) -> tu
     w_t = d_t * torch.exp(m_t - big_t)
     sum_s, sum_t = w_s.sum(0), w_t.sum(0)
     c_s, c_t = ref.unbind(-1)
-    # (M - c): differences of two logits of the same row, free of any common offset.
     if reverse:
+        # (M - c): differences of two logits of the same row, free of any common offset.
         mean = (w_s * r).sum(0) / sum_s
         loss = mean - (big_s - c_s) + (big_t - c_t) - torch.log(sum_s) + torch.log(sum_t)
     else:
-        mean = (w_t * r).sum(0) / sum_t
-        loss = mean - (big_t - c_t) + (big_s - c_s) - torch.log(sum_t) + torch.log(sum_s)
+        # A split's r is relative to its own maxima: re-based on the row's (0 in the split holding them),
+        # grouped so that equal models give exactly 0.
+        mean = (w_t * (r + ((big_s - m_s) - (big_t - m_t)))).sum(0) / sum_t
+        loss = mean - torch.log(sum_t) + torch.log(sum_s)
     stats = torch.stack((big_s, torch.log(sum_s), big_t, torch.log(sum_t), mean, c_s, c_t), dim=1)
     return loss, stats
 

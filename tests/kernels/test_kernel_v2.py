@@ -238,8 +238,8 @@ def test_deterministic_chunks_bitwise_and_correct(backend_device, direction, mon
 
 def test_compile_specs_cover_the_launch_matrix():
     """Every launched kernel x dtype x direction x augmented x bias x softcap (x filter x store for the
-    backward) has a spec, and every spec's configs are the autotune list of its kernel, dtype and softcap
-    (register cap included)."""
+    backward) has a spec, and every spec's configs are the autotune list of its kernel, dtype, softcap and
+    (forward) vocabulary order (register cap included)."""
     pytest.importorskip("triton")
     from rklu.kernels.kl.triton_fused.configs import backward_configs, compile_specs, forward_configs
 
@@ -249,7 +249,10 @@ def test_compile_specs_cover_the_launch_matrix():
     for s in specs:
         softcap = s.constexprs["HAS_SOFTCAP_S"]
         assert softcap == ("softcap" in s.variant.split(","))
-        expected = (forward_configs if s.kernel.endswith("forward") else backward_configs)(s.dtype, softcap)
+        if s.kernel.endswith("forward"):
+            expected = forward_configs(s.dtype, softcap, sorted_vocab=s.constexprs["SORTED"])
+        else:
+            expected = backward_configs(s.dtype, softcap)
         assert [c.all_kwargs() for c in s.configs] == [c.all_kwargs() for c in expected]
         assert set(s.constexprs) | {"BLOCK_N", "BLOCK_V", "BLOCK_H", "BLOCK_HG"} >= {
             k for k, t in s.signature.items() if t == "constexpr"}

@@ -66,6 +66,8 @@ if AUTOTUNE:
         for _cap, _sfx in ((False, ""), (True, "_softcap")):
             TUNED_KERNELS[f"forward{_sfx}_{_dt}"] = triton.autotune(
                 forward_configs(_dt, _cap), key=_KEY)(_forward_kernel)
+            TUNED_KERNELS[f"forward_sorted{_sfx}_{_dt}"] = triton.autotune(
+                forward_configs(_dt, _cap, sorted_vocab=True), key=_KEY)(_forward_kernel)
             TUNED_KERNELS[f"backward{_sfx}_{_dt}"] = triton.autotune(
                 backward_configs(_dt, _cap), key=_KEY, reset_to_zero=["DX", "DW", "DB", "COUNTER"])(_backward_kernel)
             TUNED_KERNELS[f"backward_store{_sfx}_{_dt}"] = triton.autotune(
@@ -86,7 +88,7 @@ def _launch(name, kernel, grid_of, dtype_name, *args, **kwargs):
     tuned = TUNED_KERNELS.get(f"{name}{'_softcap' if softcap else ''}_{dtype_name}")
     if tuned is not None:
         return tuned[grid_of](*args, **kwargs)
-    blocks = block_sizes("forward" if name == "forward" else "backward", dtype_name, softcap)
+    blocks = block_sizes(name if name.startswith("forward") else "backward", dtype_name, softcap)
     return kernel[grid_of(blocks)](*args, **kwargs, **blocks)
 
 
@@ -204,7 +206,7 @@ class TritonFusedUnlearningKL(torch.autograd.Function):
         # the log-ratio terms (z - c) stay small and exact (see forward.py).
         ref = reference_logits(xs, ws, bs, xo, wo, bo, xa, wa, ba, float(alpha), mean_logit.argmax(),
                                transforms)
-        _launch("forward", _forward_kernel,
+        _launch("forward" if perm is None else "forward_sorted", _forward_kernel,
                 lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * splits,), dtype_name,
                 *args["tensors"], part, part if perm is None else perm, ref, n, v, *args["sizes"],
                 *args["strides"], float(alpha), *args["transforms"], split_v, splits, REVERSE=reverse,

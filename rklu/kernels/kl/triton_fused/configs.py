@@ -27,6 +27,10 @@ FORWARD_SHAPES = {
     "bf16": [(64, 128, 64, 8, 3), (64, 64, 64, 8, 3)],
     "fp32": [(32, 32, 16, 4, 2)],
 }
+# The sorted forward (the atomic backward's vocabulary order) gathers its columns through PERM: the extra
+# address registers make the bf16 64x128 tile spill on sm_90 with the forward KL's accumulators, so it is
+# launched with the 64x64 tile only (benchmarks/results/gpu-compile.md).
+SORTED_FORWARD_SHAPES = {"bf16": [(64, 64, 64, 8, 3)], "fp32": FORWARD_SHAPES["fp32"]}
 # (BLOCK_N, BLOCK_V, BLOCK_H, BLOCK_HG, num_warps, num_stages): BLOCK_HG is the H step of the gradient
 # GEMMs + atomics. BLOCK_H equals the forward's per dtype: see forward.py (bitwise recompute).
 BACKWARD_SHAPES = {
@@ -44,10 +48,11 @@ BACKWARD_SHAPES = {
 SOFTCAP_MAXNREG = {("forward", "fp32"): 255, ("backward", "fp32"): 255}
 
 
-def forward_configs(dtype_name: str, softcap: bool = False) -> list:
+def forward_configs(dtype_name: str, softcap: bool = False, sorted_vocab: bool = False) -> list:
     maxnreg = SOFTCAP_MAXNREG.get(("forward", dtype_name)) if softcap else None
+    shapes = (SORTED_FORWARD_SHAPES if sorted_vocab else FORWARD_SHAPES)[dtype_name]
     return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh), num_warps=w, num_stages=st, maxnreg=maxnreg)
-            for bn, bv, bh, w, st in FORWARD_SHAPES[dtype_name]]
+            for bn, bv, bh, w, st in shapes]
 
 
 def backward_configs(dtype_name: str, softcap: bool = False) -> list:
@@ -63,12 +68,16 @@ def autotune_configs() -> list:
 
 
 def block_sizes(kernel: str, dtype_name: str, softcap: bool = False) -> dict:
+    """``kernel``: "forward", "forward_sorted" or "backward"."""
     """Fixed tiles: the interpreter steps through blocks in Python, so it gets few, large tiles; on CUDA
     (RKLU_TRITON_AUTOTUNE=0) the first entry of the kernel's autotune list."""
     if INTERPRET:
         blocks = dict(BLOCK_N=32, BLOCK_V=256, BLOCK_H=64, num_warps=4)
-        return blocks if kernel == "forward" else dict(blocks, BLOCK_HG=64)
-    cfg = (forward_configs if kernel == "forward" else backward_configs)(dtype_name, softcap)[0]
+        return blocks if kernel.startswith("forward") else dict(blocks, BLOCK_HG=64)
+    if kernel.startswith("forward"):
+        cfg = forward_configs(dtype_name, softcap, sorted_vocab=kernel == "forward_sorted")[0]
+    else:
+        cfg = backward_configs(dtype_name, softcap)[0]
     blocks = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return blocks if cfg.maxnreg is None else dict(blocks, maxnreg=cfg.maxnreg)
 
@@ -134,7 +143,7 @@ def _variant_specs(forward_kernel, backward_kernel, dt, ptr, flags, variant, tra
     for sort in (True, False):
         specs.append(CompileSpec(
             kernel="unlearning_kl_forward", fn=forward_kernel, signature=sig,
-            constexprs=dict(flags, SORTED=sort), configs=tuple(forward_configs(dt, softcap)), dtype=dt,
+            constexprs=dict(flags, SORTED=sort), configs=tuple(forward_configs(dt, softcap, sort)), dtype=dt,
             variant=variant + (",sorted" if sort else ",unsorted"),
             divisible=(*tensors, "PART", "PERM", "REF", *ints, "SPLIT_V")))
     for filt in (True, False):

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ..kl.reference import DIRECTIONS, REDUCTIONS
+DIRECTIONS = ("reverse", "forward")
+REDUCTIONS = ("mean", "sum", "none")
 
 
 def check_direction_reduction(direction: str, reduction: str) -> None:

@@ -14,9 +14,7 @@ import torch
 
 from ..common import logit_transform as lt
 from ..common.torch_chunks import compute_dtype
-
-DIRECTIONS = ("reverse", "forward")
-REDUCTIONS = ("mean", "sum", "none")
+from ..common.validation import DIRECTIONS, REDUCTIONS  # noqa: F401  (re-exported: the accepted names)
 
 
 def teacher_logits(original_logits: torch.Tensor, augmented_logits: torch.Tensor | None, alpha: float, *,

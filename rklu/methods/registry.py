@@ -23,13 +23,15 @@ DATA_ROLES = ("forget", "retain", "idk")  # the paired batch's sub-batches (idk 
 
 @dataclass(frozen=True)
 class Hyperparameter:
-    """A method's scalar setting. ``name`` is the RunConfig field (and so the ``--name`` flag) and the
-    LossContext attribute the loss reads; ``strict`` makes the bound exclusive."""
+    """A method's scalar setting, declared only here: RunConfig takes it as an option (keyword, YAML key,
+    ``--name`` flag with this default and bound, checked by validate) and the loss reads it with
+    ``ctx.hp(name)``. ``strict`` makes the bound exclusive."""
     name: str
     default: float
     minimum: float = 0.0
     strict: bool = False
     label: str | None = None  # how errors name it, when the field name alone is unclear
+    help: str | None = None   # the flag's help text
 
     def problem(self, value) -> str | None:
         """The error message for ``value``, or None when it is allowed."""
@@ -40,8 +42,9 @@ class Hyperparameter:
         return f"{self.label or self.name} must be {bound}, got {value}"
 
 
-ALPHA = Hyperparameter("alpha", 8.0)  # unlearning-teacher strength in l_o - alpha * relu(l_aug - l_o)
-RETAIN_WEIGHT = Hyperparameter("retain_weight", 1.0, label="retain_weight (lambda)")
+ALPHA = Hyperparameter("alpha", 8.0, help="unlearning-teacher strength in l_o - alpha * relu(l_aug - l_o)")
+RETAIN_WEIGHT = Hyperparameter("retain_weight", 1.0, label="retain_weight (lambda)",
+                               help="lambda, the weight of the +rt/+kl retain term")
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ class Method:
                 metrics = {"forget_loss": loss.detach(), **metrics}
             if self.retain_term is not None:
                 retain, retain_metrics = RETAIN_TERMS[self.retain_term].loss(ctx, batch)
-                loss = loss + ctx.retain_weight * retain
+                loss = loss + ctx.hp("retain_weight") * retain
                 metrics.update(retain_loss=retain.detach(), **retain_metrics)
             return loss, metrics
         finally:

@@ -113,9 +113,9 @@ def _epoch_evaluator(stage, args, overrides):
 
 
 def register(subparsers) -> None:
-    from ..methods.registry import specs
+    from ..methods.registry import aliases, specs
 
-    methods = ", ".join(spec.name for spec in specs())
+    methods = ", ".join([spec.name for spec in specs()] + [f"{alias.name} = {alias.target}" for alias in aliases()])
     for stage in ("finetune", "augment", "unlearn"):
         text = HELP[stage].format(methods=methods)
         parser = subparsers.add_parser(stage, help=text, description=text)

@@ -10,7 +10,7 @@ import pytest
 from method_cases import tiny_paired_batch
 from rklu.cli import build_parser, main
 from rklu.methods import LossContext, get_method, method_names, register, unregister
-from rklu.methods.registry import ALPHA, MethodSpec, hyperparameters, specs
+from rklu.methods.registry import ALPHA, MethodAlias, MethodSpec, hyperparameters, specs
 from rklu.models.tiny import build_tiny_llama
 from rklu.training.config import RunConfig, resolve_config
 from rklu.training.teachers import cache_roles
@@ -29,6 +29,10 @@ EXPECTED_TEACHER_ROLES = {
     "dpo": {"original": ("forget", "idk")}, "dpo+rt": {"original": ("forget", "idk")},
     "dpo+kl": {"original": ("forget", "idk", "retain")},
     "task-arithmetic": {"original": (), "augmented": ()},
+    "simnpo": {}, "simnpo+rt": {}, "simnpo+kl": {"original": ("retain",)},
+    "wga": {}, "wga+rt": {}, "wga+kl": {"original": ("retain",)},
+    "satimp": {}, "satimp+rt": {}, "satimp+kl": {"original": ("retain",)},
+    "gradiff": {},  # = ga+rt
 }
 
 
@@ -37,7 +41,7 @@ def test_builtin_methods_declare_their_teachers_and_data():
     for name, expected in EXPECTED_TEACHER_ROLES.items():
         method = get_method(name)
         assert dict(method.teacher_roles) == expected, name
-        assert method.needs_retain == ("+" in name) and method.needs_idk == name.startswith(("dpo", "idk"))
+        assert method.needs_retain == ("+" in method.name) and method.needs_idk == name.startswith(("dpo", "idk"))
         assert method.trains == (name != "task-arithmetic")
     data = {"forget": "F", "retain": "R", "idk": "I"}
     assert cache_roles(get_method("dpo+kl"), data) == {"original": {"forget": "F", "idk": "I", "retain": "R"}}
@@ -85,6 +89,9 @@ def test_hyperparameters_come_from_config_files_and_flags(tmp_path):
     (MethodSpec("x", lambda ctx, batch: None, teachers={"original": ("retain",)}), "loss reads only"),
     (MethodSpec("x", lambda ctx, batch: None, retain_terms=("rt", "ce")), "unknown retain term"),
     (MethodSpec("x", None), "a method that trains has a loss"),
+    (MethodSpec("gradiff", lambda ctx, batch: None), "already registered"),
+    (MethodAlias("ga", "rklu"), "already registered"),
+    (MethodAlias("x", "ga+ce"), "unknown unlearning method 'ga\\+ce'"),
 ])
 def test_inconsistent_methods_are_refused_at_registration(spec, message):
     before = method_names()

@@ -21,7 +21,7 @@ FORGET_WEIGHT = Hyperparameter("satimp_forget_weight", 0.1, strict=True,
 
 
 def satimp_loss(ctx: LossContext, batch):
-    logp, mask = token_logprobs(ctx.student("forget", batch), batch["forget"]["labels"], ctx.kl_backend)
+    logp, mask = token_logprobs(ctx.student("forget", batch), batch["forget"]["labels"], ctx.logprob_backend)
     p = logp.detach().exp()
     weight = p ** ctx.hp("satimp_beta1") * (1.0 - p) ** ctx.hp("satimp_beta2")
     loss = (weight * logp).sum() / mask.sum().clamp(min=1)  # -(w * NLL) = w * logp; masked tokens have logp 0

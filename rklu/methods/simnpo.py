@@ -25,7 +25,7 @@ FORGET_WEIGHT = Hyperparameter("simnpo_forget_weight", 0.125, strict=True,
 
 def simnpo_loss(ctx: LossContext, batch):
     labels = batch["forget"]["labels"]
-    logp, mask = token_logprobs(ctx.student("forget", batch), labels, ctx.kl_backend)
+    logp, mask = token_logprobs(ctx.student("forget", batch), labels, ctx.logprob_backend)
     mean_nll = -logp.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
     beta = ctx.hp("simnpo_beta")
     loss = -F.logsigmoid(beta * (mean_nll - ctx.hp("simnpo_delta"))).mean() * 2.0 / beta

@@ -18,7 +18,7 @@ BETA = Hyperparameter("wga_beta", 1.0, help="WGA exponent of the detached token 
 
 
 def wga_loss(ctx: LossContext, batch):
-    logp, mask = token_logprobs(ctx.student("forget", batch), batch["forget"]["labels"], ctx.kl_backend)
+    logp, mask = token_logprobs(ctx.student("forget", batch), batch["forget"]["labels"], ctx.logprob_backend)
     weight = logp.detach().exp() ** ctx.hp("wga_beta")
     # -(w * NLL) = w * logp; masked tokens have logp 0
     loss = (weight * logp).sum() / mask.sum().clamp(min=1)

@@ -101,7 +101,7 @@ CASES = [
 def test_loss_and_gradients_match_float64_reference(name, reference, hp, setup):
     model, batch = setup
     student = copy.deepcopy(model)
-    ctx = LossContext(model=student, hyperparameters=hp, kl_backend="torch")
+    ctx = LossContext(model=student, hyperparameters=hp, kl_backend="torch", logprob_backend="torch")
     loss, metrics = get_method(name).loss(ctx, batch)
     loss.backward()
 
@@ -124,7 +124,7 @@ def test_weights_are_detached_and_vanish_on_masked_tokens(setup):
     sub["labels"][0] = -100  # row 0 has no answer tokens
     masked = {**batch, "forget": sub}
     for name in ("simnpo", "wga", "satimp"):
-        loss, _ = get_method(name).loss(LossContext(model=copy.deepcopy(model), kl_backend="torch"), masked)
+        loss, _ = get_method(name).loss(LossContext(model=copy.deepcopy(model), kl_backend="torch", logprob_backend="torch"), masked)
         assert torch.isfinite(loss), name
 
 

@@ -12,7 +12,7 @@ def finished(run_dir: Path, stage: str, overrides: dict, preset: str = "tiny-cpu
     """True when ``run_dir`` holds a completed run of the same resolved configuration."""
     import dataclasses
 
-    from rklu.training.config import RunConfig, resolve_config
+    from rklu.training.config import RunConfig, method_hyperparameters, resolve_config
 
     try:
         status = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
@@ -29,8 +29,9 @@ def finished(run_dir: Path, stage: str, overrides: dict, preset: str = "tiny-cpu
     def rel(value, base):
         return value.replace(base, "<out>", 1) if isinstance(value, str) and value.startswith(base) else value
 
-    # a field added to RunConfig after the run was stored counts as its default
+    # a field or method hyperparameter added after the run was stored counts as its default
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    defaults.update((name, hp.default) for name, hp in method_hyperparameters().items())
     return all(rel(stored.get(k, defaults.get(k)), stored_root) == rel(v, root)
                for k, v in wanted.items() if k not in _VOLATILE)
 

@@ -13,11 +13,11 @@ import importlib
 from . import retain  # noqa: F401  (registers the +rt and +kl retain terms)
 from .common import LossContext
 from .nll import finetune_loss
-from .registry import Method, MethodSpec, get_method, method_names, register, unregister
+from .registry import Method, MethodAlias, MethodSpec, get_method, method_names, register, unregister
 from .task_arithmetic import task_arithmetic
 
 # the registry: each module here defines METHOD, a MethodSpec; this order is the order of METHOD_NAMES
-BUILTIN = ("rklu", "fklu", "ga", "npo", "idk", "dpo", "task_arithmetic")
+BUILTIN = ("rklu", "fklu", "ga", "npo", "idk", "dpo", "task_arithmetic", "simnpo", "wga", "satimp", "gradiff")
 for _module in BUILTIN:
     register(importlib.import_module(f".{_module}", __name__).METHOD)
 
@@ -30,5 +30,5 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Method", "MethodSpec", "LossContext", "get_method", "method_names", "register", "unregister",
+__all__ = ["Method", "MethodAlias", "MethodSpec", "LossContext", "get_method", "method_names", "register", "unregister",
            "METHOD_NAMES", "FINETUNE", "task_arithmetic"]

@@ -2,7 +2,8 @@
 next-token shifting, NLL terms and the fused KL term."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 
@@ -12,19 +13,39 @@ from ..models.heads import HeadOutput, Teacher, student_forward
 IGNORE_INDEX = -100
 
 
-@dataclass
+@dataclass(init=False)
 class LossContext:
-    """What a method's loss may use. Teachers are None when the method does not need them."""
-    model: torch.nn.Module | None = None
-    original: Teacher | None = None
-    augmented: Teacher | None = None
-    alpha: float = 8.0           # unlearning strength in l_t = l_o - alpha * relu(l_aug - l_o)
-    retain_weight: float = 1.0   # lambda in L = L_forget + lambda * L_retain
-    npo_beta: float = 0.1
-    dpo_beta: float = 0.1
-    kl_backend: str = "auto"       # backend of the fused KL
-    logprob_backend: str = "auto"  # backend of the fused label log-prob (training resolves both once per run)
-    cache: dict = field(default_factory=dict)  # per-step memo so a role's student pass runs once
+    """What a method's loss may use. Teachers are None when the method does not need them.
+
+    ``hyperparameters``: the methods' settings by name (the run passes every registered one); a loss reads
+    them with ``ctx.hp("npo_beta")``, a name not given falls back to its registered default. Keywords that
+    are not fields are hyperparameters too: ``LossContext(alpha=4.0)``."""
+    model: torch.nn.Module | None
+    original: Teacher | None
+    augmented: Teacher | None
+    hyperparameters: dict
+    kl_backend: str              # backend of the fused KL
+    logprob_backend: str         # backend of the fused label log-prob (training resolves both once per run)
+    cache: dict                  # per-step memo so a role's student pass runs once
+
+    def __init__(self, model=None, original=None, augmented=None, hyperparameters: Mapping | None = None,
+                 kl_backend: str = "auto", logprob_backend: str = "auto", cache: dict | None = None,
+                 **more_hyperparameters):
+        self.model, self.original, self.augmented, self.kl_backend = model, original, augmented, kl_backend
+        self.logprob_backend = logprob_backend
+        self.hyperparameters = {**(hyperparameters or {}), **more_hyperparameters}
+        self.cache = {} if cache is None else cache
+
+    def hp(self, name: str) -> float:
+        """The value of hyperparameter ``name``: the one given, else its registered default."""
+        if name in self.hyperparameters:
+            return self.hyperparameters[name]
+        from .registry import hyperparameters  # the registry imports this module
+
+        for hp in hyperparameters():
+            if hp.name == name:
+                return hp.default
+        raise KeyError(f"no hyperparameter {name!r} was given and no registered method declares one")
 
     def student(self, role: str, batch) -> HeadOutput:
         key = ("student", role)
@@ -71,6 +92,6 @@ def unlearning_kl(ctx: LossContext, role: str, batch, direction: str, with_augme
     return fused_linear_unlearning_kl(
         hidden, student.weight, original.hidden[:, :-1], original.weight,
         None if augmented is None else augmented.hidden[:, :-1], None if augmented is None else augmented.weight,
-        alpha=ctx.alpha if alpha is None else alpha, direction=direction, labels=labels, reduction="mean",
+        alpha=ctx.hp("alpha") if alpha is None else alpha, direction=direction, labels=labels, reduction="mean",
         backend=ctx.kl_backend, student_bias=student.bias, original_bias=original.bias,
         augmented_bias=None if augmented is None else augmented.bias)

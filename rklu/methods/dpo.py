@@ -18,9 +18,9 @@ def dpo_loss(ctx: LossContext, batch):
         win_ref = sequence_logprob(ctx.original("idk", win), win["labels"], ctx.logprob_backend)
         lose_ref = sequence_logprob(ctx.original("forget", lose), lose["labels"], ctx.logprob_backend)
     margin = (win_logp - win_ref) - (lose_logp - lose_ref)
-    loss = -F.logsigmoid(ctx.dpo_beta * margin).mean()
+    loss = -F.logsigmoid(ctx.hp("dpo_beta") * margin).mean()
     return loss, {"dpo_margin": margin.mean().detach()}
 
 
 METHOD = MethodSpec("dpo", dpo_loss, teachers={"original": ("forget", "idk")}, data=("forget", "idk"),
-                    hyperparameters=(Hyperparameter("dpo_beta", 0.1, strict=True),))
+                    hyperparameters=(Hyperparameter("dpo_beta", 0.1, strict=True, help="DPO beta"),))

@@ -17,9 +17,10 @@ def npo_loss(ctx: LossContext, batch):
     with torch.no_grad():
         ref = sequence_logprob(ctx.original("forget", sub), sub["labels"], ctx.logprob_backend)
     log_ratio = logp - ref
-    loss = -F.logsigmoid(-ctx.npo_beta * log_ratio).mean() * 2.0 / ctx.npo_beta
+    beta = ctx.hp("npo_beta")
+    loss = -F.logsigmoid(-beta * log_ratio).mean() * 2.0 / beta
     return loss, {"forget_log_ratio": log_ratio.mean().detach()}
 
 
 METHOD = MethodSpec("npo", npo_loss, teachers={"original": ("forget",)},
-                    hyperparameters=(Hyperparameter("npo_beta", 0.1, strict=True),))
+                    hyperparameters=(Hyperparameter("npo_beta", 0.1, strict=True, help="NPO beta"),))

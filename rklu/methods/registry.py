@@ -23,13 +23,15 @@ DATA_ROLES = ("forget", "retain", "idk")  # the paired batch's sub-batches (idk 
 
 @dataclass(frozen=True)
 class Hyperparameter:
-    """A method's scalar setting. ``name`` is the RunConfig field (and so the ``--name`` flag) and the
-    LossContext attribute the loss reads; ``strict`` makes the bound exclusive."""
+    """A method's scalar setting, declared only here: RunConfig takes it as an option (keyword, YAML key,
+    ``--name`` flag with this default and bound, checked by validate) and the loss reads it with
+    ``ctx.hp(name)``. ``strict`` makes the bound exclusive."""
     name: str
     default: float
     minimum: float = 0.0
     strict: bool = False
     label: str | None = None  # how errors name it, when the field name alone is unclear
+    help: str | None = None   # the flag's help text
 
     def problem(self, value) -> str | None:
         """The error message for ``value``, or None when it is allowed."""
@@ -40,8 +42,9 @@ class Hyperparameter:
         return f"{self.label or self.name} must be {bound}, got {value}"
 
 
-ALPHA = Hyperparameter("alpha", 8.0)  # unlearning-teacher strength in l_o - alpha * relu(l_aug - l_o)
-RETAIN_WEIGHT = Hyperparameter("retain_weight", 1.0, label="retain_weight (lambda)")
+ALPHA = Hyperparameter("alpha", 8.0, help="unlearning-teacher strength in l_o - alpha * relu(l_aug - l_o)")
+RETAIN_WEIGHT = Hyperparameter("retain_weight", 1.0, label="retain_weight (lambda)",
+                               help="lambda, the weight of the +rt/+kl retain term")
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,14 @@ class MethodSpec:
 
 
 @dataclass(frozen=True)
+class MethodAlias:
+    """Another name for a registered method, e.g. the field's name for one of ours (``gradiff`` is
+    ``ga+rt``): it resolves to that method, so nothing is duplicated."""
+    name: str
+    target: str
+
+
+@dataclass(frozen=True)
 class Method:
     """A method as training runs it: the forget loss, optionally plus ``retain_weight`` times a retain term
     (paper eq. 4). ``teacher_roles``: teacher -> the data roles it is run on (forget loss and retain term
@@ -124,7 +135,7 @@ class Method:
                 metrics = {"forget_loss": loss.detach(), **metrics}
             if self.retain_term is not None:
                 retain, retain_metrics = RETAIN_TERMS[self.retain_term].loss(ctx, batch)
-                loss = loss + ctx.retain_weight * retain
+                loss = loss + ctx.hp("retain_weight") * retain
                 metrics.update(retain_loss=retain.detach(), **retain_metrics)
             return loss, metrics
         finally:
@@ -133,6 +144,7 @@ class Method:
 
 RETAIN_TERMS: dict[str, RetainTerm] = {}
 _METHODS: dict[str, MethodSpec] = {}
+_ALIASES: dict[str, MethodAlias] = {}
 
 
 def register_retain_term(term: RetainTerm) -> RetainTerm:
@@ -140,17 +152,27 @@ def register_retain_term(term: RetainTerm) -> RetainTerm:
     return term
 
 
-def register(spec: MethodSpec) -> MethodSpec:
-    """Add ``spec`` to the registry (checked first); ValueError if its name is taken."""
+def register(spec: MethodSpec | MethodAlias) -> MethodSpec | MethodAlias:
+    """Add ``spec`` (or an alias) to the registry (checked first); ValueError if its name is taken."""
+    if isinstance(spec, MethodAlias):
+        if spec.name in method_names() or spec.name in _METHODS:
+            raise ValueError(f"method {spec.name!r} is already registered")
+        get_method(spec.target)  # ValueError naming the valid ones when the target is unknown
+        _ALIASES[spec.name] = spec
+        return spec
     spec.check()
-    if spec.name in _METHODS:
+    if spec.name in _METHODS or spec.name in _ALIASES:
         raise ValueError(f"method {spec.name!r} is already registered")
     _METHODS[spec.name] = spec
     return spec
 
 
-def unregister(name: str) -> MethodSpec:
-    return _METHODS.pop(name)
+def unregister(name: str) -> MethodSpec | MethodAlias:
+    return _ALIASES.pop(name) if name in _ALIASES else _METHODS.pop(name)
+
+
+def aliases() -> tuple[MethodAlias, ...]:
+    return tuple(_ALIASES.values())
 
 
 def specs() -> tuple[MethodSpec, ...]:
@@ -158,9 +180,9 @@ def specs() -> tuple[MethodSpec, ...]:
 
 
 def method_names() -> tuple[str, ...]:
-    """Every ``--method`` value: each method, then each of its retain combinations."""
-    return tuple(name for spec in _METHODS.values()
-                 for name in (spec.name, *(f"{spec.name}+{term}" for term in spec.retain_terms)))
+    """Every ``--method`` value: each method, then each of its retain combinations; then the aliases."""
+    return (*(name for spec in _METHODS.values()
+              for name in (spec.name, *(f"{spec.name}+{term}" for term in spec.retain_terms))), *_ALIASES)
 
 
 def hyperparameters() -> tuple[Hyperparameter, ...]:
@@ -176,6 +198,8 @@ def get_method(name: str) -> Method:
     """The method for a name in :func:`method_names` (case and surrounding spaces ignored); ValueError
     naming the valid ones otherwise."""
     key = name.strip().lower() if isinstance(name, str) else name
+    if key in _ALIASES:
+        key = _ALIASES[key].target
     if key not in method_names():
         raise ValueError(f"unknown unlearning method {name!r}; expected one of: {', '.join(method_names())}")
     base, _, retain = key.partition("+")

@@ -7,7 +7,7 @@ import torch
 from .registry import Hyperparameter, MethodSpec
 
 DEFAULT_SCALE = 2.5
-SCALE = Hyperparameter("ta_scale", DEFAULT_SCALE)
+SCALE = Hyperparameter("ta_scale", DEFAULT_SCALE, help="task-arithmetic s")
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ import sys
 import typing
 
 from ..kernels.common import backends as kernel_backends
-from .config import FIELD_TYPES, FIELD_NAMES, _base_type, list_presets
+from .config import FIELD_TYPES, FIELD_NAMES, _base_type, list_presets, method_hyperparameters, option_names
 
 HELP = {
     "finetune": "train a model on QA data or a text corpus (the original model, or the retain oracle)",
@@ -48,6 +48,11 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=name, nargs="+", default=None)
         else:
             parser.add_argument(flag, dest=name, default=None, metavar=name.upper())  # coerced by the config
+    # each registered method's hyperparameters, from its spec (read when the parser is built)
+    for hp in method_hyperparameters().values():
+        bound = f"{'>' if hp.strict else '>='} {hp.minimum:g}"
+        parser.add_argument("--" + hp.name.replace("_", "-"), dest=hp.name, default=None, metavar=hp.name.upper(),
+                            help=f"{hp.help or 'method hyperparameter'} (default {hp.default:g}, {bound})")
 
 
 def _method_name(value: str) -> str:
@@ -65,7 +70,7 @@ def _runner(stage):
         from .run_folder import DryRunComplete
         from .trainer import NonFiniteLossError, TrainingInterrupted
 
-        overrides = {name: getattr(args, name) for name in FIELD_NAMES if name != "preset"}
+        overrides = {name: getattr(args, name) for name in option_names() if name != "preset"}
         function = getattr(stages, stage)
         evaluate = _epoch_evaluator(stage, args, overrides) if args.eval_tofu else None
         try:
@@ -108,9 +113,9 @@ def _epoch_evaluator(stage, args, overrides):
 
 
 def register(subparsers) -> None:
-    from ..methods.registry import specs
+    from ..methods.registry import aliases, specs
 
-    methods = ", ".join(spec.name for spec in specs())
+    methods = ", ".join([spec.name for spec in specs()] + [f"{alias.name} = {alias.target}" for alias in aliases()])
     for stage in ("finetune", "augment", "unlearn"):
         text = HELP[stage].format(methods=methods)
         parser = subparsers.add_parser(stage, help=text, description=text)

@@ -3,6 +3,11 @@ YAML files, and keyword/command-line overrides. Resolution order, later wins:
 
     dataclass defaults < preset ``common`` < preset[stage] < config file (flat keys) < config file[stage]
     < overrides (Python keyword arguments or ``--option`` flags)
+
+The methods' hyperparameters (``alpha``, ``npo_beta``, ...) are not fields here: each is declared once, in
+its method's :class:`~rklu.methods.registry.Hyperparameter`, and RunConfig takes every registered one as
+an option (keyword, YAML key, ``--flag``), keeps the values in ``hyperparameters``, reads them as
+attributes (``cfg.alpha``) and records them as top-level keys of the run's config.
 """
 from __future__ import annotations
 
@@ -42,11 +47,7 @@ class RunConfig:
     teacher_cache: str = "none"       # none | memory | disk: precompute teacher hidden states, free teachers
     # --- method ----------------------------------------------------------------------------------
     method: str = "rklu"
-    alpha: float = 8.0                # unlearning-teacher strength (8 TOFU, 4 Harry Potter)
-    retain_weight: float = 1.0        # lambda on the retain term
-    npo_beta: float = 0.1
-    dpo_beta: float = 0.1
-    ta_scale: float = 2.5             # task-arithmetic s
+    hyperparameters: dict = field(default_factory=dict)  # the methods' settings, by name (see the module doc)
     kl_backend: str = "auto"          # fused KL backend: auto | a registered one (rklu/kernels/common/backends.py)
     # --- optimization ----------------------------------------------------------------------------
     epochs: int = 5
@@ -81,8 +82,28 @@ class RunConfig:
     parallel: str = "auto"            # several processes: auto | ddp | fsdp2 (auto: fsdp2 under an accelerate FSDP config)
     preset: str | None = None         # recorded for the run's config file
 
+    def __getattr__(self, name):
+        # only reached for names that are not fields: a registered hyperparameter reads as an attribute
+        hp = None if name.startswith("_") else method_hyperparameters().get(name)
+        if hp is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return self.__dict__.get("hyperparameters", {}).get(name, hp.default)
+
+    def __setattr__(self, name, value):
+        if name not in FIELD_NAMES and name != "hyperparameters" and name in method_hyperparameters():
+            self.hyperparameters[name] = value
+        else:
+            super().__setattr__(name, value)
+
+    def method_hyperparameters(self) -> dict[str, float]:
+        """Every registered hyperparameter's value (the default where none was set): what the loss reads."""
+        return {name: getattr(self, name) for name in method_hyperparameters()}
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The options as flat keys, the hyperparameters among them (as config files write them)."""
+        values = dataclasses.asdict(self)
+        values.pop("hyperparameters")
+        return {**values, **self.hyperparameters, **self.method_hyperparameters()}
 
     def grad_accumulation(self, world_size: int = 1) -> int:
         if not self.effective_batch_size:
@@ -107,8 +128,14 @@ class RunConfig:
         if not self.output_dir:
             raise ValueError(f"{stage}: no output directory given (--output-dir)")
         # every method's hyperparameters, whichever method runs: a preset or file sets them for all stages
+        unknown = sorted(set(self.hyperparameters) - set(method_hyperparameters()))
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(unknown)}: not a hyperparameter of any registered method")
         for hp in registry.hyperparameters():
-            problem = hp.problem(getattr(self, hp.name))
+            value = getattr(self, hp.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{hp.label or hp.name} must be a number, got {value!r}")
+            problem = hp.problem(value)
             if problem:
                 raise ValueError(problem)
         kl_backends = kernel_backends.choices("kl")
@@ -136,7 +163,39 @@ class RunConfig:
 
 
 FIELD_TYPES = typing.get_type_hints(RunConfig)
-FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
+FIELD_NAMES = tuple(f.name for f in fields(RunConfig) if f.name != "hyperparameters")
+_dataclass_init = RunConfig.__init__
+
+
+def _init(self, *args, hyperparameters=None, **options):
+    """The dataclass's __init__, plus every registered hyperparameter as a keyword (``alpha=4.0``)."""
+    hps = dict(hyperparameters or {})
+    registered = method_hyperparameters()
+    for name in [k for k in options if k not in FIELD_NAMES]:
+        if name not in registered:
+            raise TypeError(f"RunConfig got an unexpected option {name!r}")
+        hps[name] = options.pop(name)
+    _dataclass_init(self, *args, hyperparameters=hps, **options)
+
+
+RunConfig.__init__ = _init
+
+
+def method_hyperparameters() -> dict:
+    """name -> Hyperparameter of every registered method and retain term, read when asked, so a method
+    registered later (a plugin, a test) is an option too. A name that is also a RunConfig field is refused."""
+    from ..methods import registry
+
+    hps = {hp.name: hp for hp in registry.hyperparameters()}
+    clash = sorted(set(hps) & {f.name for f in fields(RunConfig)})
+    if clash:
+        raise ValueError(f"hyperparameter name(s) {', '.join(clash)} are RunConfig options already")
+    return hps
+
+
+def option_names() -> tuple[str, ...]:
+    """Every option a config file, a keyword or a flag may set: the fields, then the hyperparameters."""
+    return (*FIELD_NAMES, *method_hyperparameters())
 
 
 def _base_type(tp):
@@ -146,7 +205,9 @@ def _base_type(tp):
 
 def coerce(name: str, value):
     """Convert a YAML/CLI value to the field's type (PyYAML reads '1e-5' as a string, for instance)."""
-    if name not in FIELD_TYPES:
+    if name not in FIELD_NAMES and name in method_hyperparameters():
+        return _number(name, value)  # a method's setting: always a number
+    if name not in FIELD_TYPES or name == "hyperparameters":
         raise ValueError(f"unknown config option {name!r}")
     optional = type(None) in typing.get_args(FIELD_TYPES[name])
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
@@ -171,6 +232,15 @@ def coerce(name: str, value):
         return str(value)
     except (TypeError, ValueError):
         raise ValueError(f"config option {name}: cannot read {value!r} as {getattr(tp, '__name__', tp)}") from None
+
+
+def _number(name: str, value) -> float:
+    try:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"config option {name}: cannot read {value!r} as a number") from None
 
 
 def presets_dir() -> Path:
@@ -198,7 +268,7 @@ def _stage_layers(data: dict, stage: str, source: str) -> list[dict]:
     for layer in layers:
         if not isinstance(layer, dict):
             raise ValueError(f"{source}: sections must be mappings")
-        unknown = sorted(set(layer) - set(FIELD_NAMES))
+        unknown = sorted(set(layer) - set(option_names()))
         if unknown:
             raise ValueError(f"{source}: unknown option(s) {', '.join(unknown)}")
     return layers

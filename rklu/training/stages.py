@@ -267,8 +267,7 @@ def unlearn(config=None, *, preset: str | None = None, config_file=None, evaluat
     dataset = PairedDataset(forget, retain, idk, main_role="forget", seed=cfg.seed)
 
     model = _load_student(cfg, tokenizer)
-    ctx = LossContext(alpha=cfg.alpha, retain_weight=cfg.retain_weight, npo_beta=cfg.npo_beta,
-                      dpo_beta=cfg.dpo_beta, kl_backend=cfg.kl_backend)
+    ctx = LossContext(hyperparameters=cfg.method_hyperparameters(), kl_backend=cfg.kl_backend)
     if cfg.lora:
         model = _lora(cfg, model)
     teacher_models = load_teachers(cfg, method, model, ctx)

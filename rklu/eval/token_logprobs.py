@@ -24,23 +24,28 @@ IGNORE_INDEX = -100
 CHUNK_TOKENS = 512  # logits of at most this many tokens exist at a time: 512 x 32k x 4 B = 64 MiB
 
 
-def _chunked_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, chunk: int):
+def _chunked_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, chunk: int,
+                    scale: float = 1.0, softcap: float | None = None):
     # fp32 logits: the softmax statistics of a bf16 model are not rounded to bf16 first (the fp32 copy of the
-    # head is made once, not per chunk)
+    # head is made once, not per chunk); the model's logit scale/softcap applied in fp32, as in the kernels
+    from rklu.models.logit_transforms import LogitTransform
+
+    transform = LogitTransform(scale, softcap)
     w = weight.float()
     b = None if bias is None else bias.float()
     for start in range(0, hidden.shape[0], chunk):
         logits = hidden[start:start + chunk].float() @ w.t()
         if b is not None:
             logits = logits + b
-        yield start, logits
+        yield start, transform.apply(logits)
 
 
 def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
                    bias: torch.Tensor | None = None, ignore_index: int = IGNORE_INDEX,
-                   chunk_size: int = CHUNK_TOKENS) -> torch.Tensor:
-    """``log softmax(hidden @ weight.T + bias)[label]`` per token, fp32, shape ``labels.shape``; 0 where
-    ``labels == ignore_index``. ``hidden``: [..., H] aligned with ``labels`` [...] (already shifted)."""
+                   chunk_size: int = CHUNK_TOKENS, scale: float = 1.0, softcap: float | None = None) -> torch.Tensor:
+    """``log softmax(softcap * tanh(scale * (hidden @ weight.T + bias) / softcap))[label]`` per token, fp32,
+    shape ``labels.shape``; 0 where ``labels == ignore_index``. ``hidden``: [..., H] aligned with ``labels``
+    [...] (already shifted)."""
     if hidden.shape[:-1] != labels.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)} and labels {tuple(labels.shape)} do not align")
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
@@ -48,20 +53,22 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Ten
     from rklu.kernels import fused_linear_token_logprob
 
     # the fused op never builds [tokens x vocab]; on CPU its torch backend walks ``chunk_size`` tokens at a time
+    from rklu.models.logit_transforms import LogitTransform
+
     out = fused_linear_token_logprob(hidden, weight, labels, bias=bias, ignore_index=ignore_index,
-                                     chunk_tokens=chunk_size)
+                                     chunk_tokens=chunk_size, **LogitTransform(scale, softcap).kernel_kwargs())
     return out.float().reshape(labels.shape)
 
 
 def token_vocab_stats(hidden: torch.Tensor, weight: torch.Tensor, *, bias: torch.Tensor | None = None,
-                      chunk_size: int = CHUNK_TOKENS) -> dict:
+                      chunk_size: int = CHUNK_TOKENS, scale: float = 1.0, softcap: float | None = None) -> dict:
     """Per token of ``hidden`` [N, H]: ``argmax`` (greedy prediction), ``mu = E_p[log p]`` and
     ``var = E_p[(log p - mu)^2]`` over the vocabulary (Min-K%++'s normalizers), fp32."""
     n = hidden.shape[0]
     argmax = torch.empty(n, dtype=torch.long, device=hidden.device)
     mu = torch.empty(n, dtype=torch.float32, device=hidden.device)
     var = torch.empty(n, dtype=torch.float32, device=hidden.device)
-    for start, logits in _chunked_logits(hidden, weight, bias, chunk_size):
+    for start, logits in _chunked_logits(hidden, weight, bias, chunk_size, scale, softcap):
         stop = start + logits.shape[0]
         logp = torch.log_softmax(logits, dim=1)
         p = logp.exp()
@@ -73,14 +80,6 @@ def token_vocab_stats(hidden: torch.Tensor, weight: torch.Tensor, *, bias: torch
     return {"argmax": argmax, "mu": mu, "var": var}
 
 
-def _check_head_only(model) -> None:
-    config = getattr(model, "config", None)
-    for name in ("final_logit_softcapping", "logit_scale"):
-        if getattr(config, name, None) not in (None, 1, 1.0):
-            raise ValueError(f"model config sets {name}: logits are not hidden @ lm_head.T, which the token "
-                             "statistics assume")
-
-
 def answer_token_stats(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *, batch_size: int = 16,
                        max_length: int = 200, vocab_stats: bool = True, progress: bool = False,
                        desc: str = "token stats") -> list[dict]:
@@ -89,17 +88,17 @@ def answer_token_stats(model, tokenizer, prompts: Sequence[str], answers: Sequen
     from tqdm.auto import tqdm
 
     from rklu.eval.scoring import encode_qa, ensure_pad_token, model_device
-    from rklu.models.heads import final_hidden_states, output_head, unwrap
+    from rklu.models.heads import final_hidden_states, head_output
 
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
     ensure_pad_token(tokenizer)
-    _check_head_only(unwrap(model))
     encoded = [encode_qa(tokenizer, p, a, max_length) for p, a in zip(prompts, answers)]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     out: list[dict] = [{} for _ in encoded]
     device = model_device(model)
-    weight, bias = output_head(model)
+    head = head_output(model, None)
+    weight, bias, transform = head.weight, head.bias, {"scale": head.scale, "softcap": head.softcap}
     was_training = model.training
     model.eval()
     try:
@@ -122,8 +121,8 @@ def answer_token_stats(model, tokenizer, prompts: Sequence[str], answers: Sequen
                 rows, cols = (shifted != IGNORE_INDEX).nonzero(as_tuple=True)
                 h = hidden[:, :-1][rows, cols]          # [M, H]: only the scored positions
                 y = shifted[rows, cols]
-                logprob = token_logprobs(h, weight, y, bias=bias).cpu().numpy()
-                stats = token_vocab_stats(h, weight, bias=bias) if vocab_stats else None
+                logprob = token_logprobs(h, weight, y, bias=bias, **transform).cpu().numpy()
+                stats = token_vocab_stats(h, weight, bias=bias, **transform) if vocab_stats else None
             rows_np = rows.cpu().numpy()
             y_np = y.cpu().numpy()
             host = {k: v.cpu().numpy() for k, v in stats.items()} if stats else {}

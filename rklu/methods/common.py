@@ -61,10 +61,11 @@ def shift(out: HeadOutput, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 def token_logprobs(out: HeadOutput, labels: torch.Tensor, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """(log p of each target token [B, T-1] (0 where masked), mask [B, T-1]), through the fused linear
-    log-prob: hidden states + lm_head in, float32 logits computed tile by tile, no [tokens x vocab] tensor."""
+    log-prob: hidden states + lm_head (with the model's logit scale/softcap) in, float32 logits computed tile
+    by tile, no [tokens x vocab] tensor."""
     hidden, targets = shift(out, labels)
     logp = fused_linear_token_logprob(hidden, out.weight, targets, bias=out.bias, ignore_index=IGNORE_INDEX,
-                                      backend=backend)
+                                      backend=backend, **out.kernel_kwargs())
     return logp, targets != IGNORE_INDEX
 
 
@@ -94,4 +95,6 @@ def unlearning_kl(ctx: LossContext, role: str, batch, direction: str, with_augme
         None if augmented is None else augmented.hidden[:, :-1], None if augmented is None else augmented.weight,
         alpha=ctx.hp("alpha") if alpha is None else alpha, direction=direction, labels=labels, reduction="mean",
         backend=ctx.kl_backend, student_bias=student.bias, original_bias=original.bias,
-        augmented_bias=None if augmented is None else augmented.bias)
+        augmented_bias=None if augmented is None else augmented.bias,
+        **student.kernel_kwargs("student_"), **original.kernel_kwargs("original_"),
+        **({} if augmented is None else augmented.kernel_kwargs("augmented_")))

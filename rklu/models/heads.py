@@ -2,8 +2,9 @@
 
 The fused KL kernel takes ``hidden @ lm_head.T`` itself in chunks, so no [tokens x vocab] tensor is built.
 We run the model's base transformer (``getattr(model, model.base_model_prefix)``, e.g. ``model.model``
-for Llama) and take ``get_output_embeddings()`` for the head. Also: the teachers used by the methods —
-a separate frozen model, or the student's own base with LoRA adapters disabled / switched.
+for Llama) and take ``get_output_embeddings()`` for the head, with the scale and softcap the family applies
+after it (:mod:`rklu.models.logit_transforms`). Also: the teachers used by the methods — a separate frozen
+model, or the student's own base with LoRA adapters disabled / switched.
 
 Several processes: under DDP the student's pass goes through the wrapper's forward (its gradient
 all-reduce is armed there); under FSDP2 the whole loss runs in :func:`managed_call`, a forward of the
@@ -15,6 +16,8 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+
+from .logit_transforms import LogitTransform, logit_transform
 
 # Name of the forward method registered on an FSDP2 root (rklu.training.distributed.shard_fsdp2)
 MANAGED_METHOD = "rklu_managed_forward"
@@ -49,6 +52,17 @@ def output_head(model) -> tuple[torch.Tensor, torch.Tensor | None]:
     return head.weight, getattr(head, "bias", None)
 
 
+def head_transform(model) -> LogitTransform:
+    """The scale/softcap ``model`` applies to its lm_head's output (memoized on the model: it depends on
+    the class and config only)."""
+    inner = unwrap(model)
+    cached = inner.__dict__.get("_rklu_logit_transform")
+    if cached is None:
+        cached = logit_transform(inner)
+        inner.__dict__["_rklu_logit_transform"] = cached
+    return cached
+
+
 def is_distributed_wrapper(model) -> bool:
     return isinstance(model, torch.nn.Module) and hasattr(model, "module") and not hasattr(model, "base_model_prefix")
 
@@ -63,25 +77,63 @@ def final_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Te
                     output_hidden_states=True, logits_to_keep=1)
         return out.hidden_states[-1]
     inner = unwrap(model)
-    base = getattr(inner, inner.base_model_prefix)
-    out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    return out.last_hidden_state
+    out = base_transformer(inner)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    hidden = getattr(out, "last_hidden_state", None)
+    if hidden is None:
+        raise ValueError(f"{type(inner).__name__}: its base transformer returned no last_hidden_state; "
+                         "rklu needs the final hidden states the lm_head is applied to")
+    return hidden
+
+
+def base_transformer(inner) -> torch.nn.Module:
+    """The module whose ``last_hidden_state`` the lm_head reads: ``getattr(model, base_model_prefix)``, or
+    ``model.model`` where the prefix names no attribute (Llama4ForCausalLM's prefix is ``language_model``,
+    its decoder ``.model``)."""
+    prefix = getattr(inner, "base_model_prefix", "")
+    for name in (prefix, "model"):
+        base = getattr(inner, name, None) if name else None
+        if isinstance(base, torch.nn.Module) and base is not inner:
+            return base
+    raise ValueError(f"{type(inner).__name__} is not supported: neither .{prefix or '<base_model_prefix>'} nor .model "
+                     "is its base transformer, so its final hidden states cannot be computed without the logits")
 
 
 @dataclass
 class HeadOutput:
+    """Final hidden states and the head that turns them into the model's logits:
+    ``softcap * tanh(scale * (hidden @ weight.T + bias) / softcap)`` (softcap None: no cap)."""
     hidden: torch.Tensor            # [B, T, H]
     weight: torch.Tensor            # [V, H]
     bias: torch.Tensor | None
+    scale: float = 1.0
+    softcap: float | None = None
+
+    @property
+    def transform(self) -> LogitTransform:
+        return LogitTransform(self.scale, self.softcap)
 
     def logits(self) -> torch.Tensor:
-        """Materialized logits — only for NLL-type losses and tests, never for the KL losses."""
-        return torch.nn.functional.linear(self.hidden, self.weight, self.bias)
+        """Materialized logits — only for NLL-type losses and tests, never for the KL losses. With a scale
+        or softcap they are float32 (the transform is applied in float32, as in the kernels)."""
+        logits = torch.nn.functional.linear(self.hidden, self.weight, self.bias)
+        return logits if self.transform.is_identity else self.transform.apply(logits)
+
+    def kernel_kwargs(self, prefix: str = "") -> dict:
+        """The ``{prefix}scale`` / ``{prefix}softcap`` arguments of the fused ops (empty for a plain head)."""
+        return self.transform.kernel_kwargs(prefix)
+
+
+def head_output(model, hidden: torch.Tensor, detach: bool = False) -> HeadOutput:
+    """``hidden`` with ``model``'s lm_head weight, bias, scale and softcap."""
+    weight, bias = output_head(model)
+    if detach:
+        weight, bias = weight.detach(), None if bias is None else bias.detach()
+    transform = head_transform(model)
+    return HeadOutput(hidden, weight, bias, transform.scale, transform.softcap)
 
 
 def student_forward(model, batch) -> HeadOutput:
-    weight, bias = output_head(model)
-    return HeadOutput(final_hidden_states(model, batch["input_ids"], batch.get("attention_mask")), weight, bias)
+    return head_output(model, final_hidden_states(model, batch["input_ids"], batch.get("attention_mask")))
 
 
 class Teacher:
@@ -105,8 +157,7 @@ class ModelTeacher(Teacher):
         # under FSDP2 the teacher's blocks are sharded and its lm_head replicated (shard_fsdp2(frozen=True)),
         # so the head read after its managed forward is whole
         hidden = managed_call(self.model, final_hidden_states, self.model, batch["input_ids"], batch.get("attention_mask"))
-        weight, bias = output_head(self.model)
-        return HeadOutput(hidden, weight, bias)
+        return head_output(self.model, hidden)
 
 
 @contextlib.contextmanager
@@ -142,6 +193,5 @@ class AdapterTeacher(Teacher):
                 hidden = final_hidden_states(self.model, batch["input_ids"], batch.get("attention_mask"))
         finally:
             self.model.train(was_training)
-        weight, bias = output_head(self.model)
         # the lm_head is not LoRA-targeted by default: the same weight serves every adapter state
-        return HeadOutput(hidden, weight.detach(), None if bias is None else bias.detach())
+        return head_output(self.model, hidden, detach=True)

@@ -17,6 +17,7 @@ import torch
 
 from ..io import atomic_torch_save, atomic_write_json
 from .heads import HeadOutput, Teacher
+from .logit_transforms import LogitTransform
 
 
 def tensor_bytes(tensors) -> int:
@@ -30,8 +31,9 @@ def model_bytes(model) -> int:
 class CachedTeacher(Teacher):
     """Serves a teacher's hidden states from the cache; holds only the lm_head weight (and bias)."""
 
-    def __init__(self, rows: dict[str, list[torch.Tensor]], weight: torch.Tensor, bias: torch.Tensor | None):
-        self.rows, self.weight, self.bias = rows, weight, bias
+    def __init__(self, rows: dict[str, list[torch.Tensor]], weight: torch.Tensor, bias: torch.Tensor | None,
+                 transform: LogitTransform = LogitTransform()):
+        self.rows, self.weight, self.bias, self.transform = rows, weight, bias, transform
 
     def __call__(self, role, batch):
         if role not in self.rows:
@@ -48,7 +50,7 @@ class CachedTeacher(Teacher):
             if lengths is not None and int(lengths[row]) != n:
                 raise ValueError(f"teacher cache row {role}[{example}] has {n} tokens, batch has {int(lengths[row])}")
             hidden[row, :n] = cached.to(input_ids.device)
-        return HeadOutput(hidden, self.weight, self.bias)
+        return HeadOutput(hidden, self.weight, self.bias, self.transform.scale, self.transform.softcap)
 
     def nbytes(self) -> int:
         return tensor_bytes([t for rows in self.rows.values() for t in rows]) + tensor_bytes([self.weight, self.bias])
@@ -137,7 +139,7 @@ def build_cached_teacher(teacher: Teacher, head_model, role_datasets: dict, coll
     resumed run does not recompute it), anything else is rebuilt. ``write=False`` with disk storage
     (ranks other than 0): map the entries another process wrote, checked against this rank's own
     fingerprint. Every row is checked for NaN/inf. ``report``: where reuse/rebuild messages go."""
-    from .heads import output_head
+    from .heads import head_transform, output_head
     from .teacher_checks import weights_digest
 
     if storage not in ("memory", "disk"):
@@ -146,6 +148,7 @@ def build_cached_teacher(teacher: Teacher, head_model, role_datasets: dict, coll
         raise ValueError("teacher cache on disk needs a cache_dir")
     report = report or (lambda message: print(message, file=sys.stderr))
     weight, bias = output_head(head_model)
+    transform = head_transform(head_model)
     weight = weight.detach().clone()
     bias = None if bias is None else bias.detach().clone()
     weights = weights_digest(head_model)[0] if storage == "disk" else None
@@ -170,4 +173,4 @@ def build_cached_teacher(teacher: Teacher, head_model, role_datasets: dict, coll
             report(f"teacher cache: reusing {path} (complete, same fingerprint)")
         rows[role] = torch.load(path, mmap=True, weights_only=True)
         check_finite_rows(rows[role], f"{where} ({path})")
-    return CachedTeacher(rows, weight, bias)
+    return CachedTeacher(rows, weight, bias, transform)

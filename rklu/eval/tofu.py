@@ -156,6 +156,10 @@ def evaluate_tofu(model, tokenizer, prompt_format, forget_split: str, out_dir, *
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be >= 1, got {max_samples}")
     limit = min(x for x in (ds_size, max_samples, 10 ** 12) if x is not None)
+    if privacy:  # its token statistics read the head path: refuse a model it misreads before any log is written
+        from rklu.models.head_check import check_head_path
+
+        check_head_path(model, f"evaluated ({getattr(getattr(model, 'config', None), '_name_or_path', '') or 'model'})")
     out_dir = Path(out_dir)
     sets = []
     for config, filename, base_key, normalize in eval_sets(forget_split):

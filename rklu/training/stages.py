@@ -27,6 +27,7 @@ from ..data.tofu import FORGET_SPLITS, idk_answers
 from ..kernels.common.backends import resolve_for_run
 from ..methods import FINETUNE, LossContext, get_method, task_arithmetic
 from ..models import loading
+from ..models.head_check import check_models
 from ..models.heads import output_head
 from . import distributed, run_lock
 from .config import RunConfig, resolve_config
@@ -210,6 +211,7 @@ def _fit(stage, cfg, spec, evaluate, resume, merge_lora):
         model = _load_student(cfg, tokenizer)
     fmt = _prompt_format(cfg, tokenizer)
     data = _tokenize(raw, tokenizer, fmt, cfg, f"{stage} data")
+    check_models({f"student ({cfg.model})": model})  # the NLL reads the head path, not .logits
     mode = _parallel_mode(cfg, evaluate)
     run_dir = check_run_dir(cfg, resume)
     if cfg.lora:
@@ -272,6 +274,10 @@ def unlearn(config=None, *, preset: str | None = None, config_file=None, evaluat
         model = _lora(cfg, model)
     teacher_models = load_teachers(cfg, method, model, ctx)
     check_teachers(cfg, method, model, tokenizer, teacher_models)
+    # the losses read every model through its head path: one short forward each proves it gives .logits
+    paths = {"original": cfg.original or cfg.model, "augmented": cfg.augmented}
+    check_models({f"student ({cfg.model})": model,
+                  **{f"{name} ({paths.get(name, name)})": teacher for name, teacher in teacher_models.items()}})
     device = _device()
     # One backend per fused op for the whole run ("auto" decided once, for the largest call), recorded in run.json.
     head = output_head(model)[0]

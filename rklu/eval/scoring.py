@@ -95,6 +95,13 @@ def sequence_losses(model, tokenizer, prompts: Sequence[str], answers: Sequence[
     return losses, counts
 
 
+def stop_token_ids(model, tokenizer) -> int | list[int] | None:
+    """The ids generation stops at: the model's generation config's, else the tokenizer's EOS."""
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    return eos if eos is not None and eos != [] else tokenizer.eos_token_id
+
+
 def generate_greedy(model, tokenizer, prompts: Sequence[str], *, batch_size: int = TOFU_BATCH_SIZE,
                     max_new_tokens: int | None = None, max_length: int = TOFU_MAX_LENGTH, progress: bool = False,
                     desc: str = "generate", sort_by_length: bool = False, add_special_tokens: bool = True) -> list[str]:
@@ -106,11 +113,16 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], *, batch_size: int
     batches of ``batch_size`` = 30), which reproduces TOFU's logs; ``sort_by_length=True`` batches prompts
     of similar length together (less padding: faster, and a larger budget for short prompts, so
     non-stopping generations can differ from TOFU's).
+
+    Generation stops at the model's ``generation_config.eos_token_id`` (a list of stop ids for Llama-3 or
+    Qwen2.5-Instruct), as TOFU's ``run_generation`` stops (it passes no ``eos_token_id`` to ``generate``);
+    the tokenizer's EOS only when the generation config has none.
     """
     import torch
     from tqdm.auto import tqdm
 
     ensure_pad_token(tokenizer)
+    eos_token_id = stop_token_ids(model, tokenizer)
     order = list(range(len(prompts)))
     if sort_by_length:
         order.sort(key=lambda i: len(prompts[i]))
@@ -130,7 +142,7 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], *, batch_size: int
             budget = max_new_tokens if max_new_tokens is not None else max(1, max_length - width)
             with torch.no_grad():
                 out = model.generate(**batch, do_sample=False, num_beams=1, max_new_tokens=budget,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_token_id)
             texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
             for row, i in enumerate(idx):
                 outputs[i] = texts[row]

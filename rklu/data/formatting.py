@@ -92,10 +92,55 @@ def get_prompt_format(name: str, tokenizer=None) -> PromptFormat:
         return ChatPromptFormat(CHAT, add_special_tokens=False, tokenizer=tokenizer)
     if name in PROMPT_FORMATS:
         return PROMPT_FORMATS[name]
+    return guess_prompt_format(name)
+
+
+# model_type -> format, for a model folder whose name says nothing (e.g. runs/original/model)
+MODEL_TYPE_FORMATS = {"phi": "phi", "phi3": "phi", "phimoe": "phi", "llama": "llama2"}
+
+
+def _from_name(name: str) -> PromptFormat | None:
     lowered = name.lower()
     if "phi" in lowered:
         return PROMPT_FORMATS["phi"]
     if "llama" in lowered:
         return PROMPT_FORMATS["llama2"]
-    raise ValueError(f"unknown prompt format {name!r}; expected one of {sorted([*PROMPT_FORMATS, CHAT])} "
-                     "or a model name containing 'llama'/'phi'")
+    return None
+
+
+def _last_component(path: str) -> str:
+    return str(path).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+def _local_config(model: str):
+    from pathlib import Path
+
+    if not Path(model).is_dir() or not (Path(model) / "config.json").is_file():
+        return None  # a hub id or an adapter folder: no hub access just to guess a prompt format
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(model)
+    except (OSError, ValueError):
+        return None
+
+
+def guess_prompt_format(model: str, config=None) -> PromptFormat:
+    """The prompt format of a model, guessed from the last component of its name or path, then from its
+    config (the last component of ``_name_or_path``, then ``model_type``; the config is read from a local
+    model folder when not given). Only the last path component is a name: the folders above it say nothing
+    about the model ("/home/sophia/models/llama2-7b" is llama2)."""
+    names = [_last_component(model)]
+    config = config if config is not None else _local_config(model)
+    if config is not None:
+        names.append(_last_component(getattr(config, "_name_or_path", "") or ""))
+    for candidate in names:
+        fmt = _from_name(candidate)
+        if fmt is not None:
+            return fmt
+    model_type = getattr(config, "model_type", None) if config is not None else None
+    if model_type in MODEL_TYPE_FORMATS:
+        return PROMPT_FORMATS[MODEL_TYPE_FORMATS[model_type]]
+    raise ValueError(f"unknown prompt format {model!r}; expected one of {sorted([*PROMPT_FORMATS, CHAT])} "
+                     "or a model whose name (last path component) contains 'llama'/'phi' or whose config's "
+                     f"model_type is one of {sorted(MODEL_TYPE_FORMATS)}")

@@ -30,10 +30,11 @@ def load_model(path: str, device: str = "auto", dtype: str = "auto"):
     return model.to(device).eval(), loading.load_tokenizer(path)
 
 
-def _prompt_format(name: str | None, model_path: str, tokenizer=None):
-    from rklu.data.formatting import get_prompt_format
+def _prompt_format(name: str | None, model_path: str, tokenizer=None, config=None):
+    """``--prompt-format``, or guessed from the model's name (last path component) and config."""
+    from rklu.data.formatting import get_prompt_format, guess_prompt_format
 
-    return get_prompt_format(name if name else model_path, tokenizer)
+    return get_prompt_format(name, tokenizer) if name else guess_prompt_format(model_path, config)
 
 
 def _add_model_args(p: argparse.ArgumentParser):
@@ -59,7 +60,7 @@ def cmd_tofu(args) -> int:
     if args.retain_eval_dir and not Path(args.retain_eval_dir).exists():
         raise FileNotFoundError(f"retain eval dir not found: {args.retain_eval_dir}")
     model, tokenizer = load_model(args.model, args.device, args.dtype)
-    evaluate_tofu(model, tokenizer, _prompt_format(args.prompt_format, args.model, tokenizer), args.forget_split,
+    evaluate_tofu(model, tokenizer, _prompt_format(args.prompt_format, args.model, tokenizer, model.config), args.forget_split,
                   out_dir, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, max_samples=args.max_samples,
                   source=args.source, ds_size=args.ds_size or None, sort_by_length=args.sort_by_length,
                   privacy=not args.no_privacy)
@@ -117,7 +118,7 @@ def cmd_case_study(args) -> int:
     items = load_items(args.questions, forget_split=args.forget_split, indices=args.indices, source=args.source,
                        blanks=args.blank)
     models = {name: load_model(path, args.device, args.dtype) for name, path in specs}
-    fmt = _prompt_format(args.prompt_format, specs[0][1], models[specs[0][0]][1])
+    fmt = _prompt_format(args.prompt_format, specs[0][1], models[specs[0][0]][1], models[specs[0][0]][0].config)
     result = case_study(models, fmt, items, top_k=args.top_k, max_new_tokens=args.max_new_tokens)
     out = Path(args.out)
     atomic_write_json(out.with_suffix(".json"), result)
@@ -197,7 +198,7 @@ def register(subparsers) -> None:
     p.add_argument("--forget-split", default="forget10", choices=["forget01", "forget05", "forget10"])
     p.add_argument("--prompt-format", default=None,
                    help="llama2, phi (TOFU's tags), plain, or chat (the tokenizer's chat template, for instruction-"
-                        "tuned models) (default: guessed from the model path)")
+                        "tuned models) (default: guessed from the model folder's name, then its config)")
     p.add_argument("--out", default=None, help="output directory (default: MODEL/eval_results)")
     p.add_argument("--batch-size", type=_positive, default=30,
                    help="generation/loss batch size (default 30, TOFU's: with index-ordered batches the "

@@ -29,7 +29,7 @@ class RunConfig:
     # --- model -----------------------------------------------------------------------------------
     model: str = ""                   # hub name or local path; "tiny" = build a tiny Llama (finetune only)
     tokenizer: str | None = None      # defaults to the model's; with model "tiny": reuse it instead of training one
-    prompt_format: str = "auto"       # llama2 | phi | plain | chat (tokenizer chat template) | auto (from the model name; plain for tiny)
+    prompt_format: str = "auto"       # llama2 | phi | plain | chat (tokenizer chat template) | auto (from the model folder's name, then its config; plain when neither says)
     max_length: int = 512             # tokens; longer rows are truncated with a warning
     dtype: str = "auto"               # auto = bf16 on GPU, fp32 on CPU
     flash_attention: str = "auto"     # auto | yes | no

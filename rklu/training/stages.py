@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from ..data.collate import PairedCollator, PairedDataset, idk_dataset, tokenize_qa_dataset
-from ..data.formatting import get_prompt_format
+from ..data.formatting import get_prompt_format, guess_prompt_format
 from ..data.qa import check_overlap, load_qa, split_slice
 from ..data.text import read_text_corpus
 from ..data.tofu import FORGET_SPLITS, idk_answers
@@ -100,7 +100,7 @@ def _prompt_format(cfg: RunConfig, tokenizer=None):
     if cfg.prompt_format != "auto":
         return get_prompt_format(cfg.prompt_format, tokenizer)
     try:
-        return get_prompt_format(cfg.model)
+        return guess_prompt_format(cfg.model)
     except ValueError:
         return get_prompt_format("plain")
 

@@ -43,6 +43,23 @@ def _likely_attributes(inner) -> str:
             "rklu.models.logit_transforms")
 
 
+def _special_ids(config) -> set[int]:
+    """Token ids the config names (image/audio placeholders, BOS/EOS/pad): a text-only forward of a
+    multimodal model must not contain a placeholder it would try to fill with image features."""
+    ids: set[int] = set()
+
+    def collect(d):
+        for key, value in d.items():
+            if isinstance(value, dict):
+                collect(value)
+            elif isinstance(key, str) and key.endswith(("token_id", "token_index", "token_ids")):
+                for v in value if isinstance(value, (list, tuple)) else [value]:
+                    if isinstance(v, int):
+                        ids.add(v)
+    collect(config.to_dict())
+    return ids
+
+
 @torch.no_grad()
 def check_head_path(model, name: str, tokens: int = CHECK_TOKENS) -> float:
     """Compare ``model(...).logits`` with the head path on ``tokens`` fixed token ids; return the max
@@ -56,8 +73,10 @@ def check_head_path(model, name: str, tokens: int = CHECK_TOKENS) -> float:
         raise ValueError(f"{name} model: {error}") from None
     vocab = inner.get_input_embeddings().weight.shape[0]
     device = inner.get_input_embeddings().weight.device
+    special = _special_ids(inner.config)
+    allowed = torch.tensor([i for i in range(vocab) if i not in special] or list(range(vocab)))
     generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(0, vocab, (1, tokens), generator=generator).to(device)
+    input_ids = allowed[torch.randint(0, len(allowed), (1, tokens), generator=generator)].to(device)
     attention_mask = torch.ones_like(input_ids)
     was_training = inner.training
     inner.eval()  # no dropout in either pass

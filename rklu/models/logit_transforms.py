@@ -15,7 +15,8 @@ each family's ``*ForCausalLM.forward`` (``transformers/models/<family>/modeling_
 * MuseGlimmer/MuseSpark: ``* output_multiplier`` then the Gemma softcap (the scale comes first).
 
 Rules are keyed by class, not by ``model_type``: Gemma3ForConditionalGeneration shares Gemma3's text
-config but does not cap its logits. A class not listed gets the identity transform; the start-up check
+config but does not cap its logits. A subclass (FSDP2's ``FSDPGemma2ForCausalLM``, a user's own) gets the
+rule of the nearest listed class in its MRO. A class not listed gets the identity transform; the start-up check
 (:mod:`rklu.models.head_check`) compares that against the model's own logits, so a family nobody listed
 fails there with the attribute it probably forgot, not silently.
 """
@@ -115,11 +116,11 @@ def logit_transform(model) -> LogitTransform:
     """The scale and softcap ``model``'s forward applies after its lm_head (see the module docstring).
 
     ``model``: a Hugging Face PreTrainedModel (already unwrapped from DDP/peft)."""
-    name = type(model).__name__
     _check_plain_head(model)
-    rule = RULES.get(name)
-    if rule is None:
+    listed = next((cls.__name__ for cls in type(model).__mro__ if cls.__name__ in RULES), None)
+    if listed is None:
         return LogitTransform()
+    name, rule = listed, RULES[listed]
     config = model.config.get_text_config() if rule.text_config else model.config
     prefix = "text_config." if rule.text_config else ""
     scale, sources = 1.0, []

@@ -78,9 +78,9 @@ def _reference_loss(method, student, original, augmented, sub):
     return -F.logsigmoid(-BETA * log_ratio).mean() * 2.0 / BETA
 
 
-def _library_loss(method, student, original, augmented, sub):
+def _library_loss(method, student, original, augmented, sub, backend):
     ctx = LossContext(model=student, original=ModelTeacher(original), augmented=ModelTeacher(augmented),
-                      alpha=ALPHA, npo_beta=BETA)
+                      alpha=ALPHA, npo_beta=BETA, kl_backend=backend)
     if method == "nll":
         return FINETUNE.loss(ctx, {"train": sub})[0]
     return get_method(method).loss(ctx, {"forget": sub})[0]
@@ -92,14 +92,15 @@ def _grads(model, loss):
     return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.parametrize("backend", ["torch", "reference"])  # the CPU backends; tests/kernels compare the rest
 @pytest.mark.parametrize("method", ["rklu", "fklu", "npo", "nll"])
 @pytest.mark.parametrize("family", [_needs_kernels(f) for f in FAMILIES])
-def test_losses_and_gradients_equal_the_models_own_logits(models, family, method):
+def test_losses_and_gradients_equal_the_models_own_logits(models, family, method, backend):
     student, original, augmented = models(family)
     sub = batch()
     for model in (student, original, augmented):
         check_head_path(model, family)  # the start-up check passes
-    ours = _library_loss(method, student, original, augmented, sub)
+    ours = _library_loss(method, student, original, augmented, sub, backend)
     ours_grads = _grads(student, ours)
     ref = _reference_loss(method, student, original, augmented, sub)
     ref_grads = _grads(student, ref)

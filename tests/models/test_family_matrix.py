@@ -80,7 +80,7 @@ def _reference_loss(method, student, original, augmented, sub):
 
 def _library_loss(method, student, original, augmented, sub, backend):
     ctx = LossContext(model=student, original=ModelTeacher(original), augmented=ModelTeacher(augmented),
-                      alpha=ALPHA, npo_beta=BETA, kl_backend=backend)
+                      alpha=ALPHA, npo_beta=BETA, kl_backend=backend, logprob_backend=backend)
     if method == "nll":
         return FINETUNE.loss(ctx, {"train": sub})[0]
     return get_method(method).loss(ctx, {"forget": sub})[0]

@@ -120,7 +120,7 @@ def _local_config(model: str):
     try:
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(model)
+        return AutoConfig.from_pretrained(model, trust_remote_code=False)
     except (OSError, ValueError):
         return None
 

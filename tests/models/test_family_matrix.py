@@ -7,15 +7,13 @@ The reference formulas: RKLU/FKLU = ``rklu.kernels.unlearning_kl_reference`` on 
 ``l_o - alpha * relu(l_aug - l_o)``, Wang et al. 2025 eq. 1-2); NPO = Zhang et al. 2024,
 ``-(2/beta) mean log sigmoid(-beta (log pi - log pi_ref))``; NLL = Hugging Face's causal-LM cross-entropy.
 """
-import inspect
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from family_cases import FAMILIES, batch, build
 
-from rklu.kernels import fused_linear_token_logprob, fused_linear_unlearning_kl, unlearning_kl_reference
+from rklu.kernels import unlearning_kl_reference
 from rklu.methods import FINETUNE, LossContext, get_method
 from rklu.models.head_check import check_head_path
 from rklu.models.heads import ModelTeacher, final_hidden_states, head_transform
@@ -24,19 +22,8 @@ RTOL = 1e-5
 ALPHA, BETA = 2.0, 0.1
 
 
-def _kernels_take_transforms() -> bool:
-    return ("student_softcap" in inspect.signature(fused_linear_unlearning_kl).parameters
-            and "softcap" in inspect.signature(fused_linear_token_logprob).parameters)
-
-
 def _transformed(family) -> bool:
     return FAMILIES[family][3] != (1.0, None)
-
-
-def _needs_kernels(family):
-    return pytest.param(family, marks=pytest.mark.skipif(
-        _transformed(family) and not _kernels_take_transforms(),
-        reason="the fused ops do not take scale/softcap yet (branch issue21-kernels)"))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -94,7 +81,7 @@ def _grads(model, loss):
 
 @pytest.mark.parametrize("backend", ["torch", "reference"])  # the CPU backends; tests/kernels compare the rest
 @pytest.mark.parametrize("method", ["rklu", "fklu", "npo", "nll"])
-@pytest.mark.parametrize("family", [_needs_kernels(f) for f in FAMILIES])
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_losses_and_gradients_equal_the_models_own_logits(models, family, method, backend):
     student, original, augmented = models(family)
     sub = batch()

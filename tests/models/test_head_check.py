@@ -2,8 +2,6 @@
 ``.logits`` is refused with the model, the difference and the likely config attribute — before a run
 folder, a teacher cache, a training step or a TOFU log exists. Also: families the kernels cannot follow
 (BERT-style prediction heads) and nested decoders (Llama4ForCausalLM)."""
-import inspect
-
 import pytest
 import torch
 import transformers
@@ -11,7 +9,6 @@ import transformers
 from family_cases import HEAD_GAIN, build
 
 from rklu.cli import main
-from rklu.kernels import fused_linear_token_logprob
 from rklu.models import heads, loading
 from rklu.models.head_check import check_head_path
 from rklu.models.logit_transforms import LogitTransform
@@ -136,12 +133,6 @@ def test_eval_tofu_refuses_before_any_log(forget_softcap, saved_gemma2, tmp_path
     assert not out.exists()
 
 
-needs_transform_kernels = pytest.mark.skipif(
-    "softcap" not in inspect.signature(fused_linear_token_logprob).parameters,
-    reason="the fused ops do not take scale/softcap yet (branch issue21-kernels)")
-
-
-@needs_transform_kernels
 def test_softcapped_model_trains_and_scores_with_its_own_logits(saved_gemma2, tmp_path):
     """Without the fault: the check passes, a run completes, and the eval token statistics (Min-K%,
     memorization) are the model's own log-probabilities."""

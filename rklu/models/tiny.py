@@ -1,5 +1,12 @@
 """Tiny models for CPU runs and tests: a byte-level BPE tokenizer trained on the data with `tokenizers`,
-and a small LlamaForCausalLM built from a LlamaConfig (random init)."""
+and a small LlamaForCausalLM built from a LlamaConfig with our own seeded initialization.
+
+Why our own init: the model transformers builds is initialized by its ``_init_weights`` from the global
+torch RNG, in whatever module order and with whatever special cases that release has; any change there
+changes every number of a run from the same seed. ``init_tiny_weights`` draws every weight from its own
+generator, parameter by parameter in name order, so the same seed gives the same model on any
+transformers release (the scheme is Llama's: N(0, 0.02) matrices, unit RMSNorm gains, a zero padding
+embedding)."""
 from __future__ import annotations
 
 from typing import Iterable
@@ -47,9 +54,36 @@ def build_tiny_llama(tokenizer, hidden_size: int = 64, num_layers: int = 2, num_
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=tie_word_embeddings, attention_dropout=0.0,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    with torch.random.fork_rng(devices=[]):  # transformers' own init draws from the global RNG: leave it as it was
+        model = LlamaForCausalLM(config)
+    init_tiny_weights(model, seed, std=config.initializer_range)
     return model
+
+
+def init_tiny_weights(model, seed: int, std: float = 0.02) -> None:
+    """Overwrite every parameter of a (Llama-shaped) model from a generator seeded with ``seed``.
+
+    Matrices (linear and embedding weights) get N(0, std) values, drawn in float64 and rounded to the
+    parameter's dtype (torch's float32 normal sampler has a vectorized path whose last bits depend on the
+    CPU's instruction set; the float64 one does not), in sorted parameter-name order; norm weights get 1,
+    biases 0, and the embedding's padding row 0 (as Llama's init). A parameter that fits none of these
+    is an error, not silently left with the library's values."""
+    embeddings = {f"{name}.weight": m.padding_idx for name, m in model.named_modules()
+                  if isinstance(m, torch.nn.Embedding)}
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            elif name.endswith(".bias"):
+                param.zero_()
+            elif param.dim() == 2:
+                values = torch.randn(tuple(param.shape), generator=generator, dtype=torch.float64) * std
+                param.copy_(values.to(param.dtype))
+                if embeddings.get(name) is not None:
+                    param[embeddings[name]].zero_()
+            else:
+                raise ValueError(f"init_tiny_weights: no rule for parameter {name!r} of shape {tuple(param.shape)}")
 
 
 def qa_texts(rows) -> list[str]:

@@ -19,6 +19,9 @@ def _run(args) -> int:
         # than they compute
         torch.set_num_threads(args.threads)
     out = Path(args.out or (DEFAULT_OUT if s["model"] == "tiny" else f"{DEFAULT_OUT}-{s['model'].split('-')[0]}"))
+    from rklu.environment import software_versions, versions_line
+
+    print(f"rklu demo: {versions_line(software_versions())}", flush=True)
     results = run_demo(s, out, progress=not args.no_progress)
     print((out / results["files"]["markdown"]).read_text(encoding="utf-8"))
     print(f"rklu demo: done in {results['wall_time_s'] / 60:.1f} min; results in {out} "

@@ -18,6 +18,7 @@ from rklu.eval.tofu_logs import FORGET_FILE, RETAIN_FILE, load_eval_logs
 def run_demo(s: dict, out: Path, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
 
+    from rklu.environment import software_versions
     from rklu.eval.plots import plot_fq_vs_mu
     from rklu.eval.report import summarize
     from rklu.io import atomic_write_json, atomic_write_text
@@ -149,6 +150,7 @@ def run_demo(s: dict, out: Path, progress: bool = True) -> dict:
                                    else "hmean(retain prob, retain ROUGE-L recall, retain truth-ratio score)")},
         "original": baseline, "retain_oracle": oracle, "summary": summary, "run_dirs": run_dirs,
         "timings": timings, "wall_time_s": round(wall, 1),
+        "environment": software_versions(),  # the table is exact only for these releases (rklu.environment)
         # relative to --out (the folder holding results.json): the file stays valid when the folder moves
         "paths_relative_to": "the folder holding this results.json (rklu demo --out)",
         "files": {"markdown": "results.md", "plot": Path(plot).resolve().relative_to(out).as_posix(), "json": "results.json"},

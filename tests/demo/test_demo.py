@@ -37,6 +37,11 @@ def test_outputs_exist_with_finite_numbers_for_every_method(demo_out):
     for model in ("original", "retain_oracle"):
         assert _finite(results[model]["model_utility"]) and _finite(results[model]["forget_rouge_l"])
     assert _finite(results["original"]["forget_quality"])
+    # the releases the numbers came from (a table is exact only for them)
+    from importlib import metadata
+
+    assert results["environment"]["transformers"] == metadata.version("transformers")
+    assert results["environment"]["torch"] == metadata.version("torch")
     # paths relative to --out: the folder can move (and docs/demo/results.json names no machine's paths)
     assert results["files"] == {"markdown": "results.md", "plot": "fq_vs_mu.png", "json": "results.json"}
     assert all(not p.startswith("/") and (demo_out / p / "run.json").is_file() for p in results["run_dirs"].values())

@@ -64,6 +64,14 @@ def logit_transform(name: str, scale, softcap) -> LogitTransform:
     return LogitTransform(float(scale), None if softcap is None else float(softcap))
 
 
+def model_transforms(student_scale, student_softcap, original_scale, original_softcap, augmented_scale,
+                     augmented_softcap) -> tuple[LogitTransform, LogitTransform, LogitTransform]:
+    """(student, original, augmented) transforms from the public keyword arguments, each checked by name."""
+    return (logit_transform("student", student_scale, student_softcap),
+            logit_transform("original", original_scale, original_softcap),
+            logit_transform("augmented", augmented_scale, augmented_softcap))
+
+
 def _real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 

@@ -78,9 +78,8 @@ def fused_linear_unlearning_kl(
     """
     check_direction_reduction(direction, reduction)
     check_alpha(alpha)
-    transforms = (lt.logit_transform("student", student_scale, student_softcap),
-                  lt.logit_transform("original", original_scale, original_softcap),
-                  lt.logit_transform("augmented", augmented_scale, augmented_softcap))
+    transforms = lt.model_transforms(student_scale, student_softcap, original_scale, original_softcap,
+                                     augmented_scale, augmented_softcap)
     check_chunk_knobs(max_chunk_bytes, chunk_memory_fraction, chunk_tokens)
     check_linear_inputs(student_hidden, student_weight, student_bias, original_hidden, original_weight,
                         original_bias, augmented_hidden, augmented_weight, augmented_bias, labels)

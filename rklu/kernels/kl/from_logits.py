@@ -60,9 +60,8 @@ def unlearning_kl_from_logits(
     ``<model>_scale`` / ``<model>_softcap`` transforms apply to the given logits (``common/logit_transform.py``)."""
     check_direction_reduction(direction, reduction)
     check_alpha(alpha)
-    transforms = (lt.logit_transform("student", student_scale, student_softcap),
-                  lt.logit_transform("original", original_scale, original_softcap),
-                  lt.logit_transform("augmented", augmented_scale, augmented_softcap))
+    transforms = lt.model_transforms(student_scale, student_softcap, original_scale, original_softcap,
+                                     augmented_scale, augmented_softcap)
     check_logit_inputs(student_logits, original_logits, augmented_logits, labels)
     vocab = student_logits.shape[-1]
     lead = student_logits.shape[:-1]

@@ -66,11 +66,10 @@ def unlearning_kl_reference(
 
     check_direction_reduction(direction, reduction)
     check_alpha(alpha)
-    student_transform = lt.logit_transform("student", student_scale, student_softcap)
+    student_transform, _, _ = lt.model_transforms(student_scale, student_softcap, original_scale, original_softcap,
+                                                  augmented_scale, augmented_softcap)  # checks all three
     teacher_transforms = dict(original_scale=original_scale, original_softcap=original_softcap,
                               augmented_scale=augmented_scale, augmented_softcap=augmented_softcap)
-    lt.logit_transform("original", original_scale, original_softcap)
-    lt.logit_transform("augmented", augmented_scale, augmented_softcap)
     if student_logits.shape != original_logits.shape or (
         augmented_logits is not None and augmented_logits.shape != student_logits.shape
     ):

@@ -170,8 +170,14 @@ def interpreter_block_sizes() -> dict:
 # checked through compile_specs(). fp32 inputs use IEEE tl.dot (FMA, no tensor cores), which keeps the whole
 # operand tiles in registers: only BLOCK_H = 16 (32 for 32x32 tiles) stays spill-free there.
 _FORWARD = {
-    "16bit": [(64, 128, 64, 8, 3), (64, 128, 64, 4, 3), (128, 128, 32, 8, 3), (64, 256, 32, 8, 3), (64, 128, 32, 4, 4)],
+    "16bit": [(64, 128, 64, 8, 3), (128, 128, 32, 8, 3), (64, 256, 32, 8, 3), (64, 128, 32, 4, 4)],
     "fp32": [(32, 64, 16, 4, 3), (64, 64, 16, 8, 3), (32, 128, 16, 4, 3), (64, 128, 16, 8, 3), (128, 64, 16, 8, 3)],
+}
+# With a softcap, the gradient-chunk kernel's tanh temporaries spill every 16-bit tile but the first on sm_90,
+# and the backward's 128x128 tile: those variants launch with the spill-free subset.
+_SOFTCAP_DROPS = {
+    "gradient_chunk": {(128, 128, 32, 8, 3), (64, 256, 32, 8, 3), (64, 128, 32, 4, 4)},
+    "backward": {(128, 128, 32, 8, 2)},
 }
 # The backward keeps the gradient tile live (registers, and as a GEMM operand in shared memory) through the
 # dX/dW loop next to a [BLOCK_N, BLOCK_H] and a [BLOCK_V, BLOCK_H] product, so its tiles are smaller.
@@ -186,12 +192,20 @@ def _configs(shapes) -> list:
             for bn, bv, bh, w, st in shapes]
 
 
-def forward_configs(width: str = "16bit") -> list:
-    return _configs(_FORWARD[width])
+def kernel_configs(name: str, width: str = "16bit", softcap: bool = False) -> list:
+    """Autotune list of kernel ``name`` ("forward", "gradient_chunk": the forward's tiles; "backward")."""
+    shapes = _BACKWARD[width] if name == "backward" else _FORWARD[width]
+    if softcap and width == "16bit":
+        shapes = [s for s in shapes if s not in _SOFTCAP_DROPS.get(name, ())]
+    return _configs(shapes)
 
 
-def backward_configs(width: str = "16bit") -> list:
-    return _configs(_BACKWARD[width])
+def forward_configs(width: str = "16bit", softcap: bool = False) -> list:
+    return kernel_configs("forward", width, softcap)
+
+
+def backward_configs(width: str = "16bit", softcap: bool = False) -> list:
+    return kernel_configs("backward", width, softcap)
 
 
 def _width(dtype: torch.dtype) -> str:
@@ -205,21 +219,24 @@ TUNED = {}
 if AUTOTUNE:
     # Keyed on (H, V) (+ the tensor dtypes, which the autotuner appends): one config per model head.
     for _w in ("16bit", "fp32"):
-        TUNED["forward", _w] = triton.autotune(forward_configs(_w), key=["H", "V"])(_forward_split_kernel)
-        TUNED["backward", _w] = triton.autotune(backward_configs(_w), key=["H", "V"],
-                                                reset_to_zero=["DX", "DW", "DB"])(_backward_kernel)
-        TUNED["gradient_chunk", _w] = triton.autotune(forward_configs(_w), key=["H", "V"])(_gradient_chunk_kernel)
+        for _cap in (False, True):
+            TUNED["forward", _w, _cap] = triton.autotune(
+                kernel_configs("forward", _w, _cap), key=["H", "V"])(_forward_split_kernel)
+            TUNED["backward", _w, _cap] = triton.autotune(
+                kernel_configs("backward", _w, _cap), key=["H", "V"], reset_to_zero=["DX", "DW", "DB"])(_backward_kernel)
+            TUNED["gradient_chunk", _w, _cap] = triton.autotune(
+                kernel_configs("gradient_chunk", _w, _cap), key=["H", "V"])(_gradient_chunk_kernel)
 
 
 def _launch(name, kernel, grid_of, *args, **kwargs):
     """Autotuned on CUDA; RKLU_TRITON_AUTOTUNE=0 takes the first config; the interpreter its own tiles."""
-    width = _width(args[0].dtype)
-    if (name, width) in TUNED:
-        return TUNED[name, width][grid_of](*args, **kwargs)
+    width, softcap = _width(args[0].dtype), bool(kwargs["HAS_SOFTCAP"])
+    if (name, width, softcap) in TUNED:
+        return TUNED[name, width, softcap][grid_of](*args, **kwargs)
     if INTERPRET:
         blocks = interpreter_block_sizes()
     else:
-        c = (backward_configs(width) if name == "backward" else forward_configs(width))[0]
+        c = kernel_configs(name, width, softcap)[0]
         blocks = dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
     return kernel[grid_of(blocks)](*args, **kwargs, **blocks)
 
@@ -337,20 +354,23 @@ def compile_specs() -> list:
                 "token_logprob_forward_split", _forward_split_kernel,
                 dict(X=ptr, W=ptr, B=bias_ptr, LABELS="*i64", PART="*fp32", N="i32", V="i32", H="i32",
                      stride_x="i32", stride_w="i32", NUM_SPLITS="i32", **flag_sig, **tiles),
-                common, tuple(forward_configs(width)), dtype, variant, ("X", "W", "stride_x", "stride_w", "H")))
+                common, tuple(kernel_configs("forward", width, softcap)), dtype, variant,
+                ("X", "W", "stride_x", "stride_w", "H")))
             specs.append(CompileSpec(
                 "token_logprob_backward", _backward_kernel,
                 dict(X=ptr, W=ptr, B=bias_ptr, LABELS="*i64", STATS="*fp32", GRAD_OUT="*fp32", DX="*fp32",
                      DW="*fp32", DB="*fp32", N="i32", V="i32", H="i32", stride_x="i32", stride_w="i32",
                      filter_eps="fp32", **flag_sig, **tiles),
-                common, tuple(backward_configs(width)), dtype, variant, ("X", "W", "DX", "DW", "stride_x", "stride_w", "H")))
+                common, tuple(kernel_configs("backward", width, softcap)), dtype, variant,
+                ("X", "W", "DX", "DW", "stride_x", "stride_w", "H")))
             g_ptr = "*fp32" if dtype == "fp32" else ptr
             specs.append(CompileSpec(
                 "token_logprob_gradient_chunk", _gradient_chunk_kernel,
                 dict(X=ptr, W=ptr, B=bias_ptr, LABELS="*i64", STATS="*fp32", GRAD_OUT="*fp32", G=g_ptr,
                      row0="i32", n_rows="i32", V="i32", H="i32", stride_x="i32", stride_w="i32", stride_g="i32",
                      **flag_sig, **tiles),
-                common, tuple(forward_configs(width)), dtype, variant, ("X", "W", "G", "stride_x", "stride_w", "H")))
+                common, tuple(kernel_configs("gradient_chunk", width, softcap)), dtype, variant,
+                ("X", "W", "G", "stride_x", "stride_w", "H")))
     specs.append(CompileSpec(
         "token_logprob_combine", _combine_kernel,
         dict(PART="*fp32", STATS="*fp32", LOGP="*fp32", N="i32", NUM_SPLITS="i32", BLOCK_N="constexpr",

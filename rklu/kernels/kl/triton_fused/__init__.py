@@ -61,7 +61,7 @@ _KEY = ["H_S", "H_O", "V"]
 
 if AUTOTUNE:
     TUNED_KERNELS = {}
-    # One autotuner per config list: the softcap variants may carry a register cap (configs.SOFTCAP_MAXNREG).
+    # One autotuner per config list: the lists differ in tiles and register cap (configs.max_registers).
     for _dt in ("bf16", "fp32"):
         for _cap, _sfx in ((False, ""), (True, "_softcap")):
             TUNED_KERNELS[f"forward{_sfx}_{_dt}"] = triton.autotune(

@@ -39,24 +39,27 @@ BACKWARD_SHAPES = {
 }
 
 
-# Register cap (ptxas .maxnreg) of the softcap variants (HAS_SOFTCAP_*), by (kernel, dtype): with the tanh's
-# fp32 temporaries and no cap, ptxas squeezes the fp32 kernels into 128 registers and spills 8-16 bytes (the
-# forward on sm_80 and sm_90, the store-G backward on sm_80); a cap of 168 still spills on sm_90. With 255
-# (the most a thread can have; 4 warps x 255 fits the register file) it takes what it needs and spills
-# nothing (benchmarks/results/gpu-compile.md). The bf16 kernels and the variants without a softcap keep
-# ptxas' own choice.
-SOFTCAP_MAXNREG = {("forward", "fp32"): 255, ("backward", "fp32"): 255}
+# Register cap (ptxas .maxnreg) by kernel. Without one, ptxas trades registers for occupancy and squeezes
+# the forward into 96 (fp32) or 128 (bf16 64x64) registers, where the forward KL's running-maximum
+# accumulators and the logit-transform arguments spill 8-32 bytes; the softcap backwards likewise (bf16 at
+# 128 on sm_80, fp32 with the tanh temporaries). 255 (the most a thread can have; 8 warps x 255 fits the
+# register file) lets it take what it needs: no config spills (benchmarks/results/gpu-compile.md). The
+# backward without a softcap keeps ptxas' own choice.
+def max_registers(kernel: str, dtype_name: str, softcap: bool) -> int | None:
+    if kernel == "forward" or softcap:
+        return 255
+    return None
 
 
 def forward_configs(dtype_name: str, softcap: bool = False, sorted_vocab: bool = False) -> list:
-    maxnreg = SOFTCAP_MAXNREG.get(("forward", dtype_name)) if softcap else None
+    maxnreg = max_registers("forward", dtype_name, softcap)
     shapes = (SORTED_FORWARD_SHAPES if sorted_vocab else FORWARD_SHAPES)[dtype_name]
     return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh), num_warps=w, num_stages=st, maxnreg=maxnreg)
             for bn, bv, bh, w, st in shapes]
 
 
 def backward_configs(dtype_name: str, softcap: bool = False) -> list:
-    maxnreg = SOFTCAP_MAXNREG.get(("backward", dtype_name)) if softcap else None
+    maxnreg = max_registers("backward", dtype_name, softcap)
     return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh, BLOCK_HG=bhg), num_warps=w, num_stages=st,
                           maxnreg=maxnreg)
             for bn, bv, bh, bhg, w, st in BACKWARD_SHAPES[dtype_name]]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rklu"
 LAYERS = {
-    "kernels": 0, "data": 0, "io": 0, "run_record": 0,
+    "kernels": 0, "data": 0, "io": 0, "run_record": 0, "environment": 0,
     "models": 1,
     "methods": 2,
     "eval": 3,

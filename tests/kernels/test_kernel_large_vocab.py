@@ -22,9 +22,9 @@ def large_tiles(monkeypatch):
     import rklu.kernels.kl.triton_fused as triton_fused
 
     # The KL kernel's interpreter tiles (its block_sizes(kernel, dtype); on GPU the autotuned configs are used).
-    def large(kernel, dtype_name):
+    def large(kernel, dtype_name, softcap=False):
         blocks = dict(LARGE_TILES, num_warps=4)
-        return blocks if kernel == "forward" else dict(blocks, BLOCK_HG=LARGE_TILES["BLOCK_H"])
+        return blocks if kernel.startswith("forward") else dict(blocks, BLOCK_HG=LARGE_TILES["BLOCK_H"])
 
     monkeypatch.setattr(triton_fused, "block_sizes", large)
 

@@ -16,11 +16,11 @@ TOY = textwrap.dedent('''
 
 
     def unlearning_kl(xs, ws, bs, xo, wo, bo, xa, wa, ba, *, alpha, direction, grad_in_forward, chunk_tokens,
-                      grad_filter):
+                      grad_filter, transforms):
         CALLS.append(dict(rows=xs.shape[0], alpha=alpha, direction=direction, chunk_tokens=chunk_tokens))
         return 2.0 * unlearning_kl_linear(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha=alpha, direction=direction,
                                           grad_in_forward=grad_in_forward, chunk_tokens=chunk_tokens,
-                                          grad_filter=grad_filter)
+                                          grad_filter=grad_filter, transforms=transforms)
 ''')
 
 

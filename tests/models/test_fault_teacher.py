@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_setup import tiny_model_and_data
 
 from rklu.cli import main
 from rklu.io import atomic_torch_save
@@ -80,11 +81,7 @@ def test_teacher_with_another_tokenizer_stops_before_training(orig, tmp_path, ca
 
 @pytest.fixture(scope="module")
 def tiny():
-    rows = load_qa("tofu:full[3990:]")
-    tok = train_bpe_tokenizer(qa_texts(rows), vocab_size=300)
-    model = build_tiny_llama(tok, hidden_size=32, num_layers=2, num_heads=2, seed=0)
-    data = tokenize_qa_dataset(rows, tok, get_prompt_format("plain"), 256)
-    return tok, model, data
+    return tiny_model_and_data(3990)
 
 
 class CountingTeacher(ModelTeacher):

@@ -1,22 +1,18 @@
 """Tiny models, tokenizer pad handling, hidden-state heads, LoRA teachers and the teacher cache."""
 import pytest
 import torch
+from tiny_setup import tiny_model_and_data
 
-from rklu.data.collate import QACollator, tokenize_qa_dataset
-from rklu.data.formatting import get_prompt_format
-from rklu.data.qa import load_qa
+from rklu.data.collate import QACollator
 from rklu.models import loading
 from rklu.models.heads import AdapterTeacher, ModelTeacher, final_hidden_states, output_head, student_forward
 from rklu.models.teacher_cache import build_cached_teacher
-from rklu.models.tiny import build_tiny_llama, qa_texts, train_bpe_tokenizer
+from rklu.models.tiny import train_bpe_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    rows = load_qa("tofu:full[3950:]")
-    tok = train_bpe_tokenizer(qa_texts(rows), vocab_size=300)
-    model = build_tiny_llama(tok, hidden_size=32, num_layers=2, num_heads=2, seed=0)
-    data = tokenize_qa_dataset(rows, tok, get_prompt_format("plain"), 256)
+    tok, model, data = tiny_model_and_data(3950)
     batch = QACollator(tok.pad_token_id)([data[i] for i in range(5)])
     return tok, model, data, batch
 

@@ -7,10 +7,22 @@ Adding a backend: a module with the op function(s) and one ``register(Backend(..
 function receives the counted rows only (ignored tokens dropped, teachers detached):
 
     kl       fn(xs, ws, bs, xo, wo, bo, xa, wa, ba, *, alpha, direction, grad_in_forward, chunk_tokens,
-                grad_filter, transforms) -> per-token KL [N]
+                grad_filter, transforms, teacher_source="models", jsd_beta=0.5, targets=None,
+                target_shift=None) -> per-token loss [N]
     logprob  fn(x, w, b, labels, *, chunk_tokens, transform) -> per-token log p(label) [N]
-(``transforms``: the student's, original's and augmented's ``LogitTransform``, ``transform``: the head's;
-common/logit_transform.py.)
+(``transforms``: the student's, original's and augmented's ``LogitTransform``, with the objective's temperature
+already folded in; ``transform``: the head's; common/logit_transform.py.)
+
+The KL op's objective (kl/objective.py; ``KLObjective.check`` ran in the API, backends do not validate):
+``direction`` is the divergence, "reverse" | "forward" | "jsd" (0 < ``jsd_beta`` < 1) | "argmax_ce";
+``teacher_source`` "models" (the original, edited by the augmented model when xa is given), "self" (the
+student's own logits, detached: xo, wo, bo are the student's and transforms[1] is transforms[0], so a backend
+may reuse its student tile instead of a second GEMM) or "labels" (one-hot on ``targets``, xo ignored);
+``targets`` int64 [N] in [0, V), given with the labels teacher or a ``target_shift``; ``target_shift`` [N]
+(float32, float64 for float64 inputs; any finite value or +inf) subtracted from the teacher's logit at
+``targets`` after the source. The API passes these four only when the objective needs them (a teacher other
+than "models", a target edit, or a divergence other than the reverse / forward KL), so the default calls
+every backend exactly as before.
 
 ``"auto"`` is not a backend but the policy ``auto_backend``: torch off CUDA, on CUDA the chunk policy's choice
 (``kl.chunk_policy.choose_cuda_backend``) for the KL and Triton for the log-prob. The chunked KL op also takes

@@ -106,3 +106,12 @@ def apply_(logits: torch.Tensor, transform: LogitTransform, need_factor: bool = 
 def chain(grad: torch.Tensor, factor) -> torch.Tensor:
     """d loss / d logits from d loss / d transformed logits, in place (``factor`` from :func:`apply_`)."""
     return grad if factor is None else grad.mul_(factor)
+
+
+def with_temperature(transform: LogitTransform, temperature: float) -> LogitTransform:
+    """``transform`` followed by a division by ``temperature``: ``c tanh(s l / c) / T = (c/T) tanh((s/T) l / (c/T))``
+    exactly, so the temperature folds into scale and softcap (T = 1 returns ``transform`` itself)."""
+    if temperature == 1.0:
+        return transform
+    return LogitTransform(transform.scale / temperature,
+                          None if transform.softcap is None else transform.softcap / temperature)

@@ -11,6 +11,7 @@ from ..common.validation import (
     check_alpha, check_direction_reduction, check_finite, check_linear_inputs, mixed_precision_teachers,
 )
 from .chunk_policy import check_chunk_knobs
+from . import objective_inputs as oi
 
 
 def resolve_backend(backend: str, device: torch.device, problem: dict | None = None) -> str:
@@ -23,8 +24,8 @@ def resolve_backend(backend: str, device: torch.device, problem: dict | None = N
 def fused_linear_unlearning_kl(
     student_hidden: torch.Tensor,
     student_weight: torch.Tensor,
-    original_hidden: torch.Tensor,
-    original_weight: torch.Tensor,
+    original_hidden: torch.Tensor | None = None,
+    original_weight: torch.Tensor | None = None,
     augmented_hidden: torch.Tensor | None = None,
     augmented_weight: torch.Tensor | None = None,
     *,
@@ -48,6 +49,12 @@ def fused_linear_unlearning_kl(
     original_softcap: float | None = None,
     augmented_scale: float = 1.0,
     augmented_softcap: float | None = None,
+    divergence: str | None = None,
+    jsd_beta: float = 0.5,
+    teacher: str = "models",
+    target_edit: str = "none",
+    target_shift: float = 0.0,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """Unlearning KL between the student and the (modified) teacher, from hidden states and lm_head weights.
 
@@ -60,6 +67,17 @@ def fused_linear_unlearning_kl(
     student's hidden states, weight and bias; the teachers are constants. With the fused backends no
     [tokens x vocab] tensor is built. Labels only mask: pass them already shifted for next-token
     prediction (hidden[:, :-1] with labels[:, 1:]). Each model may have its own hidden size.
+
+    The objective (``objective.py``; each logit-distillation unlearning method is one choice of it):
+    ``divergence`` ("reverse", "forward", "jsd" with ``jsd_beta`` as Liger-Kernel's generalized JSD, "argmax_ce"
+    as WHP's generic labels, Eldan & Russinovich 2023, arXiv 2310.02238; None: ``direction``); ``teacher``
+    ("models": the original, edited by the augmented model; "self": the student's own detached logits, CE-U /
+    Unilogit, no original model passed; "labels": one-hot on the label, JensUn, no original model passed);
+    ``target_edit`` of the teacher's logit at the label ("subtract" ``target_shift``: UNDIAL, Dong et al. 2024,
+    arXiv 2402.10052; "uniform": p_teacher(label) = 1/V, Unilogit, Vasilev et al. 2025, arXiv 2505.06027;
+    "exclude": -inf, CE-U, Yang et al. 2025, arXiv 2503.01224), which needs ``labels`` (counted ones in [0, V));
+    ``temperature`` divides every model's logits before the softmaxes (no T^2 factor). Invalid combinations
+    raise ValueError before any work (``KLObjective.check``).
 
     Mixed dtypes (a bf16 student with an fp32 teacher): the torch backend computes every model in fp32, the
     chunked backend each model's GEMM in its own dtype; the fused ``"triton"`` kernel computes all in the
@@ -76,10 +94,21 @@ def fused_linear_unlearning_kl(
     finfo(dtype).eps / 32 (see ``rklu/kernels/kl/triton_fused/backward.py``); None = on unless the environment sets
     ``RKLU_GRAD_FILTER=0``. The torch and reference backends compute dense gradients and ignore it.
     """
-    check_direction_reduction(direction, reduction)
+    check_direction_reduction(direction if divergence is None else "reverse", reduction)
     check_alpha(alpha)
+    objective = oi.objective_from_arguments(direction, divergence, jsd_beta, teacher, target_edit, target_shift,
+                                            temperature, augmented=augmented_hidden is not None,
+                                            labels=labels is not None)
+    oi.check_teacher_inputs(objective, dict(original_hidden=original_hidden, original_weight=original_weight))
+    if objective.teacher != "models" and original_bias is not None:
+        oi.check_teacher_inputs(objective, dict(original_bias=original_bias))
     transforms = lt.model_transforms(student_scale, student_softcap, original_scale, original_softcap,
                                      augmented_scale, augmented_softcap)
+    if objective.teacher != "models":
+        # The self / labels teacher: the student's own tensors (detached) and transform in the original's place.
+        original_hidden, original_weight, original_bias = student_hidden, student_weight, student_bias
+        transforms = (transforms[0], transforms[0], lt.IDENTITY)
+    transforms = oi.fold_temperature(transforms, objective.temperature)
     check_chunk_knobs(max_chunk_bytes, chunk_memory_fraction, chunk_tokens)
     check_linear_inputs(student_hidden, student_weight, student_bias, original_hidden, original_weight,
                         original_bias, augmented_hidden, augmented_weight, augmented_bias, labels)
@@ -87,7 +116,7 @@ def fused_linear_unlearning_kl(
     backend = resolve_backend(backend, student_hidden.device, problem=dict(
         n=student_hidden[..., 0].numel(), h=max(student_hidden.shape[-1], original_hidden.shape[-1]),
         v=student_weight.shape[0], dtype="fp32" if student_hidden.dtype == torch.float32 else "bf16",
-        augmented=augmented_hidden is not None, reverse=direction == "reverse",
+        augmented=augmented_hidden is not None, reverse=objective.kernel_divergence == "reverse",
         grad_filter=grad_filter is not False))
     if requested == "auto" and backend == "triton" and mixed_precision_teachers(
             student_hidden, student_weight, original_hidden, original_weight, augmented_hidden, augmented_weight):
@@ -95,46 +124,84 @@ def fused_linear_unlearning_kl(
     if check_inputs_finite:
         for name, t in (("student_hidden", student_hidden), ("original_hidden", original_hidden),
                         ("augmented_hidden", augmented_hidden)):
-            check_finite(name, t)
+            if name != "original_hidden" or objective.teacher == "models":
+                check_finite(name, t)
 
     lead_shape = student_hidden.shape[:-1]
     hidden = student_hidden.shape[-1]
-    counted, (xs, xo, xa) = select_counted(
+    counted, (xs, xo, xa, y) = select_counted(
         labels, ignore_index, student_hidden.reshape(-1, hidden),
         original_hidden.detach().reshape(-1, original_hidden.shape[-1]),
-        None if augmented_hidden is None else augmented_hidden.detach().reshape(-1, augmented_hidden.shape[-1]))
+        None if augmented_hidden is None else augmented_hidden.detach().reshape(-1, augmented_hidden.shape[-1]),
+        None if labels is None else labels.reshape(-1, 1))
     wo, bo, wa, ba = (None if t is None else t.detach() for t in (original_weight, original_bias, augmented_weight,
                                                                   augmented_bias))
+    targets = oi.checked_targets(y.reshape(-1), student_weight.shape[0]) if objective.has_target_edit else None
     if xs.shape[0] == 0:
         return zero_loss(lead_shape, reduction, student_hidden, student_weight, student_bias)
+    shift = _target_shift(objective, targets, xo, wo, bo, transforms[1], backend, chunk_tokens)
 
     # The chunk budget knobs concern the chunked backend alone (the others take chunk_tokens or nothing).
     budget = dict(max_chunk_bytes=max_chunk_bytes, memory_fraction=chunk_memory_fraction) if backend == "chunked" else {}
     per_token = backends.function("kl", backend)(
-        xs, student_weight, student_bias, xo, wo, bo, xa, wa, ba, alpha=float(alpha), direction=direction,
-        grad_in_forward=reduction != "none", chunk_tokens=chunk_tokens, grad_filter=grad_filter,
-        transforms=transforms, **budget)
+        xs, student_weight, student_bias, xo, wo, bo, xa, wa, ba, alpha=float(alpha),
+        direction=objective.kernel_divergence, grad_in_forward=reduction != "none", chunk_tokens=chunk_tokens,
+        grad_filter=grad_filter, transforms=transforms, **budget,
+        **oi.kernel_objective_kwargs(objective, targets, shift))
     return reduce_counted(per_token, counted, lead_shape, reduction)
 
 
+def _target_shift(objective, targets, xo, wo, bo, teacher_transform, backend, chunk_tokens):
+    """[N] shift of the teacher's logit at each target (None without an edit). Unilogit's "uniform" edit needs
+    the teacher's p(target) before the edit: the log-prob op on the teacher's (for the self teacher, the
+    student's detached) hidden states, weight, bias and transform, without gradient, on the KL's backend when
+    it implements the log-prob, else on the log-prob's own choice."""
+    dtype = torch.float64 if xo.dtype == torch.float64 else torch.float32
+    if objective.target_edit != "uniform":
+        return oi.fixed_target_shift(objective, xo.shape[0], dtype, xo.device)
+    from ..logprob.api import fused_linear_token_logprob
+
+    logprob_backend = backend if backend in backends.names("logprob") else "auto"
+    with torch.no_grad():
+        log_q = fused_linear_token_logprob(xo, wo, targets, bias=bo, backend=logprob_backend,
+                                           chunk_tokens=chunk_tokens, check_inputs_finite=False,
+                                           scale=teacher_transform.scale, softcap=teacher_transform.softcap)
+    return oi.uniform_shift_from_logprob(log_q.to(dtype), wo.shape[0])
+
+
 class FusedLinearUnlearningKL(torch.nn.Module):
-    """Module form of :func:`fused_linear_unlearning_kl` holding alpha, direction, reduction and backend."""
+    """Module form of :func:`fused_linear_unlearning_kl` holding alpha, the objective (direction or divergence,
+    jsd_beta, teacher, target_edit, target_shift, temperature), reduction and backend."""
 
     def __init__(self, alpha: float = 8.0, direction: str = "reverse", ignore_index: int = -100,
-                 reduction: str = "mean", backend: str = "auto"):
+                 reduction: str = "mean", backend: str = "auto", *, divergence: str | None = None,
+                 jsd_beta: float = 0.5, teacher: str = "models", target_edit: str = "none",
+                 target_shift: float = 0.0, temperature: float = 1.0):
         super().__init__()
-        check_direction_reduction(direction, reduction)
+        check_direction_reduction(direction if divergence is None else "reverse", reduction)
         check_alpha(alpha)
         backends.check_name(backend, "kl")
+        # What can be checked without the inputs (the augmented model and labels are the call's).
+        oi.objective_from_arguments(direction, divergence, jsd_beta, teacher, target_edit, target_shift,
+                                    temperature, augmented=False, labels=True)
         self.alpha, self.direction, self.ignore_index = alpha, direction, ignore_index
         self.reduction, self.backend = reduction, backend
+        self.objective = dict(divergence=divergence, jsd_beta=jsd_beta, teacher=teacher, target_edit=target_edit,
+                              target_shift=target_shift, temperature=temperature)
 
-    def forward(self, student_hidden, student_weight, original_hidden, original_weight,
+    def forward(self, student_hidden, student_weight, original_hidden=None, original_weight=None,
                 augmented_hidden=None, augmented_weight=None, labels=None, **biases):
         return fused_linear_unlearning_kl(
             student_hidden, student_weight, original_hidden, original_weight, augmented_hidden, augmented_weight,
             alpha=self.alpha, direction=self.direction, labels=labels, ignore_index=self.ignore_index,
-            reduction=self.reduction, backend=self.backend, **biases)
+            reduction=self.reduction, backend=self.backend, **self.objective, **biases)
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, direction={self.direction!r}, reduction={self.reduction!r}, backend={self.backend!r}"
+        changed = {k: v for k, v in self.objective.items() if v != _OBJECTIVE_DEFAULTS[k]}
+        extra = "".join(f", {k}={v!r}" for k, v in changed.items())
+        return (f"alpha={self.alpha}, direction={self.direction!r}, reduction={self.reduction!r}, "
+                f"backend={self.backend!r}{extra}")
+
+
+_OBJECTIVE_DEFAULTS = dict(divergence=None, jsd_beta=0.5, teacher="models", target_edit="none", target_shift=0.0,
+                           temperature=1.0)

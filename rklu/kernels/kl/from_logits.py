@@ -9,12 +9,13 @@ from ..common import logit_transform as lt
 from ..common.masking import reduce_counted, select_counted, zero_loss
 from ..common.torch_chunks import torch_chunk_tokens
 from ..common.validation import check_alpha, check_direction_reduction, check_logit_inputs
+from . import objective_inputs as oi
 from .chunk_math import chunk_loss_and_grad
 
 
 class _FromLogits(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, student, original, augmented, alpha, direction, chunk, transforms):
+    def forward(ctx, student, original, augmented, alpha, direction, chunk, transforms, objective):
         n, _ = student.shape
         dtype = torch.float64 if student.dtype == torch.float64 else torch.float32
         per_token = torch.empty(n, dtype=dtype, device=student.device)
@@ -23,9 +24,10 @@ class _FromLogits(torch.autograd.Function):
             for start in range(0, n, chunk):
                 end = min(n, start + chunk)
                 zs, factor = lt.apply_(student[start:end].to(dtype, copy=True), transforms[0], grad is not None)
-                zo, _ = lt.apply_(original[start:end].to(dtype, copy=True), transforms[1])
+                zo = None if original is None else lt.apply_(original[start:end].to(dtype, copy=True), transforms[1])[0]
                 za = None if augmented is None else lt.apply_(augmented[start:end].to(dtype, copy=True), transforms[2])[0]
-                loss, g = chunk_loss_and_grad(zs, zo, za, alpha, direction, grad is not None)
+                loss, g = chunk_loss_and_grad(zs, zo, za, alpha, direction, grad is not None,
+                                              **objective.chunk_kwargs(start, end))
                 per_token[start:end] = loss
                 if grad is not None:
                     grad[start:end] = lt.chain(g, factor)
@@ -35,12 +37,29 @@ class _FromLogits(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_per_token):
         (grad,) = ctx.saved_tensors
-        return grad * grad_per_token[:, None].to(grad.dtype), None, None, None, None, None, None
+        return grad * grad_per_token[:, None].to(grad.dtype), None, None, None, None, None, None, None
+
+
+class _ChunkObjective:
+    """The objective's per-chunk keyword arguments of ``chunk_loss_and_grad`` (none for the default)."""
+
+    def __init__(self, objective, targets, shift):
+        self.objective, self.targets, self.shift = objective, targets, shift
+
+    def chunk_kwargs(self, start, end) -> dict:
+        o = self.objective
+        if o.teacher == "models" and self.targets is None and o.kernel_divergence in ("reverse", "forward"):
+            return {}
+
+        def rows(t):
+            return None if t is None else t[start:end]
+        return dict(teacher_source=o.teacher, jsd_beta=float(o.jsd_beta), targets=rows(self.targets),
+                    target_shift=rows(self.shift), uniform_target=o.target_edit == "uniform")
 
 
 def unlearning_kl_from_logits(
     student_logits: torch.Tensor,
-    original_logits: torch.Tensor,
+    original_logits: torch.Tensor | None = None,
     augmented_logits: torch.Tensor | None = None,
     *,
     alpha: float = 8.0,
@@ -55,21 +74,42 @@ def unlearning_kl_from_logits(
     original_softcap: float | None = None,
     augmented_scale: float = 1.0,
     augmented_softcap: float | None = None,
+    divergence: str | None = None,
+    jsd_beta: float = 0.5,
+    teacher: str = "models",
+    target_edit: str = "none",
+    target_shift: float = 0.0,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """Same loss as :func:`unlearning_kl_reference`, memory-lean: teachers are treated as constants. The
-    ``<model>_scale`` / ``<model>_softcap`` transforms apply to the given logits (``common/logit_transform.py``)."""
-    check_direction_reduction(direction, reduction)
+    ``<model>_scale`` / ``<model>_softcap`` transforms apply to the given logits (``common/logit_transform.py``).
+    The objective arguments are those of ``fused_linear_unlearning_kl`` (``original_logits`` None for the "self"
+    and "labels" teachers); the "uniform" edit is computed exactly from each chunk's teacher logits."""
+    check_direction_reduction(direction if divergence is None else "reverse", reduction)
     check_alpha(alpha)
+    objective = oi.objective_from_arguments(direction, divergence, jsd_beta, teacher, target_edit, target_shift,
+                                            temperature, augmented=augmented_logits is not None,
+                                            labels=labels is not None)
+    oi.check_teacher_inputs(objective, dict(original_logits=original_logits))
     transforms = lt.model_transforms(student_scale, student_softcap, original_scale, original_softcap,
                                      augmented_scale, augmented_softcap)
+    if objective.teacher != "models":
+        transforms = (transforms[0], transforms[0], lt.IDENTITY)
+    transforms = oi.fold_temperature(transforms, objective.temperature)
     check_logit_inputs(student_logits, original_logits, augmented_logits, labels)
     vocab = student_logits.shape[-1]
     lead = student_logits.shape[:-1]
-    counted, (student, original, augmented) = select_counted(
-        labels, ignore_index, student_logits.reshape(-1, vocab), original_logits.detach().reshape(-1, vocab),
-        None if augmented_logits is None else augmented_logits.detach().reshape(-1, vocab))
+    counted, (student, original, augmented, y) = select_counted(
+        labels, ignore_index, student_logits.reshape(-1, vocab),
+        None if original_logits is None else original_logits.detach().reshape(-1, vocab),
+        None if augmented_logits is None else augmented_logits.detach().reshape(-1, vocab),
+        None if labels is None else labels.reshape(-1, 1))
+    targets = oi.checked_targets(y.reshape(-1), vocab) if objective.has_target_edit else None
     if student.shape[0] == 0:
         return zero_loss(lead, reduction, student_logits)
-    per_token = _FromLogits.apply(student, original, augmented, float(alpha), direction,
-                                  chunk_tokens or torch_chunk_tokens(vocab), transforms)
+    dtype = torch.float64 if student.dtype == torch.float64 else torch.float32
+    shift = oi.fixed_target_shift(objective, student.shape[0], dtype, student.device)
+    per_token = _FromLogits.apply(student, original, augmented, float(alpha), objective.kernel_divergence,
+                                  chunk_tokens or torch_chunk_tokens(vocab), transforms,
+                                  _ChunkObjective(objective, targets, shift))
     return reduce_counted(per_token, counted, lead, reduction)

@@ -22,10 +22,34 @@ def _as(t, dtype):
 
 
 def unlearning_kl(xs, ws, bs, xo, wo, bo, xa, wa, ba, *, alpha, direction, grad_in_forward, chunk_tokens,
-                  grad_filter, transforms=(lt.IDENTITY,) * 3):
-    """The KL op of backend "torch" (common/backends.py). Dense gradients: ``grad_filter`` does not apply."""
+                  grad_filter, transforms=(lt.IDENTITY,) * 3, teacher_source="models", jsd_beta=0.5, targets=None,
+                  target_shift=None):
+    """The KL op of backend "torch" (common/backends.py). Dense gradients: ``grad_filter`` does not apply.
+    The self teacher reuses each chunk's student logits (no second GEMM); the labels teacher ignores xo."""
+    objective = _Objective(teacher_source, float(jsd_beta), targets, target_shift)
     return TorchChunkedUnlearningKL.apply(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_in_forward,
-                                          chunk_tokens, transforms)
+                                          chunk_tokens, transforms, objective)
+
+
+class _Objective:
+    """What the teacher is beyond the models' logits (chunk_math.chunk_loss_and_grad's keyword arguments)."""
+
+    def __init__(self, teacher_source, jsd_beta, targets, target_shift):
+        self.teacher_source, self.jsd_beta = teacher_source, jsd_beta
+        self.targets, self.target_shift = targets, target_shift
+
+    @property
+    def uses_original(self) -> bool:
+        return self.teacher_source == "models"
+
+    def chunk_kwargs(self, start, end) -> dict:
+        def rows(t):
+            return None if t is None else t[start:end]
+        return dict(teacher_source=self.teacher_source, jsd_beta=self.jsd_beta, targets=rows(self.targets),
+                    target_shift=rows(self.target_shift))
+
+
+_DEFAULT_OBJECTIVE = _Objective("models", 0.5, None, None)
 
 
 class TorchChunkedUnlearningKL(torch.autograd.Function):
@@ -39,10 +63,11 @@ class TorchChunkedUnlearningKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_in_forward, chunk_tokens,
-                transforms=(lt.IDENTITY,) * 3):
+                transforms=(lt.IDENTITY,) * 3, objective=_DEFAULT_OBJECTIVE):
         dtype = compute_dtype(xs, ws)
         ws32, bs32 = _as(ws, dtype), _as(bs, dtype)
-        wo32, bo32 = _as(wo, dtype), _as(bo, dtype)
+        # The self and labels teachers never read the original model (the API passes the student's in its place).
+        wo32, bo32 = (_as(wo, dtype), _as(bo, dtype)) if objective.uses_original else (None, None)
         wa32, ba32 = _as(wa, dtype), _as(ba, dtype)
         n = xs.shape[0]
         chunk = chunk_tokens or torch_chunk_tokens(ws.shape[0])
@@ -54,11 +79,12 @@ class TorchChunkedUnlearningKL(torch.autograd.Function):
             for start in range(0, n, chunk):
                 end = min(n, start + chunk)
                 loss, g = _chunk(xs, xo, xa, start, end, ws32, bs32, wo32, bo32, wa32, ba32, alpha, direction,
-                                 in_forward, transforms)
+                                 in_forward, transforms, objective)
                 per_token[start:end] = loss
                 if in_forward:
                     grads.add(g, start, end)
         ctx.alpha, ctx.direction, ctx.chunk, ctx.transforms = alpha, direction, chunk, transforms
+        ctx.objective = objective
         ctx.grad_in_forward = in_forward
         ctx.dtypes = (xs.dtype, ws.dtype, None if bs is None else bs.dtype)
         ctx.has_bias = bs is not None
@@ -80,35 +106,41 @@ class TorchChunkedUnlearningKL(torch.autograd.Function):
             xs, ws, bs, xo, wo, bo, xa, wa, ba = ctx.saved_tensors
             dtype = compute_dtype(xs, ws)
             ws32, bs32 = _as(ws, dtype), _as(bs, dtype)
-            wo32, bo32, wa32, ba32 = _as(wo, dtype), _as(bo, dtype), _as(wa, dtype), _as(ba, dtype)
+            wo32, bo32 = (_as(wo, dtype), _as(bo, dtype)) if ctx.objective.uses_original else (None, None)
+            wa32, ba32 = _as(wa, dtype), _as(ba, dtype)
             grads = _GradAccumulator(xs, ws32, bs32)
             with torch.no_grad():
                 for start in range(0, xs.shape[0], ctx.chunk):
                     end = min(xs.shape[0], start + ctx.chunk)
                     _, g = _chunk(xs, xo, xa, start, end, ws32, bs32, wo32, bo32, wa32, ba32, ctx.alpha,
-                                  ctx.direction, True, ctx.transforms)
+                                  ctx.direction, True, ctx.transforms, ctx.objective)
                     grads.add(g.mul_(grad_per_token[start:end, None].to(g.dtype)), start, end)
             dx, dw, db = grads.result()
         x_dtype, w_dtype, b_dtype = ctx.dtypes
         return (dx.to(x_dtype), dw.to(w_dtype), None if db is None else db.to(b_dtype),
-                None, None, None, None, None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None, None, None, None, None)
 
 
-def _chunk(xs, xo, xa, start, end, ws32, bs32, wo32, bo32, wa32, ba32, alpha, direction, need_grad, transforms):
+def _chunk(xs, xo, xa, start, end, ws32, bs32, wo32, bo32, wa32, ba32, alpha, direction, need_grad, transforms,
+           objective):
     # Logits stay float32 even inside torch.autocast (which would otherwise run these GEMMs in bf16).
     with torch.autocast(xs.device.type, enabled=False):
         return _chunk_fp32(xs, xo, xa, start, end, ws32, bs32, wo32, bo32, wa32, ba32, alpha, direction,
-                           need_grad, transforms)
+                           need_grad, transforms, objective)
 
 
 def _chunk_fp32(xs, xo, xa, start, end, ws32, bs32, wo32, bo32, wa32, ba32, alpha, direction, need_grad,
-                transforms):
+                transforms, objective):
     """Per-token loss and d loss / d (untransformed) student logits of one chunk."""
     t_s, t_o, t_a = transforms
     student, factor = lt.apply_(_logits(xs[start:end], ws32, bs32), t_s, need_grad)
-    original, _ = lt.apply_(_logits(xo[start:end], wo32, bo32), t_o)
+    original = lt.apply_(_logits(xo[start:end], wo32, bo32), t_o)[0] if objective.uses_original else None
     augmented = None if xa is None else lt.apply_(_logits(xa[start:end], wa32, ba32), t_a)[0]
-    loss, g = chunk_loss_and_grad(student, original, augmented, alpha, direction, need_grad)
+    if objective is _DEFAULT_OBJECTIVE:
+        loss, g = chunk_loss_and_grad(student, original, augmented, alpha, direction, need_grad)
+    else:
+        loss, g = chunk_loss_and_grad(student, original, augmented, alpha, direction, need_grad,
+                                      **objective.chunk_kwargs(start, end))
     return loss, None if g is None else lt.chain(g, factor)
 
 

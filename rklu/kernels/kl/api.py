@@ -12,6 +12,7 @@ from ..common.validation import (
 )
 from .chunk_policy import check_chunk_knobs
 from . import objective_inputs as oi
+from .uniform_shift import uniform_target_shift
 
 
 def resolve_backend(backend: str, device: torch.device, problem: dict | None = None) -> str:
@@ -153,20 +154,12 @@ def fused_linear_unlearning_kl(
 
 def _target_shift(objective, targets, xo, wo, bo, teacher_transform, backend, chunk_tokens):
     """[N] shift of the teacher's logit at each target (None without an edit). Unilogit's "uniform" edit needs
-    the teacher's p(target) before the edit: the log-prob op on the teacher's (for the self teacher, the
-    student's detached) hidden states, weight, bias and transform, without gradient, on the KL's backend when
-    it implements the log-prob, else on the log-prob's own choice."""
-    dtype = torch.float64 if xo.dtype == torch.float64 else torch.float32
+    the teacher's p(target) before the edit: from the teacher's (for the self teacher, the student's detached)
+    hidden states, weight, bias and transform, without gradient (uniform_shift.py)."""
     if objective.target_edit != "uniform":
+        dtype = torch.float64 if xo.dtype == torch.float64 else torch.float32
         return oi.fixed_target_shift(objective, xo.shape[0], dtype, xo.device)
-    from ..logprob.api import fused_linear_token_logprob
-
-    logprob_backend = backend if backend in backends.names("logprob") else "auto"
-    with torch.no_grad():
-        log_q = fused_linear_token_logprob(xo, wo, targets, bias=bo, backend=logprob_backend,
-                                           chunk_tokens=chunk_tokens, check_inputs_finite=False,
-                                           scale=teacher_transform.scale, softcap=teacher_transform.softcap)
-    return oi.uniform_shift_from_logprob(log_q.to(dtype), wo.shape[0])
+    return uniform_target_shift(xo, wo, bo, targets, teacher_transform, kl_backend=backend, chunk_tokens=chunk_tokens)
 
 
 class FusedLinearUnlearningKL(torch.nn.Module):

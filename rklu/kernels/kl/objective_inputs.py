@@ -63,16 +63,6 @@ def fixed_target_shift(objective: KLObjective, n: int, dtype: torch.dtype, devic
     return None
 
 
-def uniform_shift_from_logprob(log_q: torch.Tensor, vocab: int) -> torch.Tensor:
-    """Unilogit's edit (Vasilev et al. 2025, arXiv 2505.06027) as a shift of the target logit: with q the
-    teacher's p(y) before the edit, subtracting ``log(V - 1) + log q - log(1 - q)`` from t_y gives p(y) = 1/V.
-    q -> 1 would make the shift infinite (and p(y) 0): log q is capped at -eps of its dtype, so the shift stays
-    finite; a q within rounding of 1 then keeps p(y) above 1/V (log q carries the GEMM's rounding)."""
-    eps = torch.finfo(log_q.dtype).eps
-    log_q = log_q.detach().clamp(max=-eps)
-    return math.log(vocab - 1) + log_q - torch.log(-torch.expm1(log_q))
-
-
 def fold_temperature(transforms, temperature: float):
     """Each model's transform divided by the temperature (``logit_transform.with_temperature``)."""
     return tuple(lt.with_temperature(t, temperature) for t in transforms)

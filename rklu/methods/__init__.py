@@ -17,7 +17,8 @@ from .registry import Method, MethodAlias, MethodSpec, get_method, method_names,
 from .task_arithmetic import task_arithmetic
 
 # the registry: each module here defines METHOD, a MethodSpec; this order is the order of METHOD_NAMES
-BUILTIN = ("rklu", "fklu", "ga", "npo", "idk", "dpo", "task_arithmetic", "simnpo", "wga", "satimp", "gradiff")
+BUILTIN = ("rklu", "fklu", "ga", "npo", "idk", "dpo", "task_arithmetic", "simnpo", "wga", "satimp", "gradiff",
+           "whp", "undial", "ceu", "unilogit", "jensun", "rmu")
 for _module in BUILTIN:
     register(importlib.import_module(f".{_module}", __name__).METHOD)
 

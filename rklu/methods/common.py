@@ -81,20 +81,34 @@ def sequence_logprob(out: HeadOutput, labels: torch.Tensor, backend: str = "auto
     return logp.sum(dim=1)
 
 
-def unlearning_kl(ctx: LossContext, role: str, batch, direction: str, with_augmented: bool,
-                  alpha: float | None = None) -> torch.Tensor:
-    """KL between the student and the (modified) teacher on ``batch[role]``, through the fused kernel:
-    hidden states + lm_head weights in, no [tokens x vocab] logits built."""
+def unlearning_kl(ctx: LossContext, role: str, batch, direction: str = "reverse", with_augmented: bool = False,
+                  alpha: float | None = None, *, teacher: str = "models", labels: torch.Tensor | None = None,
+                  **objective) -> torch.Tensor:
+    """Divergence between the student and its teacher on ``batch[role]``, through the fused kernel: hidden
+    states + lm_head weights in, no [tokens x vocab] logits built.
+
+    ``teacher``: ``"models"`` (the original, edited by the augmented model when ``with_augmented``),
+    ``"self"`` (the student's own detached logits) or ``"labels"`` (one-hot on the label); ``objective``:
+    the KL op's ``divergence``, ``jsd_beta``, ``target_edit``, ``target_shift``, ``temperature``
+    (``rklu.kernels.kl.objective``), passed only when given, so the plain RKLU/FKLU call is unchanged.
+    ``labels`` (unshifted, like ``batch[role]["labels"]``) replaces the role's labels, e.g. with more tokens
+    masked."""
     sub = batch[role]
     student = ctx.student(role, batch)
-    original = ctx.original(role, sub)
-    augmented = ctx.augmented(role, sub) if with_augmented else None
-    hidden, labels = shift(student, sub["labels"])
+    hidden, shifted = shift(student, sub["labels"] if labels is None else labels)
+    if teacher == "models":
+        original = ctx.original(role, sub)
+        augmented = ctx.augmented(role, sub) if with_augmented else None
+        models = dict(original_hidden=original.hidden[:, :-1], original_weight=original.weight,
+                      original_bias=original.bias, **original.kernel_kwargs("original_"))
+        if augmented is not None:
+            models.update(augmented_hidden=augmented.hidden[:, :-1], augmented_weight=augmented.weight,
+                          augmented_bias=augmented.bias, **augmented.kernel_kwargs("augmented_"))
+    else:  # no teacher model: the kernel builds the teacher from the student's own logits or the labels
+        if with_augmented:
+            raise ValueError(f"teacher={teacher!r} takes no augmented model")
+        models = dict(original_hidden=None, original_weight=None, teacher=teacher)
     return fused_linear_unlearning_kl(
-        hidden, student.weight, original.hidden[:, :-1], original.weight,
-        None if augmented is None else augmented.hidden[:, :-1], None if augmented is None else augmented.weight,
-        alpha=ctx.hp("alpha") if alpha is None else alpha, direction=direction, labels=labels, reduction="mean",
-        backend=ctx.kl_backend, student_bias=student.bias, original_bias=original.bias,
-        augmented_bias=None if augmented is None else augmented.bias,
-        **student.kernel_kwargs("student_"), **original.kernel_kwargs("original_"),
-        **({} if augmented is None else augmented.kernel_kwargs("augmented_")))
+        hidden, student.weight, alpha=ctx.hp("alpha") if alpha is None else alpha, direction=direction,
+        labels=shifted, reduction="mean", backend=ctx.kl_backend, student_bias=student.bias,
+        **student.kernel_kwargs("student_"), **models, **objective)

@@ -125,7 +125,7 @@ class Method:
 
     @property
     def needs_retain(self) -> bool:
-        return self.retain_term is not None
+        return self.retain_term is not None or "retain" in self.data_roles
 
     def loss(self, ctx: LossContext, batch) -> tuple[torch.Tensor, dict]:
         ctx.cache.clear()  # student passes are memoized within one batch only

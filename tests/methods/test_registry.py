@@ -33,6 +33,12 @@ EXPECTED_TEACHER_ROLES = {
     "wga": {}, "wga+rt": {}, "wga+kl": {"original": ("retain",)},
     "satimp": {}, "satimp+rt": {}, "satimp+kl": {"original": ("retain",)},
     "gradiff": {},  # = ga+rt
+    "whp": {"original": ("forget",), "augmented": ("forget",)},
+    "undial": {"original": ("forget",)}, "undial+rt": {"original": ("forget",)},
+    "undial+kl": {"original": ("forget", "retain")},
+    "ce-u": {}, "unilogit": {}, "unilogit+rt": {}, "unilogit+kl": {"original": ("retain",)},
+    "jensun": {}, "jensun+jsd": {"original": ("retain",)},
+    "rmu": {"original": ()},  # loaded, never cached: RMU reads a middle layer's activations, not hidden states
 }
 
 
@@ -41,11 +47,14 @@ def test_builtin_methods_declare_their_teachers_and_data():
     for name, expected in EXPECTED_TEACHER_ROLES.items():
         method = get_method(name)
         assert dict(method.teacher_roles) == expected, name
-        assert method.needs_retain == ("+" in method.name) and method.needs_idk == name.startswith(("dpo", "idk"))
+        # RMU's retain activation term is part of its own loss
+        assert method.needs_retain == ("+" in method.name or name == "rmu")
+        assert method.needs_idk == name.startswith(("dpo", "idk", "jensun"))
         assert method.trains == (name != "task-arithmetic")
     data = {"forget": "F", "retain": "R", "idk": "I"}
     assert cache_roles(get_method("dpo+kl"), data) == {"original": {"forget": "F", "idk": "I", "retain": "R"}}
     assert cache_roles(get_method("ga+rt"), data) == {}
+    assert cache_roles(get_method("rmu"), data) == {"original": {}}
 
 
 def test_hyperparameters_are_config_options_with_their_declared_defaults():

@@ -44,7 +44,7 @@ class Hyperparameter:
 
 ALPHA = Hyperparameter("alpha", 8.0, help="unlearning-teacher strength in l_o - alpha * relu(l_aug - l_o)")
 RETAIN_WEIGHT = Hyperparameter("retain_weight", 1.0, label="retain_weight (lambda)",
-                               help="lambda, the weight of the +rt/+kl retain term")
+                               help="lambda, the weight of the +rt/+kl/+jsd retain term")
 
 
 @dataclass(frozen=True)

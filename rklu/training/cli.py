@@ -12,7 +12,7 @@ from .config import FIELD_TYPES, FIELD_NAMES, _base_type, list_presets, method_h
 HELP = {
     "finetune": "train a model on QA data or a text corpus (the original model, or the retain oracle)",
     "augment": "train the original further on the forget set (the augmented model for RKLU/FKLU/TA)",
-    "unlearn": "unlearn the forget set with --method ({methods}; +rt/+kl add a retain term)",
+    "unlearn": "unlearn the forget set with --method ({methods}; +rt/+kl/+jsd add a retain term)",
 }
 
 

@@ -381,3 +381,46 @@ def test_rmu_direction_is_seeded_and_layer_checked(setup):
     ctx = LossContext(model=copy.deepcopy(student), original=ModelTeacher(copy.deepcopy(original)), rmu_layer=0.5)
     with pytest.raises(ValueError, match="rmu_layer must be a whole number"):
         get_method("rmu").loss(ctx, batch)
+
+
+# ---- through `rklu unlearn` ---------------------------------------------------------------------------
+
+NEW_METHODS = ("whp", "undial", "undial+rt", "undial+kl", "ce-u", "unilogit", "unilogit+rt", "unilogit+kl",
+               "jensun", "jensun+jsd", "rmu")
+
+
+def test_new_methods_and_their_options_are_in_the_unlearn_help():
+    from rklu.cli import build_parser
+
+    text = build_parser()._subparsers._group_actions[0].choices["unlearn"].format_help()
+    for name in NEW_METHODS:
+        assert name in text, name
+    for flag in ("--undial-beta", "--ceu-ignore-first-n", "--jensun-beta", "--rmu-layer", "--rmu-steering-coeff",
+                 "--rmu-retain-weight", "--rmu-seed"):
+        assert flag in text, flag
+
+
+@pytest.mark.parametrize("method, flags", [("rmu", ["--rmu-layer", "0"]), ("jensun+jsd", []), ("ce-u", [])])
+def test_one_step_through_rklu_unlearn_with_the_teacher_cache(method, flags, tmp_path):
+    """RMU's original is loaded but not cached (it reads a middle layer), JensUn reads the idk role and the
+    original on retain (cached), CE-U has no teacher at all."""
+    import json
+
+    from rklu.cli import main
+
+    tok, _, _, _ = tiny_paired_batch(4, max_length=128)
+    model_dir = tmp_path / "tiny"
+    build_tiny_llama(tok, hidden_size=32, num_layers=1, num_heads=2, seed=0).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    out = tmp_path / "run"
+    assert main(["unlearn", "--preset", "tiny-cpu", "--model", str(model_dir), "--method", method,
+                 "--forget", "tofu:forget01[:4]", "--retain", "tofu:full[3600:3604]", "--max-length", "128",
+                 "--epochs", "1", "--batch-size", "4", "--effective-batch-size", "4", "--teacher-cache", "disk",
+                 "--kl-backend", "torch", "--no-progress", "--output-dir", str(out), *flags]) == 0
+    status = json.loads((out / "run.json").read_text())
+    assert status["status"] == "completed" and status["method"] == method and status["steps"] == 1
+    cached = sorted(p.name for p in (out / "teacher_cache").glob("*.pt"))
+    assert cached == {"rmu": [], "jensun+jsd": ["original-retain.pt"], "ce-u": []}[method]
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    key = {"rmu": "train_retain_activation_mse", "jensun+jsd": "train_retain_jsd", "ce-u": "train_forget_kl"}[method]
+    assert record[key] >= 0

@@ -68,7 +68,7 @@ def test_bad_seeds_is_a_clear_error(tmp_path, capsys):
     assert "--seeds" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("folder", ["docs/demo", "docs/demo/lambda1"])
+@pytest.mark.parametrize("folder", ["docs/demo", "docs/demo/env-b", "docs/demo/lambda1"])
 def test_committed_demo_results_hold_relative_paths(folder):
     from pathlib import Path
 
@@ -78,3 +78,37 @@ def test_committed_demo_results_hold_relative_paths(folder):
     assert paths and all(not p.startswith("/") and "\\" not in p for p in paths)
     for p in results["files"].values():  # the committed files are there, next to results.json
         assert (root / p).is_file(), p
+
+
+def _peak(group):
+    """The group's row at its peak epoch: the first epoch of highest mean forget quality (report.py's rule)."""
+    return max(group["epochs"], key=lambda e: (e["forget_quality"], -e["epoch"]))
+
+
+def test_readme_demo_table_is_the_committed_results():
+    """README's CPU-demo table is docs/demo/results.json at each method's peak epoch, to the digits shown, and
+    the second environment's run (docs/demo/env-b) gave the same numbers: a regenerated demo that is not copied
+    into the README, or a README edited by hand, fails here."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    results = json.loads((root / "docs/demo/results.json").read_text())
+    other = json.loads((root / "docs/demo/env-b/results.json").read_text())
+    assert results["summary"]["groups"] == other["summary"]["groups"]
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("* The CPU demo:"):readme.index("* SmolLM2:")]
+    rows = {m.group(1).strip(): [c.strip().strip("*") for c in m.group(2).split("|")]
+            for m in re.finditer(r"^  \| ([^|]+) \|(.+)\|$", section, re.M)}
+
+    def mean(cell):
+        return float(cell.split("±")[0])
+
+    assert abs(mean(rows["original"][0]) - results["original"]["forget_quality"]) <= 5e-3 * mean(rows["original"][0])
+    assert abs(mean(rows["original"][1]) - results["original"]["model_utility"]) <= 5e-4
+    for group in results["summary"]["groups"]:
+        label = group["label"].replace("alpha", "α")
+        peak = _peak(group)
+        fq, mu = mean(rows[label][0]), mean(rows[label][1])
+        assert abs(fq - peak["forget_quality"]) <= 5e-3 * max(fq, 1e-12) + 5e-5, label
+        assert abs(mu - peak["model_utility"]) <= 5e-4, label

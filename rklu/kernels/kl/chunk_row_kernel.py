@@ -79,23 +79,28 @@ def _student_teacher(ZS, ZO, ZA, BS, BO, BA, rows, cols, col_mask, stride_z, alp
 
 
 @triton.jit
-def _jsd_terms(zs, zt, valid, m_s, m_t, log_d_s, log_d_t, log_ratio, log_beta, log_1m_beta):
+def _softplus(x):
+    """log(1 + e^x), with log1p(u) = log(1 + u) * u / ((1 + u) - 1) (Goldberg, "What every computer scientist
+    should know about floating-point arithmetic", 1991; core tl has no log1p): all digits where it is tiny."""
+    u = tl.exp(-tl.abs(x))
+    w = 1.0 + u
+    return tl.maximum(x, 0.0) + tl.where(w == 1.0, u, tl.log(w) * tl.fdiv(u, w - 1.0))
+
+
+@triton.jit
+def _jsd_terms(zs, zt, valid, m_s, m_t, log_d_s, log_d_t, r_offset, log_beta, log_1m_beta):
     """(p_s, p_t, r, E) of a tile: r = log p_t - log p_s and E = log m - log p_s - log(1 - beta)
     = softplus(log(beta / (1 - beta)) + r) >= 0, the excess of log(m / p_s) over its value where p_t = 0
     (r = -inf: E = 0 exactly, never NaN). The gradient uses E, not log(m / p_s): g - sum p_s g is the same,
     but where p_t << p_s (most of the vocabulary of a peaked teacher) E is small with all its digits, and
-    g - sum p_s g does not cancel two numbers near -(1 - beta) log(1 - beta). r is the difference of the
-    relative logits plus the row's log(d_s / d_t): exact 0 where the teacher is the student. log1p(u) as
-    log(1 + u) * u / ((1 + u) - 1) (Goldberg, "What every computer scientist should know about
-    floating-point arithmetic", 1991): core tl has no log1p. Masked columns get p_s = p_t = 0."""
+    g - sum p_s g does not cancel two numbers near -(1 - beta) log(1 - beta). r = (z_t - z_s) + r_offset,
+    r_offset = (m_s - m_t) + log(d_s / d_t) per row: exact 0 where the teacher is the student, and one
+    rounding at the size of z_t - z_s, not two at the size of the logits' spread. Masked columns get
+    p_s = p_t = 0."""
     rel_s = zs - m_s[:, None]
     rel_t = zt - m_t[:, None]
-    r = (rel_t - rel_s) + log_ratio[:, None]
-    x = (log_beta - log_1m_beta) + r
-    u = tl.exp(-tl.abs(x))
-    w = 1.0 + u
-    log1p_u = tl.where(w == 1.0, u, tl.log(w) * tl.fdiv(u, w - 1.0))
-    E = tl.maximum(x, 0.0) + log1p_u
+    r = (zt - zs) + r_offset[:, None]
+    E = _softplus((log_beta - log_1m_beta) + r)
     p_s = tl.exp(tl.where(valid, rel_s - log_d_s[:, None], float("-inf")))
     p_t = tl.exp(tl.where(valid, rel_t - log_d_t[:, None], float("-inf")))
     return p_s, p_t, r, E
@@ -209,10 +214,19 @@ def _chunk_kernel(ZS, ZO, ZA, BS, BO, BA, TARGETS, SHIFTS, ROW_SCALE, G, LOSS,
             loss = mean_rel + tl.log(d_s / d_t)
     elif DIVERGENCE == 2:
         log_d_t = tl.log(d_t)
-        log_ratio = tl.log(d_s / d_t)  # log p_t - log p_s = (rel_t - rel_s) + log(d_s / d_t)
+        r_offset = (m_s - m_t) + tl.log(d_s / d_t)  # log p_t - log p_s = (z_t - z_s) + r_offset
         one_m_beta = 1.0 - jsd_beta
         loss = tl.zeros((BLOCK_N,), tl.float32)
-        mean_g = tl.zeros((BLOCK_N,), tl.float32)  # S = sum p_s g (up to a constant)
+        # g enters the gradient as g - S only: E is taken relative to an anchor, its value where most of a row's
+        # entries sit -- p_t = 0 for a model or labels teacher (E = 0 there already), z_t = z_s for a self
+        # teacher (the entries its edit did not touch: E - anchor = 0 exactly) -- and S is normalized by the
+        # computed sum p_s, so that a constant E gives g - S = 0 rather than E (1 - sum p_s).
+        if TEACHER == 1:
+            anchor = _softplus((log_beta - log_1m_beta) + r_offset)
+        else:
+            anchor = tl.zeros((BLOCK_N,), tl.float32)
+        mean_g = tl.zeros((BLOCK_N,), tl.float32)  # sum p_s (E - anchor)
+        p_sum = tl.zeros((BLOCK_N,), tl.float32)
         # Backwards: the blocks pass 1 read last first (likeliest still in cache); pass 3 then runs forwards.
         for i in range(0, V, BLOCK_V):
             cols = (last - i) + tl.arange(0, BLOCK_V)
@@ -223,14 +237,15 @@ def _chunk_kernel(ZS, ZO, ZA, BS, BO, BA, TARGETS, SHIFTS, ROW_SCALE, G, LOSS,
                 logit_scale_a, softcap_a, inv_softcap_a,
                 HAS_AUG, HAS_BS, HAS_BO, HAS_BA, HAS_SOFTCAP_S, HAS_SOFTCAP_O, HAS_SOFTCAP_A,
                 TEACHER, HAS_TARGET_SHIFT)
-            p_s, p_t, r, E = _jsd_terms(zs, zt, col_mask[None, :], m_s, m_t, log_d_s, log_d_t, log_ratio,
+            p_s, p_t, r, E = _jsd_terms(zs, zt, col_mask[None, :], m_s, m_t, log_d_s, log_d_t, r_offset,
                                         log_beta, log_1m_beta)
             L = E + log_1m_beta  # log m - log p_s
             # beta p_t (log p_t - log m) + (1 - beta) p_s (log p_s - log m); p_t = 0 entries add 0.
             teacher_term = p_t * tl.where(p_t > 0.0, r - L, 0.0)
             loss += tl.sum(jsd_beta * teacher_term - one_m_beta * (p_s * L), axis=1)
-            mean_g += tl.sum(p_s * E, axis=1)
-        mean_g = -one_m_beta * mean_g  # S up to the constant -(1 - beta) log(1 - beta), which g - S cancels
+            mean_g += tl.sum(p_s * (E - anchor[:, None]), axis=1)
+            p_sum += tl.sum(p_s, axis=1)
+        mean_g = -one_m_beta * (mean_g / p_sum)  # S, less the anchor's constant share, which g - S cancels
     else:
         loss = log_d_s - (zs_arg - m_s)  # lse_s - z_s[a]
     tl.store(LOSS + rows, loss, mask=row_mask)
@@ -253,9 +268,9 @@ def _chunk_kernel(ZS, ZO, ZA, BS, BO, BA, TARGETS, SHIFTS, ROW_SCALE, G, LOSS,
                 TEACHER, HAS_TARGET_SHIFT)
             valid = col_mask[None, :]
             if DIVERGENCE == 2:
-                p_s, p_t, r, E = _jsd_terms(zs, zt, valid, m_s, m_t, log_d_s, log_d_t, log_ratio, log_beta,
+                p_s, p_t, r, E = _jsd_terms(zs, zt, valid, m_s, m_t, log_d_s, log_d_t, r_offset, log_beta,
                                             log_1m_beta)
-                g = p_s * (-one_m_beta * E - mean_g[:, None])
+                g = p_s * (-one_m_beta * (E - anchor[:, None]) - mean_g[:, None])
             else:
                 rel_s = zs - m_s[:, None]
                 p_s = tl.exp(tl.where(valid, rel_s - log_d_s[:, None], float("-inf")))

@@ -21,9 +21,10 @@ import torch
 
 from kernel_cases import triton_device_param
 from objective_cases import (
-    CASES, IGNORE, OBJECTIVE_CASES, SMOKE_CASES, STUDENT_LEAVES, linear_ground_truth, make_objective_inputs,
-    objective_ground_truth,
+    CASES, IGNORE, OBJECTIVE_CASES, SMOKE_CASES, STUDENT_LEAVES, api_inputs, linear_ground_truth,
+    make_objective_inputs, objective_ground_truth,
 )
+from rklu.kernels import fused_linear_unlearning_kl
 from rklu.kernels.common.logit_transform import LogitTransform
 from rklu.kernels.kl import chunk_row_kernel
 from rklu.kernels.kl.objective import KLObjective
@@ -174,6 +175,31 @@ def test_extreme_logits(device, objective, augmented, small_tiles):
     edit writes t_y - shift, a new fp32 number at |t| ~ 1e4 (ulp 1e-3): p_t(y) is 1/V to ~1e-3 relative."""
     rtol = 1e-4 if objective["target_edit"] == "uniform" else 1e-5
     check_case(objective, augmented, device, logit_std=1e3, offset=1e4, seed=4, peaked_fraction=0.3, rtol=rtol)
+
+
+@pytest.mark.parametrize("device", DEVICE)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("objective,augmented", SMOKE_CASES)
+def test_public_api(device, reduction, objective, augmented, small_tiles):
+    """Through ``fused_linear_unlearning_kl(backend="chunked")``: [2, 7] tokens, a quarter of them masked
+    (-100), the API's own uniform shift and temperature folding, both gradient paths."""
+    inputs = make_objective_inputs(14, 16, 37, teacher=objective["teacher"], augmented=augmented, device=device,
+                                   bias=True, seed=6, lead=(2, 7))
+    upstream = None
+    if reduction == "none":
+        upstream = torch.rand((2, 7), generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    loss = fused_linear_unlearning_kl(**api_inputs(inputs, objective["teacher"]), alpha=8.0, backend="chunked",
+                                      reduction=reduction, chunk_tokens=4, **objective)
+    weighted = loss if upstream is None else (loss * upstream.to(device=loss.device, dtype=loss.dtype)).sum()
+    grads = torch.autograd.grad(weighted, [inputs[k] for k in STUDENT_LEAVES])
+    want, want_grads = linear_ground_truth(inputs, alpha=8.0, reduction=reduction, upstream=upstream, **objective)
+    rtol = 3e-5 if objective["teacher"] == "self" and objective["target_edit"] != "none" else 1e-5
+    assert loss.shape == want.shape
+    ok, err = _close(loss, want, rtol)
+    assert ok, f"loss rel err {err:.2e}"
+    for name, got in zip(STUDENT_LEAVES, grads):
+        ok, err = _close(got, want_grads[name], rtol)
+        assert ok, f"d{name} rel err {err:.2e}"
 
 
 def _bias_teacher_inputs(n, h, v, teacher_bias, device):

@@ -198,23 +198,24 @@ def _chunk_kernel(ZS, ZO, ZA, BS, BO, BA, TARGETS, SHIFTS, ROW_SCALE, G, LOSS,
     last = (V - 1) // BLOCK_V * BLOCK_V
     # A self teacher or an edited one is close to the student: a small divergence, where log(d_t / d_s) as
     # one logarithm of a ratio keeps digits that log d_t - log d_s (two roundings at the logs' size) loses.
+    # (tl.fdiv in the new paths: an IEEE division's slow path left an 8-byte stack frame on sm_90.)
     if DIVERGENCE == 0:
         log_d_t = tl.log(d_t)
         mean_rel = acc / d_s  # E_ps[(z_s - m_s) - (z_t - m_t)]
         if TEACHER == 0 and not HAS_TARGET_SHIFT:
             loss = mean_rel - log_d_s + log_d_t
         else:
-            loss = mean_rel + tl.log(d_t / d_s)
+            loss = mean_rel + tl.log(tl.fdiv(d_t, d_s))
     elif DIVERGENCE == 1:
         log_d_t = tl.log(d_t)
         mean_rel = acc / d_t  # E_pt[(z_t - m_t) - (z_s - m_s)]
         if TEACHER == 0 and not HAS_TARGET_SHIFT:
             loss = mean_rel - log_d_t + log_d_s
         else:
-            loss = mean_rel + tl.log(d_s / d_t)
+            loss = mean_rel + tl.log(tl.fdiv(d_s, d_t))
     elif DIVERGENCE == 2:
         log_d_t = tl.log(d_t)
-        r_offset = (m_s - m_t) + tl.log(d_s / d_t)  # log p_t - log p_s = (z_t - z_s) + r_offset
+        r_offset = (m_s - m_t) + tl.log(tl.fdiv(d_s, d_t))  # log p_t - log p_s = (z_t - z_s) + r_offset
         one_m_beta = 1.0 - jsd_beta
         loss = tl.zeros((BLOCK_N,), tl.float32)
         # g enters the gradient as g - S only: E is taken relative to an anchor, its value where most of a row's
@@ -245,7 +246,7 @@ def _chunk_kernel(ZS, ZO, ZA, BS, BO, BA, TARGETS, SHIFTS, ROW_SCALE, G, LOSS,
             loss += tl.sum(jsd_beta * teacher_term - one_m_beta * (p_s * L), axis=1)
             mean_g += tl.sum(p_s * (E - anchor[:, None]), axis=1)
             p_sum += tl.sum(p_s, axis=1)
-        mean_g = -one_m_beta * (mean_g / p_sum)  # S, less the anchor's constant share, which g - S cancels
+        mean_g = -one_m_beta * tl.fdiv(mean_g, p_sum)  # S, less the anchor's constant share, which g - S cancels
     else:
         loss = log_d_s - (zs_arg - m_s)  # lse_s - z_s[a]
     tl.store(LOSS + rows, loss, mask=row_mask)
@@ -287,13 +288,19 @@ def _chunk_kernel(ZS, ZO, ZA, BS, BO, BA, TARGETS, SHIFTS, ROW_SCALE, G, LOSS,
                      mask=row_mask[:, None] & valid)
 
 
-def autotune_configs() -> list:
+def autotune_configs(divergence: str = "reverse") -> list:
     """CUDA tiles (BLOCK_N rows x BLOCK_V vocab entries per step): a memory-bound row kernel, so few rows and
     long vocab strips; every config is checked spill-free on sm_80/sm_90 by benchmarks/gpu_compile.py."""
     # (4, 1024) spilled 8 bytes on sm_90 with 8 warps (fp32) and with 16 warps (bf16, 128-register cap):
     # dropped (benchmarks/results/gpu-compile.md).
     shapes = [(1, 2048, 8, 1), (2, 1024, 8, 1), (1, 4096, 16, 1)]
-    return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv), num_warps=w, num_stages=s) for bn, bv, w, s in shapes]
+    if divergence == "jsd":
+        # The JSD's three passes keep more per-row state live: ptxas stopped at 64 registers and spilled 8-16
+        # bytes on sm_90 (16 warps; a self teacher with 2 rows at 8 warps) unless told it may use what a block
+        # of that size can have (65536 / threads, at most 255).
+        return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv), num_warps=w, num_stages=st,
+                              maxnreg=min(255, 65536 // (32 * w))) for bn, bv, w, st in shapes]
+    return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv), num_warps=w, num_stages=st) for bn, bv, w, st in shapes]
 
 
 def block_sizes() -> dict:
@@ -301,8 +308,10 @@ def block_sizes() -> dict:
     return dict(BLOCK_N=32, BLOCK_V=1024, num_warps=4)
 
 
+# One autotuner per config list (the JSD's carries register caps); each compiles its own flag variants.
 _chunk_tuned = triton.autotune(autotune_configs(), key=["V"])(_chunk_kernel) if AUTOTUNE else None
-TUNED_KERNELS = {"chunk": _chunk_tuned} if AUTOTUNE else {}
+_chunk_tuned_jsd = triton.autotune(autotune_configs("jsd"), key=["V"])(_chunk_kernel) if AUTOTUNE else None
+TUNED_KERNELS = {"chunk": _chunk_tuned, "chunk_jsd": _chunk_tuned_jsd} if AUTOTUNE else {}
 
 
 def run_chunk_kernel(zs, zo, za, bs, bo, ba, row_scale, g, loss, alpha, write_grad, transforms, *,
@@ -330,7 +339,14 @@ def run_chunk_kernel(zs, zo, za, bs, bo, ba, row_scale, g, loss, alpha, write_gr
                  DIVERGENCE=DIVERGENCE_CODES[divergence], TEACHER=TEACHER_CODES[teacher],
                  HAS_TARGET_SHIFT=shifts is not None, WRITE_GRAD=write_grad)
     if AUTOTUNE:
-        _chunk_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, **flags)
+        tuned = _chunk_tuned_jsd if jsd else _chunk_tuned
+        tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, **flags)
     else:
-        blocks = block_sizes() if INTERPRET else dict(autotune_configs()[0].kwargs, num_warps=8)
+        if INTERPRET:
+            blocks = block_sizes()
+        else:
+            first = autotune_configs(divergence)[0]
+            blocks = dict(first.kwargs, num_warps=first.num_warps)
+            if first.maxnreg:
+                blocks["maxnreg"] = first.maxnreg
         _chunk_kernel[(triton.cdiv(n, blocks["BLOCK_N"]),)](*args, **flags, **blocks)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from ..common import logit_transform as lt
 from ..common import backends
 from ..common.masking import reduce_counted, select_counted, zero_loss
 from ..common.validation import (
-    check_alpha, check_direction_reduction, check_finite, check_linear_inputs, mixed_precision_teachers,
+    check_finite, check_linear_inputs, mixed_precision_teachers,
 )
 from .chunk_policy import check_chunk_knobs
+from .loss_options import LossOptions
 from . import objective_inputs as oi
 from .uniform_shift import uniform_target_shift
 
@@ -30,8 +30,6 @@ def fused_linear_unlearning_kl(
     augmented_hidden: torch.Tensor | None = None,
     augmented_weight: torch.Tensor | None = None,
     *,
-    alpha: float = 8.0,
-    direction: str = "reverse",
     labels: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
@@ -44,18 +42,7 @@ def fused_linear_unlearning_kl(
     chunk_memory_fraction: float | None = None,
     check_inputs_finite: bool = True,
     grad_filter: bool | None = None,
-    student_scale: float = 1.0,
-    student_softcap: float | None = None,
-    original_scale: float = 1.0,
-    original_softcap: float | None = None,
-    augmented_scale: float = 1.0,
-    augmented_softcap: float | None = None,
-    divergence: str | None = None,
-    jsd_beta: float = 0.5,
-    teacher: str = "models",
-    target_edit: str = "none",
-    target_shift: float = 0.0,
-    temperature: float = 1.0,
+    **options,
 ) -> torch.Tensor:
     """Unlearning KL between the student and the (modified) teacher, from hidden states and lm_head weights.
 
@@ -95,21 +82,14 @@ def fused_linear_unlearning_kl(
     finfo(dtype).eps / 32 (see ``rklu/kernels/kl/triton_fused/backward.py``); None = on unless the environment sets
     ``RKLU_GRAD_FILTER=0``. The torch and reference backends compute dense gradients and ignore it.
     """
-    check_direction_reduction(direction if divergence is None else "reverse", reduction)
-    check_alpha(alpha)
-    objective = oi.objective_from_arguments(direction, divergence, jsd_beta, teacher, target_edit, target_shift,
-                                            temperature, augmented=augmented_hidden is not None,
-                                            labels=labels is not None)
+    loss = LossOptions.of("fused_linear_unlearning_kl", options)
+    objective, transforms = loss.resolve(reduction, augmented=augmented_hidden is not None, labels=labels is not None)
     oi.check_teacher_inputs(objective, dict(original_hidden=original_hidden, original_weight=original_weight))
     if objective.teacher != "models" and original_bias is not None:
         oi.check_teacher_inputs(objective, dict(original_bias=original_bias))
-    transforms = lt.model_transforms(student_scale, student_softcap, original_scale, original_softcap,
-                                     augmented_scale, augmented_softcap)
     if objective.teacher != "models":
-        # The self / labels teacher: the student's own tensors (detached) and transform in the original's place.
+        # The self / labels teacher: the student's own tensors (detached) in the original's place.
         original_hidden, original_weight, original_bias = student_hidden, student_weight, student_bias
-        transforms = (transforms[0], transforms[0], lt.IDENTITY)
-    transforms = oi.fold_temperature(transforms, objective.temperature)
     check_chunk_knobs(max_chunk_bytes, chunk_memory_fraction, chunk_tokens)
     check_linear_inputs(student_hidden, student_weight, student_bias, original_hidden, original_weight,
                         original_bias, augmented_hidden, augmented_weight, augmented_bias, labels)
@@ -145,7 +125,7 @@ def fused_linear_unlearning_kl(
     # The chunk budget knobs concern the chunked backend alone (the others take chunk_tokens or nothing).
     budget = dict(max_chunk_bytes=max_chunk_bytes, memory_fraction=chunk_memory_fraction) if backend == "chunked" else {}
     per_token = backends.function("kl", backend)(
-        xs, student_weight, student_bias, xo, wo, bo, xa, wa, ba, alpha=float(alpha),
+        xs, student_weight, student_bias, xo, wo, bo, xa, wa, ba, alpha=float(loss.alpha),
         direction=objective.kernel_divergence, grad_in_forward=reduction != "none", chunk_tokens=chunk_tokens,
         grad_filter=grad_filter, transforms=transforms, **budget,
         **oi.kernel_objective_kwargs(objective, targets, shift))
@@ -163,38 +143,34 @@ def _target_shift(objective, targets, xo, wo, bo, teacher_transform, backend, ch
 
 
 class FusedLinearUnlearningKL(torch.nn.Module):
-    """Module form of :func:`fused_linear_unlearning_kl` holding alpha, the objective (direction or divergence,
-    jsd_beta, teacher, target_edit, target_shift, temperature), reduction and backend."""
+    """Module form of :func:`fused_linear_unlearning_kl` holding the loss options (alpha, direction or the
+    objective, the logit transforms: ``loss_options.py``), reduction and backend."""
 
     def __init__(self, alpha: float = 8.0, direction: str = "reverse", ignore_index: int = -100,
-                 reduction: str = "mean", backend: str = "auto", *, divergence: str | None = None,
-                 jsd_beta: float = 0.5, teacher: str = "models", target_edit: str = "none",
-                 target_shift: float = 0.0, temperature: float = 1.0):
+                 reduction: str = "mean", backend: str = "auto", **options):
         super().__init__()
-        check_direction_reduction(direction if divergence is None else "reverse", reduction)
-        check_alpha(alpha)
-        backends.check_name(backend, "kl")
+        self.loss = LossOptions.of("FusedLinearUnlearningKL", dict(options, alpha=alpha, direction=direction))
         # What can be checked without the inputs (the augmented model and labels are the call's).
-        oi.objective_from_arguments(direction, divergence, jsd_beta, teacher, target_edit, target_shift,
-                                    temperature, augmented=False, labels=True)
-        self.alpha, self.direction, self.ignore_index = alpha, direction, ignore_index
-        self.reduction, self.backend = reduction, backend
-        self.objective = dict(divergence=divergence, jsd_beta=jsd_beta, teacher=teacher, target_edit=target_edit,
-                              target_shift=target_shift, temperature=temperature)
+        self.loss.resolve(reduction, augmented=False, labels=True)
+        backends.check_name(backend, "kl")
+        self.ignore_index, self.reduction, self.backend = ignore_index, reduction, backend
+
+    @property
+    def alpha(self) -> float:
+        return self.loss.alpha
+
+    @property
+    def direction(self) -> str:
+        return self.loss.direction
 
     def forward(self, student_hidden, student_weight, original_hidden=None, original_weight=None,
                 augmented_hidden=None, augmented_weight=None, labels=None, **biases):
         return fused_linear_unlearning_kl(
             student_hidden, student_weight, original_hidden, original_weight, augmented_hidden, augmented_weight,
-            alpha=self.alpha, direction=self.direction, labels=labels, ignore_index=self.ignore_index,
-            reduction=self.reduction, backend=self.backend, **self.objective, **biases)
+            labels=labels, ignore_index=self.ignore_index, reduction=self.reduction, backend=self.backend,
+            **vars(self.loss), **biases)
 
     def extra_repr(self) -> str:
-        changed = {k: v for k, v in self.objective.items() if v != _OBJECTIVE_DEFAULTS[k]}
-        extra = "".join(f", {k}={v!r}" for k, v in changed.items())
+        extra = "".join(f", {k}={v!r}" for k, v in self.loss.changed().items() if k not in ("alpha", "direction"))
         return (f"alpha={self.alpha}, direction={self.direction!r}, reduction={self.reduction!r}, "
                 f"backend={self.backend!r}{extra}")
-
-
-_OBJECTIVE_DEFAULTS = dict(divergence=None, jsd_beta=0.5, teacher="models", target_edit="none", target_shift=0.0,
-                           temperature=1.0)

@@ -107,6 +107,19 @@ def _jsd_terms(zs, zt, valid, m_s, m_t, log_d_s, log_d_t, r_offset, log_beta, lo
 
 
 @triton.jit
+def _kl_from_stats(acc, d_weight, d_other, log_d_weight, log_d_other, PLAIN: tl.constexpr):
+    """(mean log-ratio, KL(p_w || p_o)) of a row from acc = sum_v e_w ((z_w - m_w) - (z_o - m_o)) and the
+    normalizers d of the weighting model w and the other model o. PLAIN (the default teacher): the two logs
+    apart, as the kernel always computed it; else log(d_o / d_w) as one logarithm (see the caller)."""
+    mean_rel = acc / d_weight
+    if PLAIN:
+        loss = mean_rel - log_d_weight + log_d_other
+    else:
+        loss = mean_rel + tl.log(tl.fdiv(d_other, d_weight))
+    return mean_rel, loss
+
+
+@triton.jit
 def _chunk_kernel(ZS, ZO, ZA, BS, BO, BA, TARGETS, SHIFTS, ROW_SCALE, G, LOSS,
                   n_rows, V, stride_z, stride_g, alpha, jsd_beta, log_beta, log_1m_beta,
                   logit_scale_s, softcap_s, inv_softcap_s,
@@ -201,18 +214,12 @@ def _chunk_kernel(ZS, ZO, ZA, BS, BO, BA, TARGETS, SHIFTS, ROW_SCALE, G, LOSS,
     # (tl.fdiv in the new paths: an IEEE division's slow path left an 8-byte stack frame on sm_90.)
     if DIVERGENCE == 0:
         log_d_t = tl.log(d_t)
-        mean_rel = acc / d_s  # E_ps[(z_s - m_s) - (z_t - m_t)]
-        if TEACHER == 0 and not HAS_TARGET_SHIFT:
-            loss = mean_rel - log_d_s + log_d_t
-        else:
-            loss = mean_rel + tl.log(tl.fdiv(d_t, d_s))
+        # E_ps[(z_s - m_s) - (z_t - m_t)]
+        mean_rel, loss = _kl_from_stats(acc, d_s, d_t, log_d_s, log_d_t, TEACHER == 0 and not HAS_TARGET_SHIFT)
     elif DIVERGENCE == 1:
         log_d_t = tl.log(d_t)
-        mean_rel = acc / d_t  # E_pt[(z_t - m_t) - (z_s - m_s)]
-        if TEACHER == 0 and not HAS_TARGET_SHIFT:
-            loss = mean_rel - log_d_t + log_d_s
-        else:
-            loss = mean_rel + tl.log(tl.fdiv(d_s, d_t))
+        # E_pt[(z_t - m_t) - (z_s - m_s)]
+        mean_rel, loss = _kl_from_stats(acc, d_t, d_s, log_d_t, log_d_s, TEACHER == 0 and not HAS_TARGET_SHIFT)
     elif DIVERGENCE == 2:
         log_d_t = tl.log(d_t)
         r_offset = (m_s - m_t) + tl.log(tl.fdiv(d_s, d_t))  # log p_t - log p_s = (z_t - z_s) + r_offset

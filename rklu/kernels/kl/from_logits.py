@@ -8,9 +8,10 @@ import torch
 from ..common import logit_transform as lt
 from ..common.masking import reduce_counted, select_counted, zero_loss
 from ..common.torch_chunks import torch_chunk_tokens
-from ..common.validation import check_alpha, check_direction_reduction, check_logit_inputs
+from ..common.validation import check_logit_inputs
 from . import objective_inputs as oi
 from .chunk_math import chunk_loss_and_grad
+from .loss_options import LossOptions
 
 
 class _FromLogits(torch.autograd.Function):
@@ -62,40 +63,19 @@ def unlearning_kl_from_logits(
     original_logits: torch.Tensor | None = None,
     augmented_logits: torch.Tensor | None = None,
     *,
-    alpha: float = 8.0,
-    direction: str = "reverse",
+    chunk_tokens: int | None = None,
     labels: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
-    chunk_tokens: int | None = None,
-    student_scale: float = 1.0,
-    student_softcap: float | None = None,
-    original_scale: float = 1.0,
-    original_softcap: float | None = None,
-    augmented_scale: float = 1.0,
-    augmented_softcap: float | None = None,
-    divergence: str | None = None,
-    jsd_beta: float = 0.5,
-    teacher: str = "models",
-    target_edit: str = "none",
-    target_shift: float = 0.0,
-    temperature: float = 1.0,
+    **options,
 ) -> torch.Tensor:
     """Same loss as :func:`unlearning_kl_reference`, memory-lean: teachers are treated as constants. The
     ``<model>_scale`` / ``<model>_softcap`` transforms apply to the given logits (``common/logit_transform.py``).
     The objective arguments are those of ``fused_linear_unlearning_kl`` (``original_logits`` None for the "self"
     and "labels" teachers); the "uniform" edit is computed exactly from each chunk's teacher logits."""
-    check_direction_reduction(direction if divergence is None else "reverse", reduction)
-    check_alpha(alpha)
-    objective = oi.objective_from_arguments(direction, divergence, jsd_beta, teacher, target_edit, target_shift,
-                                            temperature, augmented=augmented_logits is not None,
-                                            labels=labels is not None)
+    loss = LossOptions.of("unlearning_kl_from_logits", options)
+    objective, transforms = loss.resolve(reduction, augmented=augmented_logits is not None, labels=labels is not None)
     oi.check_teacher_inputs(objective, dict(original_logits=original_logits))
-    transforms = lt.model_transforms(student_scale, student_softcap, original_scale, original_softcap,
-                                     augmented_scale, augmented_softcap)
-    if objective.teacher != "models":
-        transforms = (transforms[0], transforms[0], lt.IDENTITY)
-    transforms = oi.fold_temperature(transforms, objective.temperature)
     check_logit_inputs(student_logits, original_logits, augmented_logits, labels)
     vocab = student_logits.shape[-1]
     lead = student_logits.shape[:-1]
@@ -109,7 +89,7 @@ def unlearning_kl_from_logits(
         return zero_loss(lead, reduction, student_logits)
     dtype = torch.float64 if student.dtype == torch.float64 else torch.float32
     shift = oi.fixed_target_shift(objective, student.shape[0], dtype, student.device)
-    per_token = _FromLogits.apply(student, original, augmented, float(alpha), objective.kernel_divergence,
+    per_token = _FromLogits.apply(student, original, augmented, float(loss.alpha), objective.kernel_divergence,
                                   chunk_tokens or torch_chunk_tokens(vocab), transforms,
                                   _ChunkObjective(objective, targets, shift))
     return reduce_counted(per_token, counted, lead, reduction)

@@ -28,6 +28,7 @@ from ..common import logit_transform as lt
 from ..common.torch_chunks import compute_dtype
 from ..common.validation import DIRECTIONS, REDUCTIONS  # noqa: F401  (re-exported: the accepted names)
 from . import objective_inputs as oi
+from .loss_options import LossOptions
 
 
 def teacher_logits(original_logits: torch.Tensor, augmented_logits: torch.Tensor | None, alpha: float, *,
@@ -57,23 +58,10 @@ def unlearning_kl_reference(
     original_logits: torch.Tensor | None = None,
     augmented_logits: torch.Tensor | None = None,
     *,
-    alpha: float = 8.0,
-    direction: str = "reverse",
     labels: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
-    student_scale: float = 1.0,
-    student_softcap: float | None = None,
-    original_scale: float = 1.0,
-    original_softcap: float | None = None,
-    augmented_scale: float = 1.0,
-    augmented_softcap: float | None = None,
-    divergence: str | None = None,
-    jsd_beta: float = 0.5,
-    teacher: str = "models",
-    target_edit: str = "none",
-    target_shift: float = 0.0,
-    temperature: float = 1.0,
+    **options,
 ) -> torch.Tensor:
     """Reference loss on materialized logits [..., V]. Differentiable w.r.t. ``student_logits`` only.
 
@@ -83,19 +71,9 @@ def unlearning_kl_reference(
     The objective arguments are those of ``fused_linear_unlearning_kl``: ``original_logits`` is None for the
     "self" and "labels" teachers; target edits and the labels teacher need ``labels``.
     """
-    from ..common.validation import check_direction_reduction, check_alpha
-
-    check_direction_reduction(direction if divergence is None else "reverse", reduction)
-    check_alpha(alpha)
-    objective = oi.objective_from_arguments(direction, divergence, jsd_beta, teacher, target_edit, target_shift,
-                                            temperature, augmented=augmented_logits is not None,
-                                            labels=labels is not None)
+    loss = LossOptions.of("unlearning_kl_reference", options)
+    objective, transforms = loss.resolve(reduction, augmented=augmented_logits is not None, labels=labels is not None)
     oi.check_teacher_inputs(objective, dict(original_logits=original_logits))
-    transforms = lt.model_transforms(student_scale, student_softcap, original_scale, original_softcap,
-                                     augmented_scale, augmented_softcap)  # checks all three
-    if objective.teacher != "models":
-        transforms = (transforms[0], transforms[0], lt.IDENTITY)
-    transforms = oi.fold_temperature(transforms, objective.temperature)
     for name, other in (("original", original_logits), ("augmented", augmented_logits)):
         if other is not None and other.shape != student_logits.shape:
             raise ValueError(f"logit shapes differ: student {tuple(student_logits.shape)}, {name} "
@@ -121,7 +99,7 @@ def unlearning_kl_reference(
         teacher = teacher_logits(
             original_logits.detach().to(dtype),
             None if augmented_logits is None else augmented_logits.detach().to(dtype),
-            alpha, original_scale=t_o.scale, original_softcap=t_o.softcap, augmented_scale=t_a.scale,
+            loss.alpha, original_scale=t_o.scale, original_softcap=t_o.softcap, augmented_scale=t_a.scale,
             augmented_softcap=t_a.softcap)
     else:
         teacher = student.detach()

@@ -29,6 +29,7 @@ vocabulary, so the filter skips more tiles there). See ``store_backward``.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -45,7 +46,9 @@ from .configs import (
     autotune_configs, backward_configs, block_sizes, compile_specs, dtype_key, forward_configs,
     vocab_split_size,
 )
-from .forward import NUM_STATS, _forward_kernel, combine_partials, reference_logits
+from .forward import NUM_STATS, _forward_kernel, combine_partials, jsd_combine, reference_logits
+from .jsd import _jsd_kernel
+from .teacher import ARGMAX, DIVERGENCE_CODES, JSD, LABELS, TEACHER_CODES
 
 __all__ = ["TritonFusedUnlearningKL", "last_backward_tile_stats", "grad_filter_default", "compile_specs",
            "autotune_configs", "block_sizes", "TUNED_KERNELS"]
@@ -68,6 +71,10 @@ if AUTOTUNE:
                 forward_configs(_dt, _cap), key=_KEY)(_forward_kernel)
             TUNED_KERNELS[f"forward_sorted{_sfx}_{_dt}"] = triton.autotune(
                 forward_configs(_dt, _cap, sorted_vocab=True), key=_KEY)(_forward_kernel)
+            TUNED_KERNELS[f"forward_jsd{_sfx}_{_dt}"] = triton.autotune(
+                forward_configs(_dt, _cap, jsd=True), key=_KEY)(_jsd_kernel)
+            TUNED_KERNELS[f"forward_jsd_sorted{_sfx}_{_dt}"] = triton.autotune(
+                forward_configs(_dt, _cap, sorted_vocab=True, jsd=True), key=_KEY)(_jsd_kernel)
             TUNED_KERNELS[f"backward{_sfx}_{_dt}"] = triton.autotune(
                 backward_configs(_dt, _cap), key=_KEY, reset_to_zero=["DX", "DW", "DB", "COUNTER"])(_backward_kernel)
             TUNED_KERNELS[f"backward_store{_sfx}_{_dt}"] = triton.autotune(
@@ -167,14 +174,38 @@ def _vocab_order(mean_logit: torch.Tensor) -> torch.Tensor:
 
 
 def unlearning_kl(xs, ws, bs, xo, wo, bo, xa, wa, ba, *, alpha, direction, grad_in_forward, chunk_tokens,
-                  grad_filter, transforms=(lt.IDENTITY,) * 3):
+                  grad_filter, transforms=(lt.IDENTITY,) * 3, teacher_source="models", jsd_beta=0.5,
+                  targets=None, target_shift=None):
     """The KL op of backend "triton" (common/backends.py). The backward recomputes the logits whatever the
     reduction, and there is no chunk of tokens: ``grad_in_forward`` and ``chunk_tokens`` do not apply. All
-    GEMMs run in the student's dtype: a wider teacher is refused, never rounded (``check_no_teacher_rounding``)."""
-    check_no_teacher_rounding(xs, ws, xo, wo, xa, wa)
+    GEMMs run in the student's dtype: a wider teacher is refused, never rounded (``check_no_teacher_rounding``).
+    The objective (teacher source, target shift, divergence: rklu/kernels/kl/objective.py) is validated by the
+    API; teacher.py says how the kernels build each teacher."""
+    if teacher_source == "models":
+        check_no_teacher_rounding(xs, ws, xo, wo, xa, wa)
     xs, ws, xo, wo, xa, wa = to_dtype(gemm_dtype(xs, ws), xs, ws, xo, wo, xa, wa)
     return TritonFusedUnlearningKL.apply(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_filter,
-                                         transforms)
+                                         transforms, teacher_source, jsd_beta, targets, target_shift)
+
+
+def _objective_args(n, v, device, direction, teacher_source, jsd_beta, targets, target_shift, dummy):
+    """The objective's kernel arguments: tensors TARGETS, SHIFT (a never-read dummy where absent), the JSD's
+    scalars, and the constexprs."""
+    code = DIVERGENCE_CODES[direction]
+    teacher = TEACHER_CODES[teacher_source]
+    has_shift = target_shift is not None
+    if teacher == LABELS or has_shift:
+        if targets is None:
+            raise ValueError(f"teacher_source={teacher_source!r} / target_shift need targets")
+        targets = targets.to(device=device, dtype=torch.int64).contiguous()
+    if code == ARGMAX and v >= 1 << 24:
+        raise ValueError(f"argmax_ce keeps the argmax column in fp32 statistics: V must be < 2^24, got {v}")
+    shift = target_shift.to(device=device, dtype=torch.float32).contiguous() if has_shift else dummy
+    beta = float(jsd_beta)
+    scalars = dict(log_beta=math.log(beta) if code == JSD else 0.0,
+                   log_1mb=math.log1p(-beta) if code == JSD else 0.0, one_minus_beta=1.0 - beta)
+    flags = dict(DIVERGENCE=code, TEACHER=teacher, HAS_SHIFT=has_shift)
+    return (targets if targets is not None else dummy), shift, beta, scalars, flags
 
 
 class TritonFusedUnlearningKL(torch.autograd.Function):
@@ -183,13 +214,17 @@ class TritonFusedUnlearningKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_filter=None,
-                transforms=(lt.IDENTITY,) * 3):
+                transforms=(lt.IDENTITY,) * 3, teacher_source="models", jsd_beta=0.5, targets=None,
+                target_shift=None):
         xs, ws, xo, wo = (t.contiguous() for t in (xs, ws, xo, wo))
         xa = None if xa is None else xa.contiguous()
         wa = None if wa is None else wa.contiguous()
         n = xs.shape[0]
         v = ws.shape[0]
-        reverse = direction == "reverse"
+        tgt, shift, beta, scalars, flags = _objective_args(n, v, xs.device, direction, teacher_source, jsd_beta,
+                                                           targets, target_shift, xs)
+        code = flags["DIVERGENCE"]
+        inf_teacher = flags["TEACHER"] == LABELS or flags["HAS_SHIFT"]
         args = _common_args(xs, ws, bs, xo, wo, bo, xa, wa, ba, transforms)
         split_v = vocab_split_size(n, v)
         splits = triton.cdiv(v, split_v)
@@ -205,21 +240,33 @@ class TritonFusedUnlearningKL(torch.autograd.Function):
         # The per-row reference logits: at the entry of largest mean logit, usually near each row's max, so
         # the log-ratio terms (z - c) stay small and exact (see forward.py).
         ref = reference_logits(xs, ws, bs, xo, wo, bo, xa, wa, ba, float(alpha), mean_logit.argmax(),
-                               transforms)
+                               transforms, teacher_source, targets=tgt if tgt is not xs else None,
+                               target_shift=target_shift)
+        perm_arg = part if perm is None else perm
         _launch("forward" if perm is None else "forward_sorted", _forward_kernel,
                 lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * splits,), dtype_name,
-                *args["tensors"], part, part if perm is None else perm, ref, n, v, *args["sizes"],
-                *args["strides"], float(alpha), *args["transforms"], split_v, splits, REVERSE=reverse,
-                SORTED=perm is not None,
-                **args["flags"])
-        loss, stats = combine_partials(part, ref, reverse)
-        ctx.save_for_backward(xs, ws, bs, xo, wo, bo, xa, wa, ba, stats, perm)
+                *args["tensors"], part, perm_arg, ref, tgt, shift, n, v, *args["sizes"],
+                *args["strides"], float(alpha), *args["transforms"], split_v, splits,
+                SORTED=perm is not None, **flags, **args["flags"])
+        loss, stats = combine_partials(part, ref, code, inf_teacher)
+        if code == JSD:
+            jpart = torch.empty((splits, n, 2), dtype=torch.float32, device=xs.device)
+            _launch("forward_jsd" if perm is None else "forward_jsd_sorted", _jsd_kernel,
+                    lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * splits,), dtype_name,
+                    *args["tensors"], stats, perm_arg, tgt, shift, jpart, n, v, *args["sizes"],
+                    *args["strides"], float(alpha), *args["transforms"], beta, scalars["log_beta"],
+                    scalars["log_1mb"], scalars["one_minus_beta"], split_v, splits,
+                    SORTED=perm is not None, TEACHER=flags["TEACHER"], HAS_SHIFT=flags["HAS_SHIFT"],
+                    **args["flags"])
+            loss = jsd_combine(jpart, stats)
+        ctx.save_for_backward(xs, ws, bs, xo, wo, bo, xa, wa, ba, stats, perm, tgt, shift)
         ctx.alpha, ctx.direction, ctx.use_filter, ctx.transforms = float(alpha), direction, use_filter, transforms
+        ctx.scalars, ctx.flags = scalars, flags
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        xs, ws, bs, xo, wo, bo, xa, wa, ba, stats, perm = ctx.saved_tensors
+        xs, ws, bs, xo, wo, bo, xa, wa, ba, stats, perm, tgt, shift = ctx.saved_tensors
         n, h = xs.shape
         v = ws.shape[0]
         grad_loss = grad_loss.float().contiguous()
@@ -227,27 +274,30 @@ class TritonFusedUnlearningKL(torch.autograd.Function):
         dtype_name = dtype_key(xs.dtype)
         counter = torch.zeros(2, dtype=torch.int32, device=xs.device)  # kept tiles, all tiles
         sorted_ = perm is not None
-        common = dict(REVERSE=ctx.direction == "reverse", FILTER=ctx.use_filter, SORTED=sorted_, **args["flags"])
+        common = dict(FILTER=ctx.use_filter, SORTED=sorted_, **ctx.flags, **args["flags"])
         eps = filter_eps(xs.dtype)  # on p, also under a logit transform: see backward.py
         perm_arg = perm if sorted_ else counter  # never dereferenced unless SORTED
+        objective = (tgt, shift)
+        scalars = (ctx.scalars["log_beta"], ctx.scalars["log_1mb"], ctx.scalars["one_minus_beta"])
         if not store_backward():
             dx = torch.zeros((n, h), dtype=torch.float32, device=xs.device)
             dw = torch.zeros((v, h), dtype=torch.float32, device=xs.device)
             db = torch.zeros(v, dtype=torch.float32, device=xs.device) if bs is not None else dx
             _launch("backward", _backward_kernel,
                     lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * triton.cdiv(v, meta["BLOCK_V"]),),
-                    dtype_name, *args["tensors"], stats, grad_loss, perm_arg, dx, dw, db, dx, counter,
-                    0, n, v, *args["sizes"], *args["strides"], 0, ctx.alpha, eps, *args["transforms"],
+                    dtype_name, *args["tensors"], stats, grad_loss, perm_arg, *objective, dx, dw, db, dx, counter,
+                    0, n, v, *args["sizes"], *args["strides"], 0, ctx.alpha, eps, *args["transforms"], *scalars,
                     STORE_G=False, **common)
         else:
-            dx, dw, db = _deterministic_backward(xs, ws, bs, args, stats, grad_loss, perm_arg, counter,
-                                                        ctx.alpha, eps, dtype_name, common)
+            dx, dw, db = _deterministic_backward(xs, ws, bs, args, stats, grad_loss, perm_arg, objective, counter,
+                                                 ctx.alpha, eps, scalars, dtype_name, common)
         _LAST_STATS.update(counter=counter, filter=ctx.use_filter)
         return (dx.to(xs.dtype), dw.to(ws.dtype), None if bs is None else db.to(bs.dtype),
-                None, None, None, None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None, None, None, None, None, None, None)
 
 
-def _deterministic_backward(xs, ws, bs, args, stats, grad_loss, perm_arg, counter, alpha, eps, dtype_name, common):
+def _deterministic_backward(xs, ws, bs, args, stats, grad_loss, perm_arg, objective, counter, alpha, eps, scalars,
+                            dtype_name, common):
     """Bitwise reproducible: per token chunk, the kernel writes the gradient tile of each (token, vocab)
     block once (no atomics on floats) and torch.mm does dX and dW in a fixed order."""
     n, h = xs.shape
@@ -266,9 +316,9 @@ def _deterministic_backward(xs, ws, bs, args, stats, grad_loss, perm_arg, counte
             rows = min(chunk, n - start)
             _launch("backward_store", _backward_kernel,
                     lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]) * triton.cdiv(v, meta["BLOCK_V"]),),
-                    dtype_name, *args["tensors"], stats, grad_loss, perm_arg, dx, dw, dx, g, counter,
+                    dtype_name, *args["tensors"], stats, grad_loss, perm_arg, *objective, dx, dw, dx, g, counter,
                     start, rows, v, *args["sizes"], *args["strides"], g.stride(0), alpha, eps,
-                    *args["transforms"], STORE_G=True, **common)
+                    *args["transforms"], *scalars, STORE_G=True, **common)
             g_c = g[:rows]
             gemm.mm(g_c, ws, dx[start:start + rows])
             gemm.accumulate(dw, g_c.T, xs[start:start + rows], first=start == 0)

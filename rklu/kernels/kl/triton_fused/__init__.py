@@ -79,6 +79,11 @@ if AUTOTUNE:
                 backward_configs(_dt, _cap), key=_KEY, reset_to_zero=["DX", "DW", "DB", "COUNTER"])(_backward_kernel)
             TUNED_KERNELS[f"backward_store{_sfx}_{_dt}"] = triton.autotune(
                 backward_configs(_dt, _cap), key=_KEY, reset_to_zero=["COUNTER"])(_backward_kernel)
+            TUNED_KERNELS[f"backward_jsd{_sfx}_{_dt}"] = triton.autotune(
+                backward_configs(_dt, _cap, jsd=True), key=_KEY,
+                reset_to_zero=["DX", "DW", "DB", "COUNTER"])(_backward_kernel)
+            TUNED_KERNELS[f"backward_store_jsd{_sfx}_{_dt}"] = triton.autotune(
+                backward_configs(_dt, _cap, jsd=True), key=_KEY, reset_to_zero=["COUNTER"])(_backward_kernel)
 else:
     TUNED_KERNELS = {}
 
@@ -95,7 +100,7 @@ def _launch(name, kernel, grid_of, dtype_name, *args, **kwargs):
     tuned = TUNED_KERNELS.get(f"{name}{'_softcap' if softcap else ''}_{dtype_name}")
     if tuned is not None:
         return tuned[grid_of](*args, **kwargs)
-    blocks = block_sizes(name if name.startswith("forward") else "backward", dtype_name, softcap)
+    blocks = block_sizes(name, dtype_name, softcap)
     return kernel[grid_of(blocks)](*args, **kwargs, **blocks)
 
 
@@ -278,26 +283,27 @@ class TritonFusedUnlearningKL(torch.autograd.Function):
         eps = filter_eps(xs.dtype)  # on p, also under a logit transform: see backward.py
         perm_arg = perm if sorted_ else counter  # never dereferenced unless SORTED
         objective = (tgt, shift)
+        jsd = "_jsd" if ctx.flags["DIVERGENCE"] == JSD else ""  # its own tiles: configs.JSD_BACKWARD_SHAPES
         scalars = (ctx.scalars["log_beta"], ctx.scalars["log_1mb"], ctx.scalars["one_minus_beta"])
         if not store_backward():
             dx = torch.zeros((n, h), dtype=torch.float32, device=xs.device)
             dw = torch.zeros((v, h), dtype=torch.float32, device=xs.device)
             db = torch.zeros(v, dtype=torch.float32, device=xs.device) if bs is not None else dx
-            _launch("backward", _backward_kernel,
+            _launch("backward" + jsd, _backward_kernel,
                     lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * triton.cdiv(v, meta["BLOCK_V"]),),
                     dtype_name, *args["tensors"], stats, grad_loss, perm_arg, *objective, dx, dw, db, dx, counter,
                     0, n, v, *args["sizes"], *args["strides"], 0, ctx.alpha, eps, *args["transforms"], *scalars,
                     STORE_G=False, **common)
         else:
             dx, dw, db = _deterministic_backward(xs, ws, bs, args, stats, grad_loss, perm_arg, objective, counter,
-                                                 ctx.alpha, eps, scalars, dtype_name, common)
+                                                 ctx.alpha, eps, scalars, dtype_name, common, jsd)
         _LAST_STATS.update(counter=counter, filter=ctx.use_filter)
         return (dx.to(xs.dtype), dw.to(ws.dtype), None if bs is None else db.to(bs.dtype),
                 None, None, None, None, None, None, None, None, None, None, None, None, None, None)
 
 
 def _deterministic_backward(xs, ws, bs, args, stats, grad_loss, perm_arg, objective, counter, alpha, eps, scalars,
-                            dtype_name, common):
+                            dtype_name, common, jsd=""):
     """Bitwise reproducible: per token chunk, the kernel writes the gradient tile of each (token, vocab)
     block once (no atomics on floats) and torch.mm does dX and dW in a fixed order."""
     n, h = xs.shape
@@ -314,7 +320,7 @@ def _deterministic_backward(xs, ws, bs, args, stats, grad_loss, perm_arg, object
     with torch.autocast(xs.device.type, enabled=False):
         for start in range(0, n, chunk):
             rows = min(chunk, n - start)
-            _launch("backward_store", _backward_kernel,
+            _launch("backward_store" + jsd, _backward_kernel,
                     lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]) * triton.cdiv(v, meta["BLOCK_V"]),),
                     dtype_name, *args["tensors"], stats, grad_loss, perm_arg, *objective, dx, dw, dx, g, counter,
                     start, rows, v, *args["sizes"], *args["strides"], g.stride(0), alpha, eps,

@@ -41,6 +41,11 @@ BACKWARD_SHAPES = {
     "fp32": [(32, 64, 16, 16, 4, 1)],
 }
 
+# The JSD backward holds the student and teacher tiles, the log-mixture and the gradient tile at once: the bf16
+# 128x64 tile spills 120 B on sm_90 with the augmented teacher and softcaps (benchmarks/results/gpu-compile.md),
+# so it runs the 64x64 tile only.
+JSD_BACKWARD_SHAPES = {"bf16": [(64, 64, 64, 32, 8, 3)], "fp32": BACKWARD_SHAPES["fp32"]}
+
 
 # Register cap (ptxas .maxnreg) by kernel. Without one, ptxas trades registers for occupancy and squeezes
 # the forward into 96 (fp32) or 128 (bf16 64x64) registers, where the forward KL's running-maximum
@@ -64,11 +69,12 @@ def forward_configs(dtype_name: str, softcap: bool = False, sorted_vocab: bool =
             for bn, bv, bh, w, st in shapes]
 
 
-def backward_configs(dtype_name: str, softcap: bool = False) -> list:
+def backward_configs(dtype_name: str, softcap: bool = False, jsd: bool = False) -> list:
     maxnreg = max_registers("backward", dtype_name, softcap)
+    shapes = (JSD_BACKWARD_SHAPES if jsd else BACKWARD_SHAPES)[dtype_name]
     return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh, BLOCK_HG=bhg), num_warps=w, num_stages=st,
                           maxnreg=maxnreg)
-            for bn, bv, bh, bhg, w, st in BACKWARD_SHAPES[dtype_name]]
+            for bn, bv, bh, bhg, w, st in shapes]
 
 
 def autotune_configs() -> list:
@@ -77,7 +83,8 @@ def autotune_configs() -> list:
 
 
 def block_sizes(kernel: str, dtype_name: str, softcap: bool = False) -> dict:
-    """``kernel``: "forward", "forward_sorted", "forward_jsd", "forward_jsd_sorted" or "backward".
+    """``kernel``: "forward", "forward_sorted", "forward_jsd", "forward_jsd_sorted", "backward", "backward_jsd"
+    (the store variants "backward_store", "backward_store_jsd" take the same tiles).
     Fixed tiles: the interpreter steps through blocks in Python, so it gets few, large tiles; on CUDA
     (RKLU_TRITON_AUTOTUNE=0) the first entry of the kernel's autotune list."""
     if INTERPRET:
@@ -87,7 +94,7 @@ def block_sizes(kernel: str, dtype_name: str, softcap: bool = False) -> dict:
         cfg = forward_configs(dtype_name, softcap, sorted_vocab=kernel.endswith("_sorted"),
                               jsd=kernel.startswith("forward_jsd"))[0]
     else:
-        cfg = backward_configs(dtype_name, softcap)[0]
+        cfg = backward_configs(dtype_name, softcap, jsd=kernel.endswith("_jsd"))[0]
     blocks = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return blocks if cfg.maxnreg is None else dict(blocks, maxnreg=cfg.maxnreg)
 
@@ -208,7 +215,8 @@ def _variant_specs(forward_kernel, backward_kernel, jsd_kernel, dt, ptr, flags, 
                                   + ("," + "store-g" if store else ",atomic"))
             specs.append(CompileSpec(
                 kernel="unlearning_kl_backward", fn=backward_kernel, signature=bsig,
-                constexprs=bflags, configs=tuple(backward_configs(dt, softcap)), dtype=dt,
+                constexprs=bflags, configs=tuple(backward_configs(dt, softcap, jsd=flags["DIVERGENCE"] == 2)),
+                dtype=dt,
                 variant=bvariant,
                 divisible=(*tensors, "STATS", "GRAD_OUT", "PERM", *objective, "DX", "DW", "DB", "G",
                            "COUNTER", *ints, "stride_g")))

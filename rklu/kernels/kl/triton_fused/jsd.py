@@ -24,8 +24,7 @@ from .teacher import _load_targets, _source_tile, _target_edit
 
 @triton.jit
 def _jsd_terms(zs, zt, m_s, log_d_s, m_t, log_d_t, log_beta, log_1mb, one_minus_beta):
-    """(p_s, g, the teacher's loss term beta p_t (log p_t - log m) without beta... see below) of one tile.
-    Returns p_s, g and t_term = p_t (log p_t - log m) (0 where p_t = 0)."""
+    """(p_s, g, p_t (log p_t - log m)) of one tile, the last 0 where p_t = 0."""
     log_ps = (zs - m_s[:, None]) - log_d_s[:, None]
     log_pt = (zt - m_t[:, None]) - log_d_t[:, None]
     a = log_beta + log_pt
@@ -36,7 +35,7 @@ def _jsd_terms(zs, zt, m_s, log_d_s, m_t, log_d_t, log_beta, log_1mb, one_minus_
     p_s = tl.exp(log_ps)
     p_t = tl.exp(log_pt)
     g = one_minus_beta * (log_ps - log_m)
-    t_term = tl.where(p_t > 0.0, p_t * (log_pt - log_m), 0.0)
+    t_term = p_t * (tl.where(p_t > 0.0, log_pt, log_m) - log_m)  # 0 where p_t = 0, never 0 * -inf
     return p_s, g, t_term
 
 

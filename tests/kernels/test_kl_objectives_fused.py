@@ -108,7 +108,7 @@ def _check(fused, inputs, objective, augmented, *, loss_tol, grad_tol, seed=0, s
     truth, truth_grads = linear_ground_truth(inputs, alpha=ALPHA, reduction="none", upstream=upstream,
                                              **objective, **extra)
     assert torch.isfinite(per_token).all()
-    _assert_close(per_token, truth[counted], loss_tol, "loss")
+    _assert_close(per_token, truth[counted], loss_tol, "loss", floor=1e-6 * per_token.numel() ** 0.5)
     for name, got in zip([k for k in STUDENT_LEAVES if inputs.get(k) is not None], grads):
         assert torch.isfinite(got).all(), name
         _assert_close(got, truth_grads[name], grad_tol, name)

@@ -7,6 +7,10 @@ The pieces, one file each:
   backward.py               backward: (token block x vocab block) tiles, each recomputing its logits once;
                             dX/dW by fp32 atomics, or (deterministic mode) the gradient of a token chunk
                             written to a [chunk, V] buffer and torch.mm for dX/dW; gradient filtering
+  jsd.py                    the JSD's second forward pass (it needs both final log-normalizers): loss and
+                            S = sum p_s g per (token block x vocab split), summed over the splits
+  teacher.py                the objective's teacher inside the kernels: source (models / self / labels), the
+                            per-token target shift, the constexpr codes of divergence and source
   configs.py                autotune lists (spill-free on sm_80/sm_90), fixed tiles, compile_specs()
 This package's __init__: the autograd Function, launches, the vocabulary sort, the filter switch, the kept-tile counter.
 
@@ -22,6 +26,10 @@ the dense floor of 5; with gradient filtering and a kept fraction f of backward 
 original: 2 + f * 3). ``grad_filter`` (default on; ``RKLU_GRAD_FILTER=0`` turns the default off) skips a
 tile only when every gradient entry in it is below eps = finfo(dtype).eps / 32 (2^-12 in bf16, 2^-28 in
 fp32), see backward.py. ``last_backward_tile_stats()`` reports the kept fraction.
+The objective changes those counts: the self and labels teachers run no teacher GEMM (forward 1, backward
+1 + 2), argmax_ce's backward none either (its target column is in the statistics), and the JSD needs both
+final log-normalizers before its divergence, so its forward is the statistics pass plus a second pass over
+the same tiles (jsd.py; 6 units with two teacher models).
 Which backward: by default the store-G one (no fp32 atomics): per chunk of tokens the kernel
 writes the gradient tile into a fixed 64 MiB [chunk, V] buffer and cuBLAS does dX/dW. ``RKLU_FUSED_BACKWARD=
 atomic`` selects fp32 atomics for dX/dW (Cut-Cross-Entropy's way; it is the backward that sorts the

@@ -18,6 +18,14 @@ Gradient filtering (``FILTER``, Cut-Cross-Entropy's filter, applied to a KL): th
     p_t <= exp(z_o - M_t - log D_t): with the original tile alone we bound p_t, and a tile where both p_s
     and that bound are below ``eps`` skips the augmented recompute and both gradient GEMMs (the original
     GEMM cannot be skipped: without it nothing bounds p_t).
+  forward KL with the self / labels teacher: p_t costs no GEMM, so the tile is kept where max(p_s, p_t) >= eps;
+    with a target shift the original's bound uses the edited original (z_o[y] - shift >= z_t[y]: a negative
+    shift raises the target entry, and the unedited z_o would no longer bound it);
+  JSD: g_tile = p_s (g - S) with log p_s <= log(p_s / m) <= -log(1 - beta), so every entry is at most
+    p_max ((1 - beta) (-log p_max - log(1 - beta)) + max |S|) (p (-log p) grows below 1/e): a tile under eps
+    by that bound skips the teacher GEMMs and both gradient GEMMs (a sound bound, weaker than the KLs': it
+    skips tiles whose p_max is ~10-20x below eps);
+  argmax_ce: g = p_s - onehot(a), no teacher at all; a tile is kept where p_max >= eps or it holds a row's a.
 Skipped entries are each below eps in magnitude (|g| <= p * max(1, |log-ratio - KL|) for the reverse KL);
 eps = finfo(input dtype).eps / 32 like CCE's "auto": 2^-12 for bf16 (below the bf16 rounding of the
 gradient itself), 2^-28 for fp32 (far inside the 1e-5 relative tolerance). The vocabulary is visited in the

@@ -194,8 +194,10 @@ def test_objectives_extreme_logits(fused, device, objective, augmented, extreme)
     fp32 = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in inputs.items()}
     # The fp32-rounded logits: the truth of rounded logits measures what fp32 itself loses here.
     rounded = _fp32_logit_truth(fp32, objective)
+    # Rows near one-hot have losses near 0 (argmax_ce with the self teacher: log(1 + 1e-6)), whose fp32
+    # normalizer keeps only absolute digits: the floor of 1e-6 per token.
     allowed = 2 * rel_err(rounded[counted], truth[counted]) + 1e-5
-    assert rel_err(per_token, truth[counted]) <= allowed
+    _assert_close(per_token, truth[counted], allowed, "loss", floor=1e-6 * per_token.numel() ** 0.5)
     leaves = [inputs[k] for k in STUDENT_LEAVES if inputs.get(k) is not None]
     for g in torch.autograd.grad(per_token.sum(), leaves):
         assert torch.isfinite(g).all()
@@ -252,7 +254,7 @@ def test_argmax_ties_take_the_lowest_column(fused, device, backward, monkeypatch
 @pytest.mark.parametrize("device", [DEVICE])
 @pytest.mark.parametrize("objective,augmented", [p for p in OBJECTIVE_CASES if p.id in (
     "jsd0.3-labels-none-T2", "argmax_ce-models-none-T2", "forward-labels-none-T2", "forward-self-none-T1",
-    "forward-models-subtract-T2", "jsd0.5-models-none-T0.5")])
+    "jsd0.5-models-none-T0.5")])
 def test_filter_skips_cold_tiles_and_keeps_the_gradient(fused, device, objective, augmented, monkeypatch):
     """Peaked rows (logits std 40): the filter skips tiles (kept fraction < 1) and the filtered gradients stay
     within the filter's bound of the unfiltered ones (each skipped entry below eps = 2^-28 in fp32)."""
@@ -273,20 +275,25 @@ def test_filter_skips_cold_tiles_and_keeps_the_gradient(fused, device, objective
 
 @pytest.mark.parametrize("device", [DEVICE])
 def test_reference_logits_take_the_edit_and_stay_finite(fused, device):
-    """The per-row reference of the reverse KL: the target edit where the reference column is the target;
-    finite for the labels teacher (0) and a shift of +inf (the unedited logit)."""
+    """The per-row reference of the reverse KL: the models' teacher takes the target edit where the reference
+    column is the target (the unedited logit where the shift is +inf); the labels teacher 0; the self teacher
+    the student's own, unedited."""
     from rklu.kernels.kl.triton_fused.forward import reference_logits
 
     g = torch.Generator().manual_seed(0)
     xs, ws = torch.randn(4, 8, generator=g), torch.randn(10, 8, generator=g)
+    xo, wo = torch.randn(4, 8, generator=g), torch.randn(10, 8, generator=g)
     col = torch.tensor([2])
     targets = torch.tensor([2, 5, 2, 2])
     shift = torch.tensor([1.5, 1.5, math.inf, -2.0])
-    ref = reference_logits(xs, ws, None, xs, ws, None, None, None, None, 0.0, col, teacher_source="self",
+    ref = reference_logits(xs, ws, None, xo, wo, None, None, None, None, 0.0, col, teacher_source="models",
                            targets=targets, target_shift=shift)
-    z = xs @ ws[2]
+    z, zo = xs @ ws[2], xo @ wo[2]
     assert torch.equal(ref[:, 0], z)
-    assert torch.allclose(ref[:, 1], torch.stack([z[0] - 1.5, z[1], z[2], z[3] + 2.0]))
+    assert torch.allclose(ref[:, 1], torch.stack([zo[0] - 1.5, zo[1], zo[2], zo[3] + 2.0]))
+    own = reference_logits(xs, ws, None, xs, ws, None, None, None, None, 0.0, col, teacher_source="self",
+                           targets=targets, target_shift=shift)
+    assert torch.equal(own[:, 1], own[:, 0])
     labels = reference_logits(xs, ws, None, xs, ws, None, None, None, None, 0.0, col, teacher_source="labels",
                               targets=targets)
     assert torch.equal(labels[:, 1], torch.zeros(4))

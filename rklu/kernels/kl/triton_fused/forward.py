@@ -248,9 +248,12 @@ def reference_logits(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha: float, col=None,
     """[N, 2] fp32: each row's (transformed) student and teacher logit of vocabulary entry ``col`` (a 1-element
     tensor). Any per-row constant is correct (it only has to be the same in the forward and the backward);
     one near the row's largest logits keeps the terms (z - c) small, hence exact. The teacher's includes the
-    source and the target edit where ``col`` is the row's target; where that makes it infinite (a one-hot
-    labels teacher, a shift of +inf) the row takes a finite constant instead: 0 for the labels teacher (its
-    value at the target, the row's maximum), the unedited logit for a shift."""
+    source and, for the models' teacher, the target edit where ``col`` is the row's target; where that makes it
+    infinite (a shift of +inf) the row keeps the unedited logit. The labels teacher takes 0 (its value at the
+    target, the row's maximum: its -inf elsewhere would poison every difference). The self teacher takes the
+    student's own reference, unedited: then (z_s - c_s) - (z_t - c_t) is bitwise 0 on every entry but the
+    target's, where an edited c_t would leave the shift's rounding on all of them (the reverse KL's gradient is
+    small there, O(p_s(y) shift), so that rounding would be a large relative error)."""
     index = torch.zeros(1, dtype=torch.long, device=xs.device) if col is None else col.reshape(1)
 
     def logit0(x, w, b):  # a tensor index: no host synchronization
@@ -266,7 +269,7 @@ def reference_logits(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha: float, col=None,
             c_t = c_s.clone() if teacher_source == "self" else lt.apply(logit0(xo, wo, bo), t_o)
             if xa is not None and teacher_source == "models":
                 c_t = c_t - alpha * torch.relu(lt.apply(logit0(xa, wa, ba), t_a) - c_t)
-            if target_shift is not None:
+            if target_shift is not None and teacher_source == "models":
                 edited = torch.where(targets == index, c_t - target_shift.float(), c_t)
                 c_t = torch.where(torch.isfinite(edited), edited, c_t)
     return torch.stack((c_s, c_t), dim=1).contiguous()

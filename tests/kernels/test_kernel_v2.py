@@ -243,16 +243,23 @@ def test_compile_specs_cover_the_launch_matrix():
     pytest.importorskip("triton")
     from rklu.kernels.kl.triton_fused.configs import backward_configs, compile_specs, forward_configs
 
+    from rklu.kernels.kl.triton_fused.configs import OBJECTIVE_VARIANTS
+
     specs = compile_specs()
     variants = {(s.kernel, s.dtype, s.variant) for s in specs}
-    assert len(variants) == len(specs) == 2 * 16 * 2 + 2 * 16 * 4
+    # The original objective's full matrix, then each objective variant over dtype x softcap (+ the JSD pass).
+    jsd = sum(1 for variant in OBJECTIVE_VARIANTS if variant[0] == 2)
+    objective = 2 * 2 * len(OBJECTIVE_VARIANTS) * (2 + 4) + 2 * 2 * jsd * 2
+    assert len(variants) == len(specs) == 2 * 16 * 2 + 2 * 16 * 4 + objective
     for s in specs:
         softcap = s.constexprs["HAS_SOFTCAP_S"]
         assert softcap == ("softcap" in s.variant.split(","))
-        if s.kernel.endswith("forward"):
+        if s.kernel.endswith("jsd"):
+            expected = forward_configs(s.dtype, softcap, sorted_vocab=s.constexprs["SORTED"], jsd=True)
+        elif s.kernel.endswith("forward"):
             expected = forward_configs(s.dtype, softcap, sorted_vocab=s.constexprs["SORTED"])
         else:
-            expected = backward_configs(s.dtype, softcap)
+            expected = backward_configs(s.dtype, softcap, jsd=s.constexprs["DIVERGENCE"] == 2)
         assert [c.all_kwargs() for c in s.configs] == [c.all_kwargs() for c in expected]
         assert set(s.constexprs) | {"BLOCK_N", "BLOCK_V", "BLOCK_H", "BLOCK_HG"} >= {
             k for k, t in s.signature.items() if t == "constexpr"}

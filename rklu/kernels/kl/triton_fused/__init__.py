@@ -7,6 +7,10 @@ The pieces, one file each:
   backward.py               backward: (token block x vocab block) tiles, each recomputing its logits once;
                             dX/dW by fp32 atomics, or (deterministic mode) the gradient of a token chunk
                             written to a [chunk, V] buffer and torch.mm for dX/dW; gradient filtering
+  jsd.py                    the JSD's second forward pass (it needs both final log-normalizers): loss and
+                            S = sum p_s g per (token block x vocab split), summed over the splits
+  teacher.py                the objective's teacher inside the kernels: source (models / self / labels), the
+                            per-token target shift, the constexpr codes of divergence and source
   configs.py                autotune lists (spill-free on sm_80/sm_90), fixed tiles, compile_specs()
 This package's __init__: the autograd Function, launches, the vocabulary sort, the filter switch, the kept-tile counter.
 
@@ -22,6 +26,10 @@ the dense floor of 5; with gradient filtering and a kept fraction f of backward 
 original: 2 + f * 3). ``grad_filter`` (default on; ``RKLU_GRAD_FILTER=0`` turns the default off) skips a
 tile only when every gradient entry in it is below eps = finfo(dtype).eps / 32 (2^-12 in bf16, 2^-28 in
 fp32), see backward.py. ``last_backward_tile_stats()`` reports the kept fraction.
+The objective changes those counts: the self and labels teachers run no teacher GEMM (forward 1, backward
+1 + 2), argmax_ce's backward none either (its target column is in the statistics), and the JSD needs both
+final log-normalizers before its divergence, so its forward is the statistics pass plus a second pass over
+the same tiles (jsd.py; 6 units with two teacher models).
 Which backward: by default the store-G one (no fp32 atomics): per chunk of tokens the kernel
 writes the gradient tile into a fixed 64 MiB [chunk, V] buffer and cuBLAS does dX/dW. ``RKLU_FUSED_BACKWARD=
 atomic`` selects fp32 atomics for dX/dW (Cut-Cross-Entropy's way; it is the backward that sorts the
@@ -29,6 +37,7 @@ vocabulary, so the filter skips more tiles there). See ``store_backward``.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -45,7 +54,9 @@ from .configs import (
     autotune_configs, backward_configs, block_sizes, compile_specs, dtype_key, forward_configs,
     vocab_split_size,
 )
-from .forward import NUM_STATS, _forward_kernel, combine_partials, reference_logits
+from .forward import NUM_STATS, _forward_kernel, combine_partials, jsd_combine, reference_logits
+from .jsd import _jsd_kernel
+from .teacher import ARGMAX, DIVERGENCE_CODES, JSD, LABELS, TEACHER_CODES
 
 __all__ = ["TritonFusedUnlearningKL", "last_backward_tile_stats", "grad_filter_default", "compile_specs",
            "autotune_configs", "block_sizes", "TUNED_KERNELS"]
@@ -68,10 +79,19 @@ if AUTOTUNE:
                 forward_configs(_dt, _cap), key=_KEY)(_forward_kernel)
             TUNED_KERNELS[f"forward_sorted{_sfx}_{_dt}"] = triton.autotune(
                 forward_configs(_dt, _cap, sorted_vocab=True), key=_KEY)(_forward_kernel)
+            TUNED_KERNELS[f"forward_jsd{_sfx}_{_dt}"] = triton.autotune(
+                forward_configs(_dt, _cap, jsd=True), key=_KEY)(_jsd_kernel)
+            TUNED_KERNELS[f"forward_jsd_sorted{_sfx}_{_dt}"] = triton.autotune(
+                forward_configs(_dt, _cap, sorted_vocab=True, jsd=True), key=_KEY)(_jsd_kernel)
             TUNED_KERNELS[f"backward{_sfx}_{_dt}"] = triton.autotune(
                 backward_configs(_dt, _cap), key=_KEY, reset_to_zero=["DX", "DW", "DB", "COUNTER"])(_backward_kernel)
             TUNED_KERNELS[f"backward_store{_sfx}_{_dt}"] = triton.autotune(
                 backward_configs(_dt, _cap), key=_KEY, reset_to_zero=["COUNTER"])(_backward_kernel)
+            TUNED_KERNELS[f"backward_jsd{_sfx}_{_dt}"] = triton.autotune(
+                backward_configs(_dt, _cap, jsd=True), key=_KEY,
+                reset_to_zero=["DX", "DW", "DB", "COUNTER"])(_backward_kernel)
+            TUNED_KERNELS[f"backward_store_jsd{_sfx}_{_dt}"] = triton.autotune(
+                backward_configs(_dt, _cap, jsd=True), key=_KEY, reset_to_zero=["COUNTER"])(_backward_kernel)
 else:
     TUNED_KERNELS = {}
 
@@ -88,7 +108,7 @@ def _launch(name, kernel, grid_of, dtype_name, *args, **kwargs):
     tuned = TUNED_KERNELS.get(f"{name}{'_softcap' if softcap else ''}_{dtype_name}")
     if tuned is not None:
         return tuned[grid_of](*args, **kwargs)
-    blocks = block_sizes(name if name.startswith("forward") else "backward", dtype_name, softcap)
+    blocks = block_sizes(name, dtype_name, softcap)
     return kernel[grid_of(blocks)](*args, **kwargs, **blocks)
 
 
@@ -167,14 +187,38 @@ def _vocab_order(mean_logit: torch.Tensor) -> torch.Tensor:
 
 
 def unlearning_kl(xs, ws, bs, xo, wo, bo, xa, wa, ba, *, alpha, direction, grad_in_forward, chunk_tokens,
-                  grad_filter, transforms=(lt.IDENTITY,) * 3):
+                  grad_filter, transforms=(lt.IDENTITY,) * 3, teacher_source="models", jsd_beta=0.5,
+                  targets=None, target_shift=None):
     """The KL op of backend "triton" (common/backends.py). The backward recomputes the logits whatever the
     reduction, and there is no chunk of tokens: ``grad_in_forward`` and ``chunk_tokens`` do not apply. All
-    GEMMs run in the student's dtype: a wider teacher is refused, never rounded (``check_no_teacher_rounding``)."""
-    check_no_teacher_rounding(xs, ws, xo, wo, xa, wa)
+    GEMMs run in the student's dtype: a wider teacher is refused, never rounded (``check_no_teacher_rounding``).
+    The objective (teacher source, target shift, divergence: rklu/kernels/kl/objective.py) is validated by the
+    API; teacher.py says how the kernels build each teacher."""
+    if teacher_source == "models":
+        check_no_teacher_rounding(xs, ws, xo, wo, xa, wa)
     xs, ws, xo, wo, xa, wa = to_dtype(gemm_dtype(xs, ws), xs, ws, xo, wo, xa, wa)
     return TritonFusedUnlearningKL.apply(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_filter,
-                                         transforms)
+                                         transforms, teacher_source, jsd_beta, targets, target_shift)
+
+
+def _objective_args(n, v, device, direction, teacher_source, jsd_beta, targets, target_shift, dummy):
+    """The objective's kernel arguments: tensors TARGETS, SHIFT (a never-read dummy where absent), the JSD's
+    scalars, and the constexprs."""
+    code = DIVERGENCE_CODES[direction]
+    teacher = TEACHER_CODES[teacher_source]
+    has_shift = target_shift is not None
+    if teacher == LABELS or has_shift:
+        if targets is None:
+            raise ValueError(f"teacher_source={teacher_source!r} / target_shift need targets")
+        targets = targets.to(device=device, dtype=torch.int64).contiguous()
+    if code == ARGMAX and v >= 1 << 24:
+        raise ValueError(f"argmax_ce keeps the argmax column in fp32 statistics: V must be < 2^24, got {v}")
+    shift = target_shift.to(device=device, dtype=torch.float32).contiguous() if has_shift else dummy
+    beta = float(jsd_beta)
+    scalars = dict(log_beta=math.log(beta) if code == JSD else 0.0,
+                   log_1mb=math.log1p(-beta) if code == JSD else 0.0, one_minus_beta=1.0 - beta)
+    flags = dict(DIVERGENCE=code, TEACHER=teacher, HAS_SHIFT=has_shift)
+    return (targets if targets is not None else dummy), shift, beta, scalars, flags
 
 
 class TritonFusedUnlearningKL(torch.autograd.Function):
@@ -183,13 +227,17 @@ class TritonFusedUnlearningKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_filter=None,
-                transforms=(lt.IDENTITY,) * 3):
+                transforms=(lt.IDENTITY,) * 3, teacher_source="models", jsd_beta=0.5, targets=None,
+                target_shift=None):
         xs, ws, xo, wo = (t.contiguous() for t in (xs, ws, xo, wo))
         xa = None if xa is None else xa.contiguous()
         wa = None if wa is None else wa.contiguous()
         n = xs.shape[0]
         v = ws.shape[0]
-        reverse = direction == "reverse"
+        tgt, shift, beta, scalars, flags = _objective_args(n, v, xs.device, direction, teacher_source, jsd_beta,
+                                                           targets, target_shift, xs)
+        code = flags["DIVERGENCE"]
+        inf_teacher = flags["TEACHER"] == LABELS or flags["HAS_SHIFT"]
         args = _common_args(xs, ws, bs, xo, wo, bo, xa, wa, ba, transforms)
         split_v = vocab_split_size(n, v)
         splits = triton.cdiv(v, split_v)
@@ -205,21 +253,33 @@ class TritonFusedUnlearningKL(torch.autograd.Function):
         # The per-row reference logits: at the entry of largest mean logit, usually near each row's max, so
         # the log-ratio terms (z - c) stay small and exact (see forward.py).
         ref = reference_logits(xs, ws, bs, xo, wo, bo, xa, wa, ba, float(alpha), mean_logit.argmax(),
-                               transforms)
+                               transforms, teacher_source, targets=tgt if tgt is not xs else None,
+                               target_shift=target_shift)
+        perm_arg = part if perm is None else perm
         _launch("forward" if perm is None else "forward_sorted", _forward_kernel,
                 lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * splits,), dtype_name,
-                *args["tensors"], part, part if perm is None else perm, ref, n, v, *args["sizes"],
-                *args["strides"], float(alpha), *args["transforms"], split_v, splits, REVERSE=reverse,
-                SORTED=perm is not None,
-                **args["flags"])
-        loss, stats = combine_partials(part, ref, reverse)
-        ctx.save_for_backward(xs, ws, bs, xo, wo, bo, xa, wa, ba, stats, perm)
+                *args["tensors"], part, perm_arg, ref, tgt, shift, n, v, *args["sizes"],
+                *args["strides"], float(alpha), *args["transforms"], split_v, splits,
+                SORTED=perm is not None, **flags, **args["flags"])
+        loss, stats = combine_partials(part, ref, code, inf_teacher)
+        if code == JSD:
+            jpart = torch.empty((splits, n, 2), dtype=torch.float32, device=xs.device)
+            _launch("forward_jsd" if perm is None else "forward_jsd_sorted", _jsd_kernel,
+                    lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * splits,), dtype_name,
+                    *args["tensors"], stats, perm_arg, tgt, shift, jpart, n, v, *args["sizes"],
+                    *args["strides"], float(alpha), *args["transforms"], beta, scalars["log_beta"],
+                    scalars["log_1mb"], scalars["one_minus_beta"], split_v, splits,
+                    SORTED=perm is not None, TEACHER=flags["TEACHER"], HAS_SHIFT=flags["HAS_SHIFT"],
+                    **args["flags"])
+            loss = jsd_combine(jpart, stats)
+        ctx.save_for_backward(xs, ws, bs, xo, wo, bo, xa, wa, ba, stats, perm, tgt, shift)
         ctx.alpha, ctx.direction, ctx.use_filter, ctx.transforms = float(alpha), direction, use_filter, transforms
+        ctx.scalars, ctx.flags = scalars, flags
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        xs, ws, bs, xo, wo, bo, xa, wa, ba, stats, perm = ctx.saved_tensors
+        xs, ws, bs, xo, wo, bo, xa, wa, ba, stats, perm, tgt, shift = ctx.saved_tensors
         n, h = xs.shape
         v = ws.shape[0]
         grad_loss = grad_loss.float().contiguous()
@@ -227,27 +287,31 @@ class TritonFusedUnlearningKL(torch.autograd.Function):
         dtype_name = dtype_key(xs.dtype)
         counter = torch.zeros(2, dtype=torch.int32, device=xs.device)  # kept tiles, all tiles
         sorted_ = perm is not None
-        common = dict(REVERSE=ctx.direction == "reverse", FILTER=ctx.use_filter, SORTED=sorted_, **args["flags"])
+        common = dict(FILTER=ctx.use_filter, SORTED=sorted_, **ctx.flags, **args["flags"])
         eps = filter_eps(xs.dtype)  # on p, also under a logit transform: see backward.py
         perm_arg = perm if sorted_ else counter  # never dereferenced unless SORTED
+        objective = (tgt, shift)
+        jsd = "_jsd" if ctx.flags["DIVERGENCE"] == JSD else ""  # its own tiles: configs.JSD_BACKWARD_SHAPES
+        scalars = (ctx.scalars["log_beta"], ctx.scalars["log_1mb"], ctx.scalars["one_minus_beta"])
         if not store_backward():
             dx = torch.zeros((n, h), dtype=torch.float32, device=xs.device)
             dw = torch.zeros((v, h), dtype=torch.float32, device=xs.device)
             db = torch.zeros(v, dtype=torch.float32, device=xs.device) if bs is not None else dx
-            _launch("backward", _backward_kernel,
+            _launch("backward" + jsd, _backward_kernel,
                     lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * triton.cdiv(v, meta["BLOCK_V"]),),
-                    dtype_name, *args["tensors"], stats, grad_loss, perm_arg, dx, dw, db, dx, counter,
-                    0, n, v, *args["sizes"], *args["strides"], 0, ctx.alpha, eps, *args["transforms"],
+                    dtype_name, *args["tensors"], stats, grad_loss, perm_arg, *objective, dx, dw, db, dx, counter,
+                    0, n, v, *args["sizes"], *args["strides"], 0, ctx.alpha, eps, *args["transforms"], *scalars,
                     STORE_G=False, **common)
         else:
-            dx, dw, db = _deterministic_backward(xs, ws, bs, args, stats, grad_loss, perm_arg, counter,
-                                                        ctx.alpha, eps, dtype_name, common)
+            dx, dw, db = _deterministic_backward(xs, ws, bs, args, stats, grad_loss, perm_arg, objective, counter,
+                                                 ctx.alpha, eps, scalars, dtype_name, common, jsd)
         _LAST_STATS.update(counter=counter, filter=ctx.use_filter)
         return (dx.to(xs.dtype), dw.to(ws.dtype), None if bs is None else db.to(bs.dtype),
-                None, None, None, None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None, None, None, None, None, None, None)
 
 
-def _deterministic_backward(xs, ws, bs, args, stats, grad_loss, perm_arg, counter, alpha, eps, dtype_name, common):
+def _deterministic_backward(xs, ws, bs, args, stats, grad_loss, perm_arg, objective, counter, alpha, eps, scalars,
+                            dtype_name, common, jsd=""):
     """Bitwise reproducible: per token chunk, the kernel writes the gradient tile of each (token, vocab)
     block once (no atomics on floats) and torch.mm does dX and dW in a fixed order."""
     n, h = xs.shape
@@ -264,11 +328,11 @@ def _deterministic_backward(xs, ws, bs, args, stats, grad_loss, perm_arg, counte
     with torch.autocast(xs.device.type, enabled=False):
         for start in range(0, n, chunk):
             rows = min(chunk, n - start)
-            _launch("backward_store", _backward_kernel,
+            _launch("backward_store" + jsd, _backward_kernel,
                     lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]) * triton.cdiv(v, meta["BLOCK_V"]),),
-                    dtype_name, *args["tensors"], stats, grad_loss, perm_arg, dx, dw, dx, g, counter,
+                    dtype_name, *args["tensors"], stats, grad_loss, perm_arg, *objective, dx, dw, dx, g, counter,
                     start, rows, v, *args["sizes"], *args["strides"], g.stride(0), alpha, eps,
-                    *args["transforms"], STORE_G=True, **common)
+                    *args["transforms"], *scalars, STORE_G=True, **common)
             g_c = g[:rows]
             gemm.mm(g_c, ws, dx[start:start + rows])
             gemm.accumulate(dw, g_c.T, xs[start:start + rows], first=start == 0)

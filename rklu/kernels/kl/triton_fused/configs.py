@@ -31,12 +31,20 @@ FORWARD_SHAPES = {
 # address registers make the bf16 64x128 tile spill on sm_90 with the forward KL's accumulators, so it is
 # launched with the 64x64 tile only (benchmarks/results/gpu-compile.md).
 SORTED_FORWARD_SHAPES = {"bf16": [(64, 64, 64, 8, 3)], "fp32": FORWARD_SHAPES["fp32"]}
+# The JSD's second pass (jsd.py) holds the student and teacher tiles and the log-mixture together: the
+# smaller bf16 tile (its BLOCK_H is the forward's, as the backward recomputes the same logits).
+JSD_FORWARD_SHAPES = {"bf16": [(64, 64, 64, 8, 3)], "fp32": FORWARD_SHAPES["fp32"]}
 # (BLOCK_N, BLOCK_V, BLOCK_H, BLOCK_HG, num_warps, num_stages): BLOCK_HG is the H step of the gradient
 # GEMMs + atomics. BLOCK_H equals the forward's per dtype: see forward.py (bitwise recompute).
 BACKWARD_SHAPES = {
     "bf16": [(128, 64, 64, 32, 8, 3), (64, 64, 64, 32, 8, 3)],
     "fp32": [(32, 64, 16, 16, 4, 1)],
 }
+
+# The JSD backward holds the student and teacher tiles, the log-mixture and the gradient tile at once: the bf16
+# 128x64 tile spills 120 B on sm_90 with the augmented teacher and softcaps (benchmarks/results/gpu-compile.md),
+# so it runs the 64x64 tile only.
+JSD_BACKWARD_SHAPES = {"bf16": [(64, 64, 64, 32, 8, 3)], "fp32": BACKWARD_SHAPES["fp32"]}
 
 
 # Register cap (ptxas .maxnreg) by kernel. Without one, ptxas trades registers for occupancy and squeezes
@@ -51,18 +59,22 @@ def max_registers(kernel: str, dtype_name: str, softcap: bool) -> int | None:
     return None
 
 
-def forward_configs(dtype_name: str, softcap: bool = False, sorted_vocab: bool = False) -> list:
+def forward_configs(dtype_name: str, softcap: bool = False, sorted_vocab: bool = False, jsd: bool = False) -> list:
     maxnreg = max_registers("forward", dtype_name, softcap)
-    shapes = (SORTED_FORWARD_SHAPES if sorted_vocab else FORWARD_SHAPES)[dtype_name]
+    if jsd:
+        shapes = JSD_FORWARD_SHAPES[dtype_name]
+    else:
+        shapes = (SORTED_FORWARD_SHAPES if sorted_vocab else FORWARD_SHAPES)[dtype_name]
     return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh), num_warps=w, num_stages=st, maxnreg=maxnreg)
             for bn, bv, bh, w, st in shapes]
 
 
-def backward_configs(dtype_name: str, softcap: bool = False) -> list:
+def backward_configs(dtype_name: str, softcap: bool = False, jsd: bool = False) -> list:
     maxnreg = max_registers("backward", dtype_name, softcap)
+    shapes = (JSD_BACKWARD_SHAPES if jsd else BACKWARD_SHAPES)[dtype_name]
     return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh, BLOCK_HG=bhg), num_warps=w, num_stages=st,
                           maxnreg=maxnreg)
-            for bn, bv, bh, bhg, w, st in BACKWARD_SHAPES[dtype_name]]
+            for bn, bv, bh, bhg, w, st in shapes]
 
 
 def autotune_configs() -> list:
@@ -71,16 +83,18 @@ def autotune_configs() -> list:
 
 
 def block_sizes(kernel: str, dtype_name: str, softcap: bool = False) -> dict:
-    """``kernel``: "forward", "forward_sorted" or "backward"."""
-    """Fixed tiles: the interpreter steps through blocks in Python, so it gets few, large tiles; on CUDA
+    """``kernel``: "forward", "forward_sorted", "forward_jsd", "forward_jsd_sorted", "backward", "backward_jsd"
+    (the store variants "backward_store", "backward_store_jsd" take the same tiles).
+    Fixed tiles: the interpreter steps through blocks in Python, so it gets few, large tiles; on CUDA
     (RKLU_TRITON_AUTOTUNE=0) the first entry of the kernel's autotune list."""
     if INTERPRET:
         blocks = dict(BLOCK_N=32, BLOCK_V=256, BLOCK_H=64, num_warps=4)
         return blocks if kernel.startswith("forward") else dict(blocks, BLOCK_HG=64)
     if kernel.startswith("forward"):
-        cfg = forward_configs(dtype_name, softcap, sorted_vocab=kernel == "forward_sorted")[0]
+        cfg = forward_configs(dtype_name, softcap, sorted_vocab=kernel.endswith("_sorted"),
+                              jsd=kernel.startswith("forward_jsd"))[0]
     else:
-        cfg = backward_configs(dtype_name, softcap)[0]
+        cfg = backward_configs(dtype_name, softcap, jsd=kernel.endswith("_jsd"))[0]
     blocks = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return blocks if cfg.maxnreg is None else dict(blocks, maxnreg=cfg.maxnreg)
 
@@ -108,38 +122,64 @@ def vocab_split_size(n: int, v: int) -> int:
     return triton.cdiv(per_split, SPLIT_ALIGN) * SPLIT_ALIGN
 
 
+# The objective variants (teacher.py) in the compile report, beyond the original objective's full matrix:
+# (divergence, teacher source, target shift, augmented teacher), the combinations the methods use and the
+# heaviest of each new path, each over dtype x softcap with biases (the heavier case; bias on/off adds one
+# load per tile and is covered by the original matrix).
+OBJECTIVE_VARIANTS = (
+    (1, 0, True, False),   # forward KL, models, target shift (UNDIAL)
+    (1, 1, True, False),   # forward KL, self, shift (CE-U's -inf, Unilogit's uniform)
+    (0, 1, True, False),   # reverse KL, self, shift
+    (1, 2, False, False),  # forward KL, labels
+    (0, 0, True, True),    # reverse KL, models + augmented, shift
+    (3, 0, False, True),   # argmax_ce, models + augmented (WHP)
+    (3, 1, True, False),   # argmax_ce, self, shift
+    (2, 2, False, False),  # JSD, labels (JensUn)
+    (2, 0, True, True),    # JSD, models + augmented, shift
+    (2, 1, True, False),   # JSD, self, shift
+)
+DIVERGENCE_NAMES = ("reverse", "forward", "jsd", "argmax_ce")
+TEACHER_NAMES = ("models", "self", "labels")
+
+
 def compile_specs() -> list:
     """Every kernel this backend launches on CUDA, over dtype x direction x augmented x bias x softcap (every
     model's, the heaviest case of the per-model HAS_SOFTCAP_* flags) (x filter x deterministic store for the
-    backward), with the configs it can be launched with."""
+    backward), with the configs it can be launched with; then OBJECTIVE_VARIANTS over dtype x softcap
+    (with the JSD's second pass)."""
     from .backward import _backward_kernel
     from .forward import _forward_kernel
+    from .jsd import _jsd_kernel
 
     specs = []
     transform_args = {f"{arg}_{m}": "fp32" for m in "soa" for arg in ("logit_scale", "softcap", "inv_softcap")}
     for dt in ("bf16", "fp32"):
         ptr = f"*{dt}"
         precision = 1 if dt == "fp32" else 0
-        for reverse in (True, False):
-            for aug in (True, False):
-                for bias in (True, False):
-                    for softcap in (True, False):
-                        flags = dict(HAS_AUG=aug, HAS_BS=bias, HAS_BO=bias, HAS_BA=bias and aug,
-                                     HAS_SOFTCAP_S=softcap, HAS_SOFTCAP_O=softcap, HAS_SOFTCAP_A=softcap and aug,
-                                     REVERSE=reverse, PRECISION=precision, GROUP=GROUP)
-                        variant = ",".join(["reverse" if reverse else "forward", "aug" if aug else "no-aug",
-                                            "bias" if bias else "no-bias"] + (["softcap"] if softcap else []))
-                        specs += _variant_specs(_forward_kernel, _backward_kernel, dt, ptr, flags, variant,
-                                                transform_args)
+        matrix = [(d, 0, False, aug) for d in (0, 1) for aug in (True, False)]
+        for divergence, teacher, shift, aug in matrix + list(OBJECTIVE_VARIANTS):
+            for bias in ((True, False) if (divergence, teacher, shift, aug) in matrix else (True,)):
+                for softcap in (True, False):
+                    flags = dict(HAS_AUG=aug, HAS_BS=bias, HAS_BO=bias, HAS_BA=bias and aug,
+                                 HAS_SOFTCAP_S=softcap, HAS_SOFTCAP_O=softcap, HAS_SOFTCAP_A=softcap and aug,
+                                 DIVERGENCE=divergence, TEACHER=teacher, HAS_SHIFT=shift,
+                                 PRECISION=precision, GROUP=GROUP)
+                    variant = ",".join([DIVERGENCE_NAMES[divergence], "aug" if aug else "no-aug",
+                                        "bias" if bias else "no-bias"] + (["softcap"] if softcap else [])
+                                       + ([f"teacher={TEACHER_NAMES[teacher]}"] if teacher else [])
+                                       + (["shift"] if shift else []))
+                    specs += _variant_specs(_forward_kernel, _backward_kernel, _jsd_kernel, dt, ptr, flags,
+                                            variant, transform_args)
     return specs
 
 
-def _variant_specs(forward_kernel, backward_kernel, dt, ptr, flags, variant, transform_args) -> list:
+def _variant_specs(forward_kernel, backward_kernel, jsd_kernel, dt, ptr, flags, variant, transform_args) -> list:
     softcap = flags["HAS_SOFTCAP_S"]
     tensors = {k: ptr for k in ("XS", "WS", "BS", "XO", "WO", "BO", "XA", "WA", "BA")}
     ints = ("H_S", "H_O", "H_A", "stride_xs", "stride_ws", "stride_xo", "stride_wo",
             "stride_xa", "stride_wa")
-    sig = {**tensors, "PART": "*fp32", "PERM": "*i64", "REF": "*fp32", "N": "i32", "V": "i32",
+    objective = {"TARGETS": "*i64", "SHIFT": "*fp32"}
+    sig = {**tensors, "PART": "*fp32", "PERM": "*i64", "REF": "*fp32", **objective, "N": "i32", "V": "i32",
            **{k: "i32" for k in ints}, "alpha": "fp32", **transform_args, "SPLIT_V": "i32", "NUM_SPLITS": "i32",
            **{k: "constexpr" for k in (*flags, "SORTED", "BLOCK_N", "BLOCK_V", "BLOCK_H")}}
     specs = []
@@ -148,23 +188,36 @@ def _variant_specs(forward_kernel, backward_kernel, dt, ptr, flags, variant, tra
             kernel="unlearning_kl_forward", fn=forward_kernel, signature=sig,
             constexprs=dict(flags, SORTED=sort), configs=tuple(forward_configs(dt, softcap, sort)), dtype=dt,
             variant=variant + (",sorted" if sort else ",unsorted"),
-            divisible=(*tensors, "PART", "PERM", "REF", *ints, "SPLIT_V")))
+            divisible=(*tensors, "PART", "PERM", "REF", *objective, *ints, "SPLIT_V")))
+        if flags["DIVERGENCE"] == 2:
+            jflags = {k: val for k, val in flags.items() if k != "DIVERGENCE"}
+            jsig = {**tensors, "STATS": "*fp32", "PERM": "*i64", **objective, "PART": "*fp32", "N": "i32",
+                    "V": "i32", **{k: "i32" for k in ints}, "alpha": "fp32", **transform_args,
+                    **{k: "fp32" for k in ("beta", "log_beta", "log_1mb", "one_minus_beta")},
+                    "SPLIT_V": "i32", "NUM_SPLITS": "i32",
+                    **{k: "constexpr" for k in (*jflags, "SORTED", "BLOCK_N", "BLOCK_V", "BLOCK_H")}}
+            specs.append(CompileSpec(
+                kernel="unlearning_kl_jsd", fn=jsd_kernel, signature=jsig,
+                constexprs=dict(jflags, SORTED=sort), configs=tuple(forward_configs(dt, softcap, sort, jsd=True)),
+                dtype=dt, variant=variant + (",sorted" if sort else ",unsorted"),
+                divisible=(*tensors, "STATS", "PERM", *objective, "PART", *ints, "SPLIT_V")))
     for filt in (True, False):
         for store in (False, True):
             # Deterministic mode (store) walks the vocabulary unsorted: see triton_fused.py.
             bflags = dict(flags, FILTER=filt, SORTED=filt and not store, STORE_G=store)
-            bsig = {**tensors, "STATS": "*fp32", "GRAD_OUT": "*fp32", "PERM": "*i64",
+            bsig = {**tensors, "STATS": "*fp32", "GRAD_OUT": "*fp32", "PERM": "*i64", **objective,
                     "DX": "*fp32", "DW": "*fp32", "DB": "*fp32", "G": ptr, "COUNTER": "*i32",
                     "ROW0": "i32", "NUM_ROWS": "i32", "V": "i32",
                     **{k: "i32" for k in ints}, "stride_g": "i32", "alpha": "fp32", "eps": "fp32",
-                    **transform_args,
+                    **transform_args, **{k: "fp32" for k in ("log_beta", "log_1mb", "one_minus_beta")},
                     **{k: "constexpr" for k in (*bflags, "BLOCK_N", "BLOCK_V", "BLOCK_H", "BLOCK_HG")}}
             bvariant = variant + ("," + ("filter" if filt else "no-filter")
                                   + ("," + "store-g" if store else ",atomic"))
             specs.append(CompileSpec(
                 kernel="unlearning_kl_backward", fn=backward_kernel, signature=bsig,
-                constexprs=bflags, configs=tuple(backward_configs(dt, softcap)), dtype=dt,
+                constexprs=bflags, configs=tuple(backward_configs(dt, softcap, jsd=flags["DIVERGENCE"] == 2)),
+                dtype=dt,
                 variant=bvariant,
-                divisible=(*tensors, "STATS", "GRAD_OUT", "PERM", "DX", "DW", "DB", "G",
+                divisible=(*tensors, "STATS", "GRAD_OUT", "PERM", *objective, "DX", "DW", "DB", "G",
                            "COUNTER", *ints, "stride_g")))
     return specs

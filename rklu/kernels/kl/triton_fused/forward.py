@@ -49,19 +49,21 @@ import triton.language as tl
 from ...common import logit_transform as lt
 from ...common.tiles import _grouped_pid, _logit_tile, _teacher_tile
 from ...common.logit_transform_triton import _transform
+from .teacher import ARGMAX, FORWARD, REVERSE, _load_targets, _source_tile, _target_edit
 
 NUM_STATS = 5  # per split: m_s, d_s, m_t, d_t, r
 NUM_ROW_STATS = 7  # combined: M_s, log D_s, M_t, log D_t, mean, c_s, c_t
 
 
 @triton.jit
-def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM, REF,
+def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM, REF, TARGETS, SHIFT,
                     N, V, H_S, H_O, H_A, stride_xs, stride_ws, stride_xo, stride_wo, stride_xa, stride_wa,
                     alpha, logit_scale_s, softcap_s, inv_softcap_s, logit_scale_o, softcap_o, inv_softcap_o,
                     logit_scale_a, softcap_a, inv_softcap_a, SPLIT_V, NUM_SPLITS,
                     HAS_AUG: tl.constexpr, HAS_BS: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr,
                     HAS_SOFTCAP_S: tl.constexpr, HAS_SOFTCAP_O: tl.constexpr, HAS_SOFTCAP_A: tl.constexpr,
-                    REVERSE: tl.constexpr, PRECISION: tl.constexpr, SORTED: tl.constexpr, GROUP: tl.constexpr,
+                    DIVERGENCE: tl.constexpr, TEACHER: tl.constexpr, HAS_SHIFT: tl.constexpr,
+                    PRECISION: tl.constexpr, SORTED: tl.constexpr, GROUP: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
     pid_n, pid_s = _grouped_pid(tl.program_id(0), tl.cdiv(N, BLOCK_N), NUM_SPLITS, GROUP)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -70,12 +72,16 @@ def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM, REF,
     v_end = tl.minimum(V, v_start + SPLIT_V)
     m_s = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     m_t = tl.full((BLOCK_N,), float("-inf"), tl.float32)
-    if REVERSE:
+    if DIVERGENCE == 0:
         c_s = tl.load(REF + rows * 2 + 0, mask=row_mask, other=0.0)
         c_t = tl.load(REF + rows * 2 + 1, mask=row_mask, other=0.0)
+    tgt, shift = _load_targets(TARGETS, SHIFT, rows, row_mask, TEACHER, HAS_SHIFT)
     d_s = tl.zeros((BLOCK_N,), tl.float32)
     d_t = tl.zeros((BLOCK_N,), tl.float32)
     acc = tl.zeros((BLOCK_N,), tl.float32)
+    if DIVERGENCE == 3:
+        # The teacher's argmax so far (its lowest column on ties) and the student's logit there.
+        arg_t = tl.full((BLOCK_N,), 2147483647, tl.int32)
     for v0 in range(v_start, v_end, BLOCK_V):
         pos = v0 + tl.arange(0, BLOCK_V)
         col_mask = pos < v_end
@@ -84,51 +90,90 @@ def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM, REF,
             cols = tl.load(PERM + pos, mask=col_mask, other=0)
         else:
             cols = pos
-        # Teacher first, folded into its statistics at once, so only one teacher tile (z_t - c_t, or e_t
-        # for the forward KL) stays live while the student GEMM runs: two fp32 tiles at a time.
-        zt = _teacher_tile(XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H_O, H_A,
-                           stride_xo, stride_wo, stride_xa, stride_wa, alpha, logit_scale_o, softcap_o,
-                           inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a,
-                           HAS_AUG, HAS_BO, HAS_BA, HAS_SOFTCAP_O, HAS_SOFTCAP_A, PRECISION, BLOCK_N, BLOCK_V,
-                           BLOCK_H)
+        if TEACHER == 0:
+            # Teacher first, folded into its statistics at once, so only one teacher tile (z_t - c_t, or e_t
+            # for the forward KL) stays live while the student GEMM runs: two fp32 tiles at a time.
+            zt = _teacher_tile(XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H_O, H_A,
+                               stride_xo, stride_wo, stride_xa, stride_wa, alpha, logit_scale_o, softcap_o,
+                               inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a,
+                               HAS_AUG, HAS_BO, HAS_BA, HAS_SOFTCAP_O, HAS_SOFTCAP_A, PRECISION, BLOCK_N,
+                               BLOCK_V, BLOCK_H)
+        else:
+            # Self / labels teacher: no teacher GEMM; the student tile comes first and gives the teacher's.
+            zs = _transform(_logit_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws,
+                                        HAS_BS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_s, softcap_s,
+                                        inv_softcap_s, HAS_SOFTCAP_S)
+            zt = _source_tile(zs, cols, tgt, TEACHER)
+        zt = _target_edit(zt, cols, tgt, shift, HAS_SHIFT)
         # Every block holds at least one valid column, so the maxima are finite and the rescale factors
-        # exp(m_old - m_new) are exp(-inf) = 0 on the first block, never exp(nan).
+        # exp(m_old - m_new) are exp(-inf) = 0 on the first block, never exp(nan) -- unless the teacher
+        # holds -inf (labels, or a shift of +inf): then a block's teacher may be all -inf, and the guards
+        # below (compiled only for such teachers) keep every 0 * -inf and -inf - -inf out.
         tile_m_t = tl.max(tl.where(valid, zt, float("-inf")), axis=1)
         new_m_t = tl.maximum(m_t, tile_m_t)
-        scale_t = tl.exp(m_t - new_m_t)
-        # Padding columns go through exp(-inf) = 0: exp of their (zero) logits minus the max could overflow.
-        e_t = tl.exp(tl.where(valid, zt - new_m_t[:, None], float("-inf")))
-        if REVERSE:
-            zt = zt - c_t[:, None]
+        if DIVERGENCE == 3:
+            # Lowest column among the tile's maxima (columns compared, not positions: under PERM too).
+            tile_arg = tl.min(tl.where(valid & (zt == tile_m_t[:, None]), cols.to(tl.int32)[None, :],
+                                       2147483647), axis=1)
+            take = (tile_m_t > m_t) | ((tile_m_t == m_t) & (tile_arg < arg_t))
+            arg_t = tl.where(take, tile_arg, arg_t)
         else:
-            # Forward KL: acc = sum e_t ((z_t - m_t) - (z_s - m_s)), relative to the running maxima: when a
-            # maximum moves by `shift`, the earlier terms (weight w_prev in the new scale) move by
-            # w_prev * shift (on the first block there are none: shift 0, never inf - inf). The teacher's
-            # part is added now, the student's after its GEMM, with w_prev taken again from d_t and e_t
-            # (no extra vector stays live across the GEMM: this kernel is at its register limit).
-            w_prev = d_t * scale_t
-            shift_t = new_m_t - tl.where(m_t == float("-inf"), new_m_t, m_t)
-            acc = (acc * scale_t - w_prev * shift_t) + tl.sum(e_t * (zt - new_m_t[:, None]), axis=1)
-        d_t = d_t * scale_t + tl.sum(e_t, axis=1)
+            if (TEACHER == 2) or HAS_SHIFT:
+                base_t = tl.where(new_m_t == float("-inf"), 0.0, new_m_t)
+                scale_t = tl.where(new_m_t == float("-inf"), 1.0, tl.exp(m_t - base_t))
+            else:
+                base_t = new_m_t
+                scale_t = tl.exp(m_t - new_m_t)
+            # Padding columns go through exp(-inf) = 0: exp of their (zero) logits minus the max could overflow.
+            e_t = tl.exp(tl.where(valid, zt - base_t[:, None], float("-inf")))
+            if DIVERGENCE == 0:
+                zt = zt - c_t[:, None]
+            if DIVERGENCE == 1:
+                # Forward KL: acc = sum e_t ((z_t - m_t) - (z_s - m_s)), relative to the running maxima: when a
+                # maximum moves by `shift`, the earlier terms (weight w_prev in the new scale) move by
+                # w_prev * shift (on the first block there are none: shift 0, never inf - inf). The teacher's
+                # part is added now, the student's after its GEMM, with w_prev taken again from d_t and e_t
+                # (no extra vector stays live across the GEMM: this kernel is at its register limit).
+                w_prev = d_t * scale_t
+                shift_t = base_t - tl.where(m_t == float("-inf"), base_t, m_t)
+                if (TEACHER == 2) or HAS_SHIFT:
+                    # e_t = 0 where z_t = -inf: the term is 0 there (e_t * (z_t - m) would be 0 * -inf).
+                    term_t = e_t * (tl.where(e_t > 0.0, zt, base_t[:, None]) - base_t[:, None])
+                else:
+                    term_t = e_t * (zt - base_t[:, None])
+                acc = (acc * scale_t - w_prev * shift_t) + tl.sum(term_t, axis=1)
+            d_t = d_t * scale_t + tl.sum(e_t, axis=1)
         m_t = new_m_t
-        zs = _transform(_logit_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws,
-                                    HAS_BS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_s, softcap_s,
-                                    inv_softcap_s, HAS_SOFTCAP_S)
+        if TEACHER == 0:
+            zs = _transform(_logit_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws,
+                                        HAS_BS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_s, softcap_s,
+                                        inv_softcap_s, HAS_SOFTCAP_S)
         tile_m_s = tl.max(tl.where(valid, zs, float("-inf")), axis=1)
         new_m_s = tl.maximum(m_s, tile_m_s)
         scale_s = tl.exp(m_s - new_m_s)
         e_s = tl.exp(tl.where(valid, zs - new_m_s[:, None], float("-inf")))
-        if REVERSE:
+        if DIVERGENCE == 0:
             acc = acc * scale_s + tl.sum(e_s * ((zs - c_s[:, None]) - zt), axis=1)
-        else:
+        if DIVERGENCE == 1:
             shift_s = new_m_s - tl.where(m_s == float("-inf"), new_m_s, m_s)
             acc = (acc + (d_t - tl.sum(e_t, axis=1)) * shift_s) - tl.sum(e_t * (zs - new_m_s[:, None]), axis=1)
+        if DIVERGENCE == 3:
+            # acc: the student's logit at the running argmax, taken from the tile that holds that column.
+            hit = valid & (cols.to(tl.int32)[None, :] == arg_t[:, None])
+            acc = tl.where(tl.max(hit.to(tl.int32), axis=1) > 0, tl.sum(tl.where(hit, zs, 0.0), axis=1), acc)
         d_s = d_s * scale_s + tl.sum(e_s, axis=1)
         m_s = new_m_s
-    if REVERSE:
+    if DIVERGENCE == 0:
         r = acc / d_s
+    elif DIVERGENCE == 1:
+        if (TEACHER == 2) or HAS_SHIFT:
+            r = acc / tl.where(d_t > 0.0, d_t, 1.0)  # a split without teacher mass: r = 0, not 0 / 0
+        else:
+            r = acc / d_t
     else:
-        r = acc / d_t
+        r = acc
+    if DIVERGENCE == 3:
+        d_t = arg_t.to(tl.float32)  # exact: V < 2^24 (checked at launch)
     base = PART + (pid_s * N + rows) * 5
     tl.store(base + 0, m_s, mask=row_mask)
     tl.store(base + 1, d_s, mask=row_mask)
@@ -137,38 +182,78 @@ def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM, REF,
     tl.store(base + 4, r, mask=row_mask)
 
 
-def combine_partials(part: torch.Tensor, ref: torch.Tensor, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def combine_partials(part: torch.Tensor, ref: torch.Tensor, divergence: int | bool,
+                     inf_teacher: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """[splits, N, 5] partial statistics and the [N, 2] references -> (per-token loss [N], stats [N, 7]).
 
-    stats = (M_s, log D_s, M_t, log D_t, mean, c_s, c_t) with mean = E_{p_s}[(z_s - c_s) - (z_t - c_t)]
-    (reverse; the forward KL's backward does not need it). Max and log-normalizer are kept apart: log p = (z - M) - log D
-    stays exact near the max, where z - (M + log D) would round the lse at the logits' magnitude.
+    ``divergence``: teacher.py's code (True / False: the reverse / forward KL). stats = (M_s, log D_s, M_t,
+    log D_t, extra, c_s, c_t) with extra = E_{p_s}[(z_s - c_s) - (z_t - c_t)] for the reverse KL (the forward
+    KL's backward does not need it), the teacher's argmax column for argmax_ce; the JSD pass fills it later
+    (``jsd_combine``) and its loss is that pass's. Max and log-normalizer are kept apart: log p = (z - M) -
+    log D stays exact near the max, where z - (M + log D) would round the lse at the logits' magnitude.
+    ``inf_teacher``: the teacher may hold -inf, so a split may carry no teacher mass at all (d_t = 0,
+    m_t = -inf, r = NaN): its terms are dropped instead of multiplied by 0.
     """
+    divergence = (REVERSE if divergence else FORWARD) if isinstance(divergence, bool) else divergence
     m_s, d_s, m_t, d_t, r = part.unbind(-1)
     big_s = m_s.max(0).values
     big_t = m_t.max(0).values
     w_s = d_s * torch.exp(m_s - big_s)
-    w_t = d_t * torch.exp(m_t - big_t)
-    sum_s, sum_t = w_s.sum(0), w_t.sum(0)
+    sum_s = w_s.sum(0)
     c_s, c_t = ref.unbind(-1)
-    if reverse:
+    if divergence == ARGMAX:
+        # The row's argmax: the lowest column among the splits holding the row's maximum (splits walk
+        # permuted columns with the filter, so the columns are compared, not the split order).
+        cand = torch.where(m_t == big_t, d_t, torch.full_like(d_t, float("inf")))
+        arg, split = cand.min(0)
+        z_arg = r.gather(0, split[None]).squeeze(0)
+        loss = (big_s - z_arg) + torch.log(sum_s)
+        zero = torch.zeros_like(big_s)
+        stats = torch.stack((big_s, torch.log(sum_s), big_t, zero, arg, c_s, c_t), dim=1)
+        return loss, stats
+    w_t = d_t * torch.exp(m_t - big_t)
+    if inf_teacher:
+        w_t = torch.where(d_t > 0, w_t, torch.zeros_like(w_t))
+    sum_t = w_t.sum(0)
+    if divergence == REVERSE:
         # (M - c): differences of two logits of the same row, free of any common offset.
         mean = (w_s * r).sum(0) / sum_s
         loss = mean - (big_s - c_s) + (big_t - c_t) - torch.log(sum_s) + torch.log(sum_t)
-    else:
+    elif divergence == FORWARD:
         # A split's r is relative to its own maxima: re-based on the row's (0 in the split holding them),
         # grouped so that equal models give exactly 0.
-        mean = (w_t * (r + ((big_s - m_s) - (big_t - m_t)))).sum(0) / sum_t
+        term = w_t * (r + ((big_s - m_s) - (big_t - m_t)))
+        if inf_teacher:
+            term = torch.where(w_t > 0, term, torch.zeros_like(term))
+        mean = term.sum(0) / sum_t
         loss = mean - torch.log(sum_t) + torch.log(sum_s)
+    else:  # JSD: the normalizers only; the divergence comes from the second pass
+        mean = torch.zeros_like(big_s)
+        loss = mean
     stats = torch.stack((big_s, torch.log(sum_s), big_t, torch.log(sum_t), mean, c_s, c_t), dim=1)
     return loss, stats
 
 
+def jsd_combine(part: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+    """[splits, N, 2] partial sums of the JSD pass (loss, S = sum p_s g) -> per-token loss [N]; S goes to
+    stats' extra column for the backward."""
+    sums = part.sum(0)
+    stats[:, 4] = sums[:, 1]
+    return sums[:, 0].contiguous()
+
+
 def reference_logits(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha: float, col=None,
-                     transforms=(lt.IDENTITY,) * 3) -> torch.Tensor:
+                     transforms=(lt.IDENTITY,) * 3, teacher_source: str = "models", targets=None,
+                     target_shift=None) -> torch.Tensor:
     """[N, 2] fp32: each row's (transformed) student and teacher logit of vocabulary entry ``col`` (a 1-element
     tensor). Any per-row constant is correct (it only has to be the same in the forward and the backward);
-    one near the row's largest logits keeps the terms (z - c) small, hence exact."""
+    one near the row's largest logits keeps the terms (z - c) small, hence exact. The teacher's includes the
+    source and, for the models' teacher, the target edit where ``col`` is the row's target; where that makes it
+    infinite (a shift of +inf) the row keeps the unedited logit. The labels teacher takes 0 (its value at the
+    target, the row's maximum: its -inf elsewhere would poison every difference). The self teacher takes the
+    student's own reference, unedited: then (z_s - c_s) - (z_t - c_t) is bitwise 0 on every entry but the
+    target's, where an edited c_t would leave the shift's rounding on all of them (the reverse KL's gradient is
+    small there, O(p_s(y) shift), so that rounding would be a large relative error)."""
     index = torch.zeros(1, dtype=torch.long, device=xs.device) if col is None else col.reshape(1)
 
     def logit0(x, w, b):  # a tensor index: no host synchronization
@@ -178,7 +263,13 @@ def reference_logits(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha: float, col=None,
     t_s, t_o, t_a = transforms
     with torch.autocast(xs.device.type, enabled=False):
         c_s = lt.apply(logit0(xs, ws, bs), t_s)
-        c_t = lt.apply(logit0(xo, wo, bo), t_o)
-        if xa is not None:
-            c_t = c_t - alpha * torch.relu(lt.apply(logit0(xa, wa, ba), t_a) - c_t)
+        if teacher_source == "labels":
+            c_t = torch.zeros_like(c_s)
+        else:
+            c_t = c_s.clone() if teacher_source == "self" else lt.apply(logit0(xo, wo, bo), t_o)
+            if xa is not None and teacher_source == "models":
+                c_t = c_t - alpha * torch.relu(lt.apply(logit0(xa, wa, ba), t_a) - c_t)
+            if target_shift is not None and teacher_source == "models":
+                edited = torch.where(targets == index, c_t - target_shift.float(), c_t)
+                c_t = torch.where(torch.isfinite(edited), edited, c_t)
     return torch.stack((c_s, c_t), dim=1).contiguous()

@@ -241,7 +241,7 @@ def test_compile_specs_cover_the_launch_matrix():
     backward) has a spec, and every spec's configs are the autotune list of its kernel, dtype, softcap and
     (forward) vocabulary order (register cap included)."""
     pytest.importorskip("triton")
-    from rklu.kernels.kl.triton_fused.configs import backward_configs, compile_specs, forward_configs
+    from rklu.kernels.kl.triton_fused.configs import backward_configs, compile_specs, forward_configs, lean
 
     from rklu.kernels.kl.triton_fused.configs import OBJECTIVE_VARIANTS
 
@@ -255,11 +255,14 @@ def test_compile_specs_cover_the_launch_matrix():
         softcap = s.constexprs["HAS_SOFTCAP_S"]
         assert softcap == ("softcap" in s.variant.split(","))
         if s.kernel.endswith("jsd"):
-            expected = forward_configs(s.dtype, softcap, sorted_vocab=s.constexprs["SORTED"], jsd=True)
+            expected = forward_configs(s.dtype, softcap, sorted_vocab=s.constexprs["SORTED"], lean_tiles=True)
         elif s.kernel.endswith("forward"):
-            expected = forward_configs(s.dtype, softcap, sorted_vocab=s.constexprs["SORTED"])
+            expected = forward_configs(s.dtype, softcap, sorted_vocab=s.constexprs["SORTED"],
+                                       lean_tiles=lean(s.constexprs))
         else:
-            expected = backward_configs(s.dtype, softcap, jsd=s.constexprs["DIVERGENCE"] == 2)
+            expected = backward_configs(s.dtype, softcap, lean_tiles=lean(s.constexprs))
+        # the objective's paths run the lean tiles (register-capped), the plain KLs the full lists
+        assert lean(s.constexprs) == any(k in s.variant for k in ("teacher=", "shift", "jsd", "argmax"))
         assert [c.all_kwargs() for c in s.configs] == [c.all_kwargs() for c in expected]
         assert set(s.constexprs) | {"BLOCK_N", "BLOCK_V", "BLOCK_H", "BLOCK_HG"} >= {
             k for k, t in s.signature.items() if t == "constexpr"}

@@ -295,16 +295,23 @@ def _chunk_kernel(ZS, ZO, ZA, BS, BO, BA, TARGETS, SHIFTS, ROW_SCALE, G, LOSS,
                      mask=row_mask[:, None] & valid)
 
 
-def autotune_configs(divergence: str = "reverse") -> list:
+def capped_configs(divergence: str, teacher: str = "models", shift: bool = False) -> bool:
+    """Whether a variant takes the register-capped config list: every path of the objective (a divergence other
+    than the KLs, a self / labels teacher, a target shift) keeps more per-row state live than the plain KLs."""
+    return divergence not in ("reverse", "forward") or teacher != "models" or shift
+
+
+def autotune_configs(divergence: str = "reverse", teacher: str = "models", shift: bool = False) -> list:
     """CUDA tiles (BLOCK_N rows x BLOCK_V vocab entries per step): a memory-bound row kernel, so few rows and
     long vocab strips; every config is checked spill-free on sm_80/sm_90 by benchmarks/gpu_compile.py."""
     # (4, 1024) spilled 8 bytes on sm_90 with 8 warps (fp32) and with 16 warps (bf16, 128-register cap):
     # dropped (benchmarks/results/gpu-compile.md).
     shapes = [(1, 2048, 8, 1), (2, 1024, 8, 1), (1, 4096, 16, 1)]
-    if divergence == "jsd":
+    if capped_configs(divergence, teacher, shift):
         # The JSD's three passes keep more per-row state live: ptxas stopped at 64 registers and spilled 8-16
         # bytes on sm_90 (16 warps; a self teacher with 2 rows at 8 warps) unless told it may use what a block
-        # of that size can have (65536 / threads, at most 255).
+        # of that size can have (65536 / threads, at most 255); a target shift with softcaps spilled 8 bytes
+        # on sm_80 at 16 warps likewise.
         return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv), num_warps=w, num_stages=st,
                               maxnreg=min(255, 65536 // (32 * w))) for bn, bv, w, st in shapes]
     return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv), num_warps=w, num_stages=st) for bn, bv, w, st in shapes]
@@ -346,7 +353,7 @@ def run_chunk_kernel(zs, zo, za, bs, bo, ba, row_scale, g, loss, alpha, write_gr
                  DIVERGENCE=DIVERGENCE_CODES[divergence], TEACHER=TEACHER_CODES[teacher],
                  HAS_TARGET_SHIFT=shifts is not None, WRITE_GRAD=write_grad)
     if AUTOTUNE:
-        tuned = _chunk_tuned_jsd if jsd else _chunk_tuned
+        tuned = _chunk_tuned_jsd if capped_configs(divergence, teacher, shifts is not None) else _chunk_tuned
         tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, **flags)
     else:
         if INTERPRET:

@@ -353,7 +353,7 @@ def compile_specs() -> list[CompileSpec]:
                                + (["shift"] if shift else []))
             specs.append(CompileSpec(
                 kernel="chunked_unlearning_kl", fn=_chunk_kernel, signature=sig, constexprs=constexprs,
-                configs=tuple(autotune_configs(divergence)), dtype=dtype, variant=variant,
+                configs=tuple(autotune_configs(divergence, teacher, shift)), dtype=dtype, variant=variant,
                 divisible=("ZS", "ZO", "ZA", "BS", "BO", "BA", "TARGETS", "SHIFTS", "ROW_SCALE", "G", "LOSS", "V",
                            "stride_z", "stride_g")))
     for dtype in ("bf16", "fp32"):

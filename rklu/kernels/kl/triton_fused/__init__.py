@@ -51,7 +51,7 @@ from ...common.validation import check_no_teacher_rounding
 from ..triton_chunked import _Gemms
 from .backward import _backward_kernel
 from .configs import (
-    autotune_configs, backward_configs, block_sizes, compile_specs, dtype_key, forward_configs,
+    autotune_configs, backward_configs, block_sizes, compile_specs, dtype_key, forward_configs, lean,
     vocab_split_size,
 )
 from .forward import NUM_STATS, _forward_kernel, combine_partials, jsd_combine, reference_logits
@@ -79,19 +79,23 @@ if AUTOTUNE:
                 forward_configs(_dt, _cap), key=_KEY)(_forward_kernel)
             TUNED_KERNELS[f"forward_sorted{_sfx}_{_dt}"] = triton.autotune(
                 forward_configs(_dt, _cap, sorted_vocab=True), key=_KEY)(_forward_kernel)
+            TUNED_KERNELS[f"forward_lean{_sfx}_{_dt}"] = triton.autotune(
+                forward_configs(_dt, _cap, lean_tiles=True), key=_KEY)(_forward_kernel)
+            TUNED_KERNELS[f"forward_lean_sorted{_sfx}_{_dt}"] = triton.autotune(
+                forward_configs(_dt, _cap, sorted_vocab=True, lean_tiles=True), key=_KEY)(_forward_kernel)
             TUNED_KERNELS[f"forward_jsd{_sfx}_{_dt}"] = triton.autotune(
-                forward_configs(_dt, _cap, jsd=True), key=_KEY)(_jsd_kernel)
+                forward_configs(_dt, _cap, lean_tiles=True), key=_KEY)(_jsd_kernel)
             TUNED_KERNELS[f"forward_jsd_sorted{_sfx}_{_dt}"] = triton.autotune(
-                forward_configs(_dt, _cap, sorted_vocab=True, jsd=True), key=_KEY)(_jsd_kernel)
+                forward_configs(_dt, _cap, sorted_vocab=True, lean_tiles=True), key=_KEY)(_jsd_kernel)
             TUNED_KERNELS[f"backward{_sfx}_{_dt}"] = triton.autotune(
                 backward_configs(_dt, _cap), key=_KEY, reset_to_zero=["DX", "DW", "DB", "COUNTER"])(_backward_kernel)
             TUNED_KERNELS[f"backward_store{_sfx}_{_dt}"] = triton.autotune(
                 backward_configs(_dt, _cap), key=_KEY, reset_to_zero=["COUNTER"])(_backward_kernel)
-            TUNED_KERNELS[f"backward_jsd{_sfx}_{_dt}"] = triton.autotune(
-                backward_configs(_dt, _cap, jsd=True), key=_KEY,
+            TUNED_KERNELS[f"backward_lean{_sfx}_{_dt}"] = triton.autotune(
+                backward_configs(_dt, _cap, lean_tiles=True), key=_KEY,
                 reset_to_zero=["DX", "DW", "DB", "COUNTER"])(_backward_kernel)
-            TUNED_KERNELS[f"backward_store_jsd{_sfx}_{_dt}"] = triton.autotune(
-                backward_configs(_dt, _cap, jsd=True), key=_KEY, reset_to_zero=["COUNTER"])(_backward_kernel)
+            TUNED_KERNELS[f"backward_store_lean{_sfx}_{_dt}"] = triton.autotune(
+                backward_configs(_dt, _cap, lean_tiles=True), key=_KEY, reset_to_zero=["COUNTER"])(_backward_kernel)
 else:
     TUNED_KERNELS = {}
 
@@ -256,7 +260,7 @@ class TritonFusedUnlearningKL(torch.autograd.Function):
                                transforms, teacher_source, targets=tgt if tgt is not xs else None,
                                target_shift=target_shift)
         perm_arg = part if perm is None else perm
-        _launch("forward" if perm is None else "forward_sorted", _forward_kernel,
+        _launch(("forward_lean" if lean(flags) else "forward") + ("" if perm is None else "_sorted"), _forward_kernel,
                 lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * splits,), dtype_name,
                 *args["tensors"], part, perm_arg, ref, tgt, shift, n, v, *args["sizes"],
                 *args["strides"], float(alpha), *args["transforms"], split_v, splits,
@@ -291,27 +295,27 @@ class TritonFusedUnlearningKL(torch.autograd.Function):
         eps = filter_eps(xs.dtype)  # on p, also under a logit transform: see backward.py
         perm_arg = perm if sorted_ else counter  # never dereferenced unless SORTED
         objective = (tgt, shift)
-        jsd = "_jsd" if ctx.flags["DIVERGENCE"] == JSD else ""  # its own tiles: configs.JSD_BACKWARD_SHAPES
+        tiles = "_lean" if lean(ctx.flags) else ""  # the objective's paths: configs.LEAN_BACKWARD_SHAPES
         scalars = (ctx.scalars["log_beta"], ctx.scalars["log_1mb"], ctx.scalars["one_minus_beta"])
         if not store_backward():
             dx = torch.zeros((n, h), dtype=torch.float32, device=xs.device)
             dw = torch.zeros((v, h), dtype=torch.float32, device=xs.device)
             db = torch.zeros(v, dtype=torch.float32, device=xs.device) if bs is not None else dx
-            _launch("backward" + jsd, _backward_kernel,
+            _launch("backward" + tiles, _backward_kernel,
                     lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * triton.cdiv(v, meta["BLOCK_V"]),),
                     dtype_name, *args["tensors"], stats, grad_loss, perm_arg, *objective, dx, dw, db, dx, counter,
                     0, n, v, *args["sizes"], *args["strides"], 0, ctx.alpha, eps, *args["transforms"], *scalars,
                     STORE_G=False, **common)
         else:
             dx, dw, db = _deterministic_backward(xs, ws, bs, args, stats, grad_loss, perm_arg, objective, counter,
-                                                 ctx.alpha, eps, scalars, dtype_name, common, jsd)
+                                                 ctx.alpha, eps, scalars, dtype_name, common, tiles)
         _LAST_STATS.update(counter=counter, filter=ctx.use_filter)
         return (dx.to(xs.dtype), dw.to(ws.dtype), None if bs is None else db.to(bs.dtype),
                 None, None, None, None, None, None, None, None, None, None, None, None, None, None)
 
 
 def _deterministic_backward(xs, ws, bs, args, stats, grad_loss, perm_arg, objective, counter, alpha, eps, scalars,
-                            dtype_name, common, jsd=""):
+                            dtype_name, common, tiles=""):
     """Bitwise reproducible: per token chunk, the kernel writes the gradient tile of each (token, vocab)
     block once (no atomics on floats) and torch.mm does dX and dW in a fixed order."""
     n, h = xs.shape
@@ -328,7 +332,7 @@ def _deterministic_backward(xs, ws, bs, args, stats, grad_loss, perm_arg, object
     with torch.autocast(xs.device.type, enabled=False):
         for start in range(0, n, chunk):
             rows = min(chunk, n - start)
-            _launch("backward_store" + jsd, _backward_kernel,
+            _launch("backward_store" + tiles, _backward_kernel,
                     lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]) * triton.cdiv(v, meta["BLOCK_V"]),),
                     dtype_name, *args["tensors"], stats, grad_loss, perm_arg, *objective, dx, dw, dx, g, counter,
                     start, rows, v, *args["sizes"], *args["strides"], g.stride(0), alpha, eps,

@@ -31,9 +31,12 @@ FORWARD_SHAPES = {
 # address registers make the bf16 64x128 tile spill on sm_90 with the forward KL's accumulators, so it is
 # launched with the 64x64 tile only (benchmarks/results/gpu-compile.md).
 SORTED_FORWARD_SHAPES = {"bf16": [(64, 64, 64, 8, 3)], "fp32": FORWARD_SHAPES["fp32"]}
-# The JSD's second pass (jsd.py) holds the student and teacher tiles and the log-mixture together: the
-# smaller bf16 tile (its BLOCK_H is the forward's, as the backward recomputes the same logits).
-JSD_FORWARD_SHAPES = {"bf16": [(64, 64, 64, 8, 3)], "fp32": FORWARD_SHAPES["fp32"]}
+# The objective's paths (objective.py: a self / labels teacher, a target shift, the JSD and its second pass,
+# argmax_ce) keep more live than the plain KLs (the edit's target column, the -inf guards, the argmax, the
+# log-mixture): the bf16 64x128 forward tile spilled 8-264 B with them on sm_80/sm_90 (a labels teacher the
+# most), so they run the smaller bf16 tile ("lean"; its BLOCK_H is the forward's, as the backward recomputes the
+# same logits).
+LEAN_FORWARD_SHAPES = {"bf16": [(64, 64, 64, 8, 3)], "fp32": FORWARD_SHAPES["fp32"]}
 # (BLOCK_N, BLOCK_V, BLOCK_H, BLOCK_HG, num_warps, num_stages): BLOCK_HG is the H step of the gradient
 # GEMMs + atomics. BLOCK_H equals the forward's per dtype: see forward.py (bitwise recompute).
 BACKWARD_SHAPES = {
@@ -41,10 +44,16 @@ BACKWARD_SHAPES = {
     "fp32": [(32, 64, 16, 16, 4, 1)],
 }
 
-# The JSD backward holds the student and teacher tiles, the log-mixture and the gradient tile at once: the bf16
-# 128x64 tile spills 120 B on sm_90 with the augmented teacher and softcaps (benchmarks/results/gpu-compile.md),
-# so it runs the 64x64 tile only.
-JSD_BACKWARD_SHAPES = {"bf16": [(64, 64, 64, 32, 8, 3)], "fp32": BACKWARD_SHAPES["fp32"]}
+# The objective's backwards: the bf16 128x64 tile spilled 8-120 B on sm_80/sm_90 with a target shift or the JSD
+# (student and teacher tiles, the log-mixture and the gradient tile at once), the fp32 32x64 one 24 B with the
+# JSD's augmented teacher, and a labels teacher's 64x64 tile 16 B under ptxas' own register choice: they run
+# the smaller tiles with the register cap (benchmarks/results/gpu-compile.md).
+LEAN_BACKWARD_SHAPES = {"bf16": [(64, 64, 64, 32, 8, 3)], "fp32": [(32, 32, 16, 16, 4, 1)]}
+
+
+def lean(flags: dict) -> bool:
+    """Whether a kernel variant (its constexpr flags) is one of the objective's paths, with the lean tiles."""
+    return flags.get("TEACHER", 0) != 0 or bool(flags.get("HAS_SHIFT", False)) or flags.get("DIVERGENCE", 0) >= 2
 
 
 # Register cap (ptxas .maxnreg) by kernel. Without one, ptxas trades registers for occupancy and squeezes
@@ -53,25 +62,26 @@ JSD_BACKWARD_SHAPES = {"bf16": [(64, 64, 64, 32, 8, 3)], "fp32": BACKWARD_SHAPES
 # 128 on sm_80, fp32 with the tanh temporaries). 255 (the most a thread can have; 8 warps x 255 fits the
 # register file) lets it take what it needs: no config spills (benchmarks/results/gpu-compile.md). The
 # backward without a softcap keeps ptxas' own choice.
-def max_registers(kernel: str, dtype_name: str, softcap: bool) -> int | None:
-    if kernel == "forward" or softcap:
+def max_registers(kernel: str, dtype_name: str, softcap: bool, lean_tiles: bool = False) -> int | None:
+    if kernel == "forward" or softcap or lean_tiles:
         return 255
     return None
 
 
-def forward_configs(dtype_name: str, softcap: bool = False, sorted_vocab: bool = False, jsd: bool = False) -> list:
+def forward_configs(dtype_name: str, softcap: bool = False, sorted_vocab: bool = False,
+                    lean_tiles: bool = False) -> list:
     maxnreg = max_registers("forward", dtype_name, softcap)
-    if jsd:
-        shapes = JSD_FORWARD_SHAPES[dtype_name]
+    if lean_tiles:
+        shapes = LEAN_FORWARD_SHAPES[dtype_name]
     else:
         shapes = (SORTED_FORWARD_SHAPES if sorted_vocab else FORWARD_SHAPES)[dtype_name]
     return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh), num_warps=w, num_stages=st, maxnreg=maxnreg)
             for bn, bv, bh, w, st in shapes]
 
 
-def backward_configs(dtype_name: str, softcap: bool = False, jsd: bool = False) -> list:
-    maxnreg = max_registers("backward", dtype_name, softcap)
-    shapes = (JSD_BACKWARD_SHAPES if jsd else BACKWARD_SHAPES)[dtype_name]
+def backward_configs(dtype_name: str, softcap: bool = False, lean_tiles: bool = False) -> list:
+    maxnreg = max_registers("backward", dtype_name, softcap, lean_tiles)
+    shapes = (LEAN_BACKWARD_SHAPES if lean_tiles else BACKWARD_SHAPES)[dtype_name]
     return [triton.Config(dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh, BLOCK_HG=bhg), num_warps=w, num_stages=st,
                           maxnreg=maxnreg)
             for bn, bv, bh, bhg, w, st in shapes]
@@ -83,8 +93,8 @@ def autotune_configs() -> list:
 
 
 def block_sizes(kernel: str, dtype_name: str, softcap: bool = False) -> dict:
-    """``kernel``: "forward", "forward_sorted", "forward_jsd", "forward_jsd_sorted", "backward", "backward_jsd"
-    (the store variants "backward_store", "backward_store_jsd" take the same tiles).
+    """``kernel``: "forward", "forward_sorted", "backward" (the store variant "backward_store" takes the same tiles),
+    each also as "<name>_lean" (the objective's paths), and the JSD's second pass "forward_jsd", "forward_jsd_sorted".
     Fixed tiles: the interpreter steps through blocks in Python, so it gets few, large tiles; on CUDA
     (RKLU_TRITON_AUTOTUNE=0) the first entry of the kernel's autotune list."""
     if INTERPRET:
@@ -92,9 +102,9 @@ def block_sizes(kernel: str, dtype_name: str, softcap: bool = False) -> dict:
         return blocks if kernel.startswith("forward") else dict(blocks, BLOCK_HG=64)
     if kernel.startswith("forward"):
         cfg = forward_configs(dtype_name, softcap, sorted_vocab=kernel.endswith("_sorted"),
-                              jsd=kernel.startswith("forward_jsd"))[0]
+                              lean_tiles="_lean" in kernel or kernel.startswith("forward_jsd"))[0]
     else:
-        cfg = backward_configs(dtype_name, softcap, jsd=kernel.endswith("_jsd"))[0]
+        cfg = backward_configs(dtype_name, softcap, lean_tiles=kernel.endswith("_lean"))[0]
     blocks = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return blocks if cfg.maxnreg is None else dict(blocks, maxnreg=cfg.maxnreg)
 
@@ -186,7 +196,7 @@ def _variant_specs(forward_kernel, backward_kernel, jsd_kernel, dt, ptr, flags, 
     for sort in (True, False):
         specs.append(CompileSpec(
             kernel="unlearning_kl_forward", fn=forward_kernel, signature=sig,
-            constexprs=dict(flags, SORTED=sort), configs=tuple(forward_configs(dt, softcap, sort)), dtype=dt,
+            constexprs=dict(flags, SORTED=sort), configs=tuple(forward_configs(dt, softcap, sort, lean(flags))), dtype=dt,
             variant=variant + (",sorted" if sort else ",unsorted"),
             divisible=(*tensors, "PART", "PERM", "REF", *objective, *ints, "SPLIT_V")))
         if flags["DIVERGENCE"] == 2:
@@ -198,7 +208,7 @@ def _variant_specs(forward_kernel, backward_kernel, jsd_kernel, dt, ptr, flags, 
                     **{k: "constexpr" for k in (*jflags, "SORTED", "BLOCK_N", "BLOCK_V", "BLOCK_H")}}
             specs.append(CompileSpec(
                 kernel="unlearning_kl_jsd", fn=jsd_kernel, signature=jsig,
-                constexprs=dict(jflags, SORTED=sort), configs=tuple(forward_configs(dt, softcap, sort, jsd=True)),
+                constexprs=dict(jflags, SORTED=sort), configs=tuple(forward_configs(dt, softcap, sort, lean_tiles=True)),
                 dtype=dt, variant=variant + (",sorted" if sort else ",unsorted"),
                 divisible=(*tensors, "STATS", "PERM", *objective, "PART", *ints, "SPLIT_V")))
     for filt in (True, False):
@@ -215,7 +225,7 @@ def _variant_specs(forward_kernel, backward_kernel, jsd_kernel, dt, ptr, flags, 
                                   + ("," + "store-g" if store else ",atomic"))
             specs.append(CompileSpec(
                 kernel="unlearning_kl_backward", fn=backward_kernel, signature=bsig,
-                constexprs=bflags, configs=tuple(backward_configs(dt, softcap, jsd=flags["DIVERGENCE"] == 2)),
+                constexprs=bflags, configs=tuple(backward_configs(dt, softcap, lean(flags))),
                 dtype=dt,
                 variant=bvariant,
                 divisible=(*tensors, "STATS", "GRAD_OUT", "PERM", *objective, "DX", "DW", "DB", "G",

@@ -19,8 +19,30 @@ A teacher entry at -inf (one-hot "labels" teacher, the "exclude" edit) has p_t =
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+
+
+@dataclass(frozen=True)
+class ChunkObjective:
+    """What the teacher is beyond the models' logits, for the chunked torch paths (torch_chunked.py and
+    from_logits.py): ``chunk_kwargs`` gives ``chunk_loss_and_grad``'s keyword arguments for one chunk of rows."""
+    teacher_source: str = "models"
+    jsd_beta: float = 0.5
+    targets: torch.Tensor | None = None
+    target_shift: torch.Tensor | None = None
+    uniform_target: bool = False
+
+    @property
+    def uses_original(self) -> bool:
+        return self.teacher_source == "models"
+
+    def chunk_kwargs(self, start: int, end: int) -> dict:
+        def rows(t):
+            return None if t is None else t[start:end]
+        return dict(teacher_source=self.teacher_source, jsd_beta=self.jsd_beta, targets=rows(self.targets),
+                    target_shift=rows(self.target_shift), uniform_target=self.uniform_target)
 
 
 def chunk_loss_and_grad(

@@ -10,7 +10,7 @@ from ..common.masking import reduce_counted, select_counted, zero_loss
 from ..common.torch_chunks import torch_chunk_tokens
 from ..common.validation import check_logit_inputs
 from . import objective_inputs as oi
-from .chunk_math import chunk_loss_and_grad
+from .chunk_math import ChunkObjective, chunk_loss_and_grad
 from .loss_options import LossOptions
 
 
@@ -39,23 +39,6 @@ class _FromLogits(torch.autograd.Function):
     def backward(ctx, grad_per_token):
         (grad,) = ctx.saved_tensors
         return grad * grad_per_token[:, None].to(grad.dtype), None, None, None, None, None, None, None
-
-
-class _ChunkObjective:
-    """The objective's per-chunk keyword arguments of ``chunk_loss_and_grad`` (none for the default)."""
-
-    def __init__(self, objective, targets, shift):
-        self.objective, self.targets, self.shift = objective, targets, shift
-
-    def chunk_kwargs(self, start, end) -> dict:
-        o = self.objective
-        if o.teacher == "models" and self.targets is None and o.kernel_divergence in ("reverse", "forward"):
-            return {}
-
-        def rows(t):
-            return None if t is None else t[start:end]
-        return dict(teacher_source=o.teacher, jsd_beta=float(o.jsd_beta), targets=rows(self.targets),
-                    target_shift=rows(self.shift), uniform_target=o.target_edit == "uniform")
 
 
 def unlearning_kl_from_logits(
@@ -91,5 +74,6 @@ def unlearning_kl_from_logits(
     shift = oi.fixed_target_shift(objective, student.shape[0], dtype, student.device)
     per_token = _FromLogits.apply(student, original, augmented, float(loss.alpha), objective.kernel_divergence,
                                   chunk_tokens or torch_chunk_tokens(vocab), transforms,
-                                  _ChunkObjective(objective, targets, shift))
+                                  ChunkObjective(objective.teacher, float(objective.jsd_beta), targets, shift,
+                                                 uniform_target=objective.target_edit == "uniform"))
     return reduce_counted(per_token, counted, lead, reduction)

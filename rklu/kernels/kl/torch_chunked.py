@@ -9,7 +9,7 @@ import torch
 
 from ..common import logit_transform as lt
 from ..common.torch_chunks import compute_dtype, torch_chunk_tokens
-from .chunk_math import chunk_loss_and_grad
+from .chunk_math import ChunkObjective, chunk_loss_and_grad
 
 
 def _logits(hidden: torch.Tensor, weight32: torch.Tensor, bias32: torch.Tensor | None) -> torch.Tensor:
@@ -26,30 +26,12 @@ def unlearning_kl(xs, ws, bs, xo, wo, bo, xa, wa, ba, *, alpha, direction, grad_
                   target_shift=None):
     """The KL op of backend "torch" (common/backends.py). Dense gradients: ``grad_filter`` does not apply.
     The self teacher reuses each chunk's student logits (no second GEMM); the labels teacher ignores xo."""
-    objective = _Objective(teacher_source, float(jsd_beta), targets, target_shift)
+    objective = ChunkObjective(teacher_source, float(jsd_beta), targets, target_shift)
     return TorchChunkedUnlearningKL.apply(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, direction, grad_in_forward,
                                           chunk_tokens, transforms, objective)
 
 
-class _Objective:
-    """What the teacher is beyond the models' logits (chunk_math.chunk_loss_and_grad's keyword arguments)."""
-
-    def __init__(self, teacher_source, jsd_beta, targets, target_shift):
-        self.teacher_source, self.jsd_beta = teacher_source, jsd_beta
-        self.targets, self.target_shift = targets, target_shift
-
-    @property
-    def uses_original(self) -> bool:
-        return self.teacher_source == "models"
-
-    def chunk_kwargs(self, start, end) -> dict:
-        def rows(t):
-            return None if t is None else t[start:end]
-        return dict(teacher_source=self.teacher_source, jsd_beta=self.jsd_beta, targets=rows(self.targets),
-                    target_shift=rows(self.target_shift))
-
-
-_DEFAULT_OBJECTIVE = _Objective("models", 0.5, None, None)
+_DEFAULT_OBJECTIVE = ChunkObjective()
 
 
 class TorchChunkedUnlearningKL(torch.autograd.Function):
@@ -136,11 +118,8 @@ def _chunk_fp32(xs, xo, xa, start, end, ws32, bs32, wo32, bo32, wa32, ba32, alph
     student, factor = lt.apply_(_logits(xs[start:end], ws32, bs32), t_s, need_grad)
     original = lt.apply_(_logits(xo[start:end], wo32, bo32), t_o)[0] if objective.uses_original else None
     augmented = None if xa is None else lt.apply_(_logits(xa[start:end], wa32, ba32), t_a)[0]
-    if objective is _DEFAULT_OBJECTIVE:
-        loss, g = chunk_loss_and_grad(student, original, augmented, alpha, direction, need_grad)
-    else:
-        loss, g = chunk_loss_and_grad(student, original, augmented, alpha, direction, need_grad,
-                                      **objective.chunk_kwargs(start, end))
+    loss, g = chunk_loss_and_grad(student, original, augmented, alpha, direction, need_grad,
+                                  **objective.chunk_kwargs(start, end))
     return loss, None if g is None else lt.chain(g, factor)
 
 

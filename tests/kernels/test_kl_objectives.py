@@ -27,7 +27,8 @@ from rklu.kernels import (
 from rklu.kernels.common import backends
 from rklu.kernels.common import logit_transform as lt
 from rklu.kernels.kl import objective_inputs as oi
-from rklu.kernels.kl.reference import edited_teacher_logits, uniform_target_shift
+from rklu.kernels.kl.chunk_math import uniform_shift as logit_uniform_shift
+from rklu.kernels.kl.reference import edited_teacher_logits
 from rklu.kernels.kl import uniform_shift
 from rklu.kernels.kl.uniform_shift import shift_from_log_q
 
@@ -250,7 +251,7 @@ def test_uniform_edit_gives_one_over_v_on_every_teacher():
     assert torch.allclose(p_truth[labels != -100, labels_counted], expected, rtol=1e-12)
     # the reference's and chunk math's (exact, from the teacher logits)
     counted = zo[labels != -100]
-    edited = edited_teacher_logits(counted, "models", labels_counted, uniform_target_shift(counted, labels_counted))
+    edited = edited_teacher_logits(counted, "models", labels_counted, logit_uniform_shift(counted, labels_counted))
     assert torch.allclose(torch.softmax(edited, -1)[torch.arange(5), labels_counted], expected, rtol=1e-12)
     # the linear API's (uniform_shift.py), on fp32 logits: token n's hidden state is e_n, its logits w @ e_n
     w = counted.float().T.contiguous()
@@ -485,7 +486,7 @@ def test_uniform_shift_is_exact_for_a_teacher_near_one_hot_on_the_label(backend)
     transform = lt.LogitTransform(0.5, None)
     got = uniform_shift.uniform_target_shift(x, w, b, y, transform, kl_backend=backend)
     teacher = torch.nn.functional.linear(x.double(), w.double(), b.double()) * 0.5
-    want = uniform_target_shift(teacher, y)
+    want = logit_uniform_shift(teacher, y)
     assert (teacher.log_softmax(-1)[torch.arange(16), y] > uniform_shift.NEAR_ONE_LOG_Q).sum() >= 5
     assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-4)
     p_y = torch.softmax(edited_teacher_logits(teacher, "models", y, got.double()), -1)[torch.arange(16), y]

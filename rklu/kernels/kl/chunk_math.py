@@ -102,10 +102,10 @@ def edit_target(teacher: torch.Tensor, targets: torch.Tensor, shift: torch.Tenso
 
 def uniform_shift(teacher: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The shift s with softmax(t - s onehot(y))[y] = 1/V (Unilogit, Vasilev et al. 2025, arXiv 2505.06027):
-    t_y - s = logsumexp_{i != y} t_i - log(V - 1), from this chunk's teacher logits (exact, finite)."""
-    column = targets[:, None]
-    target_logit = teacher.gather(1, column).squeeze(1)
-    others = teacher.scatter(1, column, -math.inf).logsumexp(-1)
+    t_y - s = logsumexp_{i != y} t_i - log(V - 1), from the teacher logits [..., V] (exact, finite)."""
+    column = targets[..., None]
+    target_logit = teacher.gather(-1, column).squeeze(-1)
+    others = teacher.scatter(-1, column, -math.inf).logsumexp(-1)
     return target_logit - others + math.log(teacher.shape[-1] - 1)
 
 

@@ -28,6 +28,7 @@ from ..common import logit_transform as lt
 from ..common.torch_chunks import compute_dtype
 from ..common.validation import DIRECTIONS, REDUCTIONS  # noqa: F401  (re-exported: the accepted names)
 from . import objective_inputs as oi
+from .chunk_math import uniform_shift
 from .loss_options import LossOptions
 
 
@@ -105,7 +106,7 @@ def unlearning_kl_reference(
         teacher = student.detach()
     shift = None
     if objective.target_edit == "uniform":
-        shift = uniform_target_shift(teacher, targets)
+        shift = uniform_shift(teacher, targets)
     elif objective.target_edit in ("subtract", "exclude"):
         shift = oi.fixed_target_shift(objective, 1, dtype, student.device).expand(lead)
     teacher = edited_teacher_logits(teacher, objective.teacher, targets, shift)
@@ -122,13 +123,6 @@ def edited_teacher_logits(teacher, teacher_source, targets, shift):
         return teacher
     onehot = torch.zeros_like(teacher).scatter(-1, targets[..., None], 1.0).bool()
     return torch.where(onehot, teacher - shift.to(teacher.dtype)[..., None], teacher)
-
-
-def uniform_target_shift(teacher, targets):
-    """Unilogit's edit as a shift: t_y - shift = logsumexp_{i != y} t_i - log(V - 1) gives p_t(y) = 1/V."""
-    column = targets[..., None]
-    others = teacher.scatter(-1, column, -math.inf).logsumexp(-1)
-    return teacher.gather(-1, column).squeeze(-1) - others + math.log(teacher.shape[-1] - 1)
 
 
 def divergence_per_token(student, teacher, divergence, jsd_beta=0.5):

@@ -4,6 +4,7 @@ The command line of ``rklu.demo``: the options (every setting of ``rklu.demo.set
 ``run_demo`` and the printed table."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from rklu.demo.pipeline import run_demo
@@ -47,7 +48,15 @@ def register(subparsers) -> None:
     p.add_argument("--quick", action="store_true", help="smoke-test size: smaller model, fewer epochs, 1 seed (<= 3 min)")
     p.add_argument("--split", choices=tuple(SPLIT_ROWS), default=None, help="TOFU forget split (default forget01)")
     p.add_argument("--seeds", type=int, default=None, help="unlearning seeds per method (default 3; 1 with --quick)")
-    p.add_argument("--methods", nargs="+", choices=ALL_METHODS, default=None, help="subset of methods")
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help=f"methods to run (default: {' '.join(ALL_METHODS)}); any registered method, as `rklu unlearn "
+                        "--method` names it (whp, undial, ce-u, unilogit+rt, jensun+jsd, rmu, simnpo+rt, ...)")
+    p.add_argument("--alphas", nargs="+", type=float, default=None, metavar="ALPHA",
+                   help="sweep alpha over these values for every selected method that reads it (rklu, fklu, whp); "
+                        "the default alpha keeps the plain run names, others run as METHOD_alphaA_seedN")
+    p.add_argument("--privacy", action=argparse.BooleanOptionalAction, default=None,
+                   help="also score privleak (Min-K%% MIA on the forget set vs TOFU's holdout set) at every "
+                        "evaluation (default: on for smollm2-135m, off for tiny)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: fastest for the tiny model; 0 = torch's default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     for name, (default, quick) in SETTINGS.items():
@@ -55,3 +64,6 @@ def register(subparsers) -> None:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=tp, default=None,
                        help=f"default {default} ({quick} with --quick)")
     p.set_defaults(func=_run)
+    from rklu.demo import leaderboard
+
+    leaderboard.register(subparsers)

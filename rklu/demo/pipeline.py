@@ -9,9 +9,9 @@ from pathlib import Path
 
 from rklu.demo.report import markdown, record
 from rklu.demo.rows import demo_eval_sets
-from rklu.demo.settings import ALL_METHODS, FULL_START, MODELS, common_overrides, slices
+from rklu.demo.settings import ALL_METHODS, FULL_START, MODELS, common_overrides, run_name, slices, takes_alpha
 from rklu.demo.stages import eval_cached, finished, load_model_dir, metrics_complete, run_stage
-from rklu.eval.evaluator import Evaluator
+from rklu.eval.evaluator import Evaluator, PrivacySets
 from rklu.eval.tofu_logs import FORGET_FILE, RETAIN_FILE, load_eval_logs
 
 
@@ -27,13 +27,16 @@ def run_demo(s: dict, out: Path, progress: bool = True) -> dict:
     start = time.time()
     out = Path(out).resolve()
     s = {"model": "tiny", "preset": "tiny-cpu", "full_start": FULL_START, "prompt_format": "plain",
-         "eval_utility_rows": 0, "eval_dtype": "float32", **s}
+         "eval_utility_rows": 0, "eval_dtype": "float32", "privacy": False, **s}
+    s.setdefault("alphas", [float(s["alpha"])])
     preset, base = s["preset"], s["model"]
     sl = slices(s["split"], s["full_start"])
     common = common_overrides(s)
     timings: dict = {}
     trained = [m for m in s["methods"] if m != "task-arithmetic"]
-    n_stages = 5 + len(trained) * s["seeds"] + ("task-arithmetic" in s["methods"])
+    # (method, alpha) pairs: a method that reads alpha runs once per swept value, the others once
+    variants = [(m, a) for m in trained for a in (s["alphas"] if takes_alpha(m) else [s["alpha"]])]
+    n_stages = 5 + len(variants) * s["seeds"] + ("task-arithmetic" in s["methods"])
     bar = tqdm(total=n_stages, desc="demo", disable=not progress, unit="stage", file=sys.stderr)
 
     def step(name):
@@ -48,7 +51,8 @@ def run_demo(s: dict, out: Path, progress: bool = True) -> dict:
     batch = 64 if base == "tiny" else 16  # a 135M model's [batch x len x 49152] logits: keep batches small
     evaluator = Evaluator(demo_eval_sets(s["split"], s["eval_retain_rows"], s["full_start"], s["eval_utility_rows"]),
                           max_new_tokens=s["max_new_tokens"], batch_size=batch, prompt_format=s["prompt_format"],
-                          dtype=s["eval_dtype"])
+                          dtype=s["eval_dtype"], privacy=PrivacySets.tofu(s["split"]) if s["privacy"] else None)
+    metric_keys = ("forget_quality", "privleak") if s["privacy"] else ("forget_quality",)
     models = out / "models"
     ft = dict(epochs=s["finetune_epochs"], learning_rate=s["finetune_lr"], **common)
 
@@ -75,7 +79,9 @@ def run_demo(s: dict, out: Path, progress: bool = True) -> dict:
     eval_cached(evaluator, retain / "model", out / "eval" / "retain", r_reused)  # writes the oracle's logs
     oracle_logs = load_eval_logs(out / "eval" / "retain", required=evaluator.files)
     evaluator.retain_forget_log = oracle_logs[FORGET_FILE]
-    oracle = evaluator.metrics(oracle_logs)  # forget quality 1 by construction (KS of a sample with itself)
+    evaluator.retain_eval_dir = out / "eval" / "retain"
+    # forget quality 1 and privleak 0 by construction (the oracle compared with itself)
+    oracle = evaluator.metrics(oracle_logs, out / "eval" / "retain")
     baseline = eval_cached(evaluator, original / "model", out / "eval" / "original", reused and r_reused)
     done("evaluate_baselines", t0)
 
@@ -88,29 +94,28 @@ def run_demo(s: dict, out: Path, progress: bool = True) -> dict:
                           **common)
     if s["warmup_epochs"] > 0:  # the paper's schedule: linear warmup, then linear decay to 0
         unlearn_common.update(warmup_epochs=s["warmup_epochs"], lr_schedule="linear")
-    for method in trained:
+    for method, alpha in variants:
         for seed in range(1, s["seeds"] + 1):
-            name = f"{method}_seed{seed}"
+            name = run_name(method, seed, alpha, s["alpha"])
             t0 = step(f"unlearn {name}")
             run_dir = out / "runs" / name
-            overrides = dict(unlearn_common, method=method, seed=seed, epochs=s["unlearn_epochs"],
-                             alpha=s["alpha"])
-            reuse = finished(run_dir, "unlearn", overrides, preset) and metrics_complete(run_dir, s["unlearn_epochs"])
+            overrides = dict(unlearn_common, method=method, seed=seed, epochs=s["unlearn_epochs"], alpha=alpha)
+            reuse = (finished(run_dir, "unlearn", overrides, preset)
+                     and metrics_complete(run_dir, s["unlearn_epochs"], metric_keys))
             if not reuse:
                 unlearn(preset=preset, output_dir=str(run_dir), overwrite=True, progress=progress,
                         evaluate=evaluator.callback(tokenizer, run_dir), **overrides)
             run_dirs[name] = run_dir.relative_to(out).as_posix()
             metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
             for r in metrics:
-                records.append(record(method, seed, s["alpha"] if method.startswith(("rklu", "fklu")) else None,
-                                       r["epoch"], r))
+                records.append(record(method, seed, alpha if takes_alpha(method) else None, r["epoch"], r))
             components[name] = metrics[-1]
             done(name, t0, reuse)
     if "task-arithmetic" in s["methods"]:
         t0 = step("task-arithmetic")
         run_dir = out / "runs" / "task-arithmetic"
         overrides = dict(unlearn_common, method="task-arithmetic")
-        reuse = finished(run_dir, "unlearn", overrides, preset) and metrics_complete(run_dir, 1)
+        reuse = finished(run_dir, "unlearn", overrides, preset) and metrics_complete(run_dir, 1, metric_keys)
         if not reuse:
             unlearn(preset=preset, output_dir=str(run_dir), overwrite=True, progress=progress, **overrides)
             model, tok = load_model_dir(run_dir / "model")
@@ -125,7 +130,7 @@ def run_demo(s: dict, out: Path, progress: bool = True) -> dict:
 
     summary = summarize(records)
     for g in summary["groups"]:
-        g["_records"] = [r for r in records if r["method"] == g["method"]]
+        g["_records"] = [r for r in records if (r["method"], r["alpha"]) == (g["method"], g["alpha"])]
     order = {m: i for i, m in enumerate(ALL_METHODS)}
     summary["groups"].sort(key=lambda g: order.get(g["method"], 99))
     wall = time.time() - start

@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 
 from rklu.demo.settings import MODELS
-from rklu.eval.report import format_number
+from rklu.eval.report import PRIVACY_KEYS, format_number
 
 
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def _table(summary: dict, baseline: dict, oracle: dict) -> str:
+def _table(summary: dict, baseline: dict, oracle: dict, privacy: bool = False) -> str:
     def sd(group, key):
         peak = group.get("peak") or {}
         vals = [r[key] for r in group.get("_records", []) if r["epoch"] == peak.get("epoch") and _finite(r[key])]
@@ -21,17 +21,21 @@ def _table(summary: dict, baseline: dict, oracle: dict) -> str:
         m = sum(vals) / len(vals)
         return f" ± {format_number(math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)))}"
 
-    lines = ["| model | seeds | peak epoch | forget quality | model utility | forget ROUGE-L |",
-             "|---|---|---|---|---|---|",
+    def leak(m):  # privleak's column, when the demo scores it
+        return f" {format_number(m.get('privleak'), 2)} |" if privacy else ""
+
+    lines = ["| model | seeds | peak epoch | forget quality | model utility | forget ROUGE-L |" + (" privleak |" if privacy else ""),
+             "|---|---|---|---|---|---|" + ("---|" if privacy else ""),
              f"| original (before unlearning) | – | 0 | {format_number(baseline.get('forget_quality'))} | "
-             f"{format_number(baseline['model_utility'])} | {format_number(baseline['forget_rouge_l'])} |",
+             f"{format_number(baseline['model_utility'])} | {format_number(baseline['forget_rouge_l'])} |{leak(baseline)}",
              f"| retain oracle (never saw the forget set) | – | – | 1 (by definition) | "
-             f"{format_number(oracle['model_utility'])} | {format_number(oracle['forget_rouge_l'])} |"]
+             f"{format_number(oracle['model_utility'])} | {format_number(oracle['forget_rouge_l'])} |{leak(oracle)}"]
     for g in summary["groups"]:
         p = g["peak"] or {}
         lines.append(f"| {g['label']} | {g['num_seeds']} | {p.get('epoch', 'n/a')} | "
                      f"{format_number(p.get('forget_quality'))}{sd(g, 'forget_quality')} | "
-                     f"{format_number(p.get('model_utility'))}{sd(g, 'model_utility')} | {format_number(p.get('forget_rouge_l'))} |")
+                     f"{format_number(p.get('model_utility'))}{sd(g, 'model_utility')} | {format_number(p.get('forget_rouge_l'))} |"
+                     + (f" {format_number(p.get('privleak'), 2)}{sd(g, 'privleak')} |" if privacy else ""))
     return "\n".join(lines)
 
 
@@ -65,7 +69,11 @@ def markdown(s: dict, summary: dict, baseline: dict, oracle: dict, wall: float, 
              f"Seeds: {s['seeds']} (unlearning varies; the original, retain oracle and augmented models are "
              f"shared). Wall time: {wall / 60:.1f} min. Peak = the first epoch where the seed-mean forget "
              "quality is highest (the paper's protocol); ± = sample standard deviation over seeds at that epoch.",
-             "", _table(summary, baseline, oracle), "", _utility_text(s), ""]
+             "", _table(summary, baseline, oracle, bool(s.get("privacy"))), "", _utility_text(s), ""]
+    if s.get("privacy"):
+        lines += ["privleak = open-unlearning's: Min-K% (k = 0.4) membership-inference AUC of the forget answers "
+                  "against TOFU's holdout answers, relative to the retain oracle's AUC (0 = as private as the oracle, "
+                  "-100 = fully exposed, > 0 = over-unlearned).", ""]
     if components:
         lines += ["## Model-utility components (unlearned models: last epoch)", "", *_components_table(components), ""]
     lines += ["## Per epoch (means over seeds; epoch 0 = the original model)", "",
@@ -82,4 +90,4 @@ def markdown(s: dict, summary: dict, baseline: dict, oracle: dict, wall: float, 
 def record(method, seed, alpha, epoch, m) -> dict:
     return {"run_dir": None, "method": method, "seed": seed, "alpha": alpha, "forget_split": None, "epoch": epoch,
             "forget_quality": m.get("forget_quality"), "model_utility": m.get("model_utility"),
-            "forget_rouge_l": m.get("forget_rouge_l")}
+            "forget_rouge_l": m.get("forget_rouge_l"), **{key: m.get(key) for key in PRIVACY_KEYS}}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 DEFAULT_OUT = "runs/demo"  # runs/demo-smollm2 for --model smollm2-135m
 TRAINED_METHODS = ("rklu+kl", "fklu+kl", "ga+rt", "npo+rt")
-ALL_METHODS = (*TRAINED_METHODS, "task-arithmetic")
+ALL_METHODS = (*TRAINED_METHODS, "task-arithmetic")  # the default set; --methods takes any registered method
 FULL_START = 3600  # the demo's slice of TOFU full: rows 3600..3999 (20 authors)
 SPLIT_ROWS = {"forget01": 40, "forget05": 200}
 
@@ -12,7 +12,7 @@ SPLIT_ROWS = {"forget01": 40, "forget05": 200}
 # (default, quick) settings that differ from the tiny model's
 MODELS = {
     "tiny": {"preset": "tiny-cpu", "label": "tiny Llama", "full_start": FULL_START, "prompt_format": "plain",
-             "seeds": 3, "eval_dtype": "float32", "settings": {}},
+             "seeds": 3, "eval_dtype": "float32", "privacy": False, "settings": {}},
     "smollm2-135m": {
         "preset": "smollm2-135m-cpu", "label": "SmolLM2-135M-Instruct", "full_start": 3940,
         # TOFU's Phi/StableLM/Pythia tags ("Question: {q}\n" masked, "Answer: {a}" scored): shorter rows than
@@ -20,6 +20,8 @@ MODELS = {
         "prompt_format": "phi", "seeds": 1,
         # evaluation in bf16, as TOFU evaluates (training stays fp32): faster matmuls on a CPU
         "eval_dtype": "bfloat16",
+        # privleak (Min-K% MIA, forget vs TOFU's holdout set) beside the TOFU metrics: forward passes only
+        "privacy": True,
         # sized for a shared 2-core CPU: one unlearning step runs the student and two teachers over 8 forget
         # + 8 retain rows, so epochs, rows and generated tokens are kept few
         "settings": {"finetune_epochs": (3, 1), "finetune_lr": (2e-4, 2e-4), "augment_epochs": (1, 1),
@@ -67,11 +69,40 @@ def settings_from_args(args) -> dict:
     if s["seeds"] < 1:
         raise ValueError("--seeds must be >= 1")
     s["methods"] = list(args.methods or ALL_METHODS)
+    known = demo_method_names()
     for m in s["methods"]:
-        if m not in ALL_METHODS:
-            raise ValueError(f"unknown demo method {m!r}; expected some of {', '.join(ALL_METHODS)}")
+        if m not in known:
+            raise ValueError(f"unknown demo method {m!r}; expected some of {', '.join(known)}")
+    if len(set(s["methods"])) != len(s["methods"]):
+        raise ValueError(f"--methods names a method twice: {' '.join(s['methods'])}")
+    alphas = getattr(args, "alphas", None)
+    s["alphas"] = [float(a) for a in alphas] if alphas else [float(s["alpha"])]
+    if any(a < 0 for a in s["alphas"]) or len(set(s["alphas"])) != len(s["alphas"]):
+        raise ValueError(f"--alphas must be distinct values >= 0, got {alphas}")
+    s["privacy"] = spec.get("privacy", False) if getattr(args, "privacy", None) is None else bool(args.privacy)
     s["quick"] = quick
     return s
+
+
+def demo_method_names() -> tuple[str, ...]:
+    """Every registered method (rklu.methods) the demo can run: all of them, ``task-arithmetic`` included."""
+    from rklu.methods import method_names
+
+    return method_names()
+
+
+def takes_alpha(method: str) -> bool:
+    """Whether ``method`` reads alpha (the augmented teacher's edit strength), so --alphas sweeps it."""
+    from rklu.methods import get_method
+
+    return any(hp.name == "alpha" for hp in get_method(method).hyperparameters)
+
+
+def run_name(method: str, seed: int, alpha: float, default_alpha: float) -> str:
+    """A run's folder name: ``rklu+kl_seed1``; a swept alpha other than the default adds ``_alpha2``."""
+    if takes_alpha(method) and alpha != default_alpha:
+        return f"{method}_alpha{alpha:g}_seed{seed}"
+    return f"{method}_seed{seed}"
 
 
 def common_overrides(s: dict) -> dict:

@@ -56,19 +56,20 @@ def eval_cached(evaluator, model_dir: Path, out_dir: Path, reuse: bool) -> dict:
     """Evaluate a finished model once; reuse the logs when its stage was reused."""
     from rklu.eval.tofu_logs import load_eval_logs
 
-    if reuse:
+    if reuse and evaluator.has_logs(out_dir):  # an evaluation without privacy runs again when privacy is on
         try:
-            return evaluator.metrics(load_eval_logs(out_dir, required=evaluator.files))
+            return evaluator.metrics(load_eval_logs(out_dir, required=evaluator.files), out_dir)
         except (FileNotFoundError, ValueError):
             pass
     model, tokenizer = load_model_dir(model_dir)
     return evaluator.evaluate(model, tokenizer, out_dir)
 
 
-def metrics_complete(run_dir: Path, epochs: int) -> bool:
+def metrics_complete(run_dir: Path, epochs: int, keys: tuple[str, ...] = ("forget_quality",)) -> bool:
+    """Whether ``run_dir/metrics.json`` has every epoch 1..``epochs`` with a value for each of ``keys``."""
     try:
         records = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    got = {r.get("epoch") for r in records if r.get("forget_quality") is not None}
+    got = {r.get("epoch") for r in records if all(r.get(k) is not None for k in keys)}
     return set(range(1, epochs + 1)) <= got

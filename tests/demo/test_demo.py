@@ -112,3 +112,45 @@ def test_readme_demo_table_is_the_committed_results():
         fq, mu = mean(rows[label][0]), mean(rows[label][1])
         assert abs(fq - peak["forget_quality"]) <= 5e-3 * max(fq, 1e-12) + 5e-5, label
         assert abs(mu - peak["model_utility"]) <= 5e-4, label
+
+
+def test_any_registered_method_an_alpha_sweep_and_privleak_join_the_same_folder(demo_out):
+    """A second invocation into the demo folder: a method outside the default set (whp), an alpha sweep
+    (run names get _alpha2, the default alpha keeps its name) and privleak at every evaluation; the
+    finished stages are reused, and the leaderboard reads every run of the folder."""
+    assert main(["demo", "--quick", "--out", str(demo_out), "--no-progress", "--methods", "rklu+kl", "whp",
+                 "--alphas", "2", "8", "--privacy"]) == 0
+    results = json.loads((demo_out / "results.json").read_text())
+    assert all(results["timings"][s]["reused"] for s in ("original", "retain", "augmented"))
+    labels = {g["label"] for g in results["summary"]["groups"]}
+    assert labels == {"rklu+kl (alpha=2)", "rklu+kl (alpha=8)", "whp (alpha=2)", "whp (alpha=8)"}
+    runs = demo_out / "runs"
+    assert {"rklu+kl_alpha2_seed1", "whp_alpha2_seed1", "whp_seed1", "rklu+kl_seed1"} <= {p.name for p in runs.iterdir()}
+    assert json.loads((runs / "whp_alpha2_seed1" / "config.json").read_text())["alpha"] == 2.0
+    # privleak: the oracle is its own reference (0); every evaluated epoch has a privacy log and a value
+    assert results["retain_oracle"]["privleak"] == 0.0
+    assert -100.0 <= results["original"]["privleak"] <= 100.0
+    for name in ("rklu+kl_seed1", "whp_alpha2_seed1"):  # rklu+kl_seed1 ran again: its old epochs had no privleak
+        for record in json.loads((runs / name / "metrics.json").read_text()):
+            assert _finite(record["privleak"]) and record["privleak_reference"] == "retain oracle", name
+        assert (runs / name / "eval" / "epoch_1" / "eval_privacy.json").is_file()
+    assert "| privleak |" in (demo_out / "results.md").read_text()
+
+    assert main(["leaderboard", str(demo_out), "--out", str(demo_out / "board")]) == 0
+    board = json.loads((demo_out / "board" / "leaderboard.json").read_text())
+    by_label = {g["label"]: g for g in board["groups"]}
+    assert set(by_label) == labels | {"fklu+kl (alpha=8)", "ga+rt", "npo+rt", "task-arithmetic"}
+    assert board["reference"] == "rklu+kl (alpha=8)"
+    assert by_label["whp (alpha=2)"]["per_seed"]["1"]["privleak"] is not None
+    assert by_label["ga+rt"]["per_seed"]["1"]["privleak"] is None  # ran before privacy was on: shown as n/a
+    for name in board["files"]:
+        assert (demo_out / "board" / name).stat().st_size > 0
+    assert "alpha_sweep.png" in board["files"]
+
+
+def test_unknown_method_and_bad_alphas_are_clear_errors(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--methods", "rklu+nope"]) == 2
+    err = capsys.readouterr().err
+    assert "rklu+nope" in err and "unilogit+rt" in err  # names the valid ones, registered methods included
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--alphas", "2", "-1"]) == 2
+    assert "--alphas" in capsys.readouterr().err

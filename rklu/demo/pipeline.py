@@ -10,7 +10,7 @@ from pathlib import Path
 from rklu.demo.report import markdown, record
 from rklu.demo.rows import demo_eval_sets
 from rklu.demo.settings import ALL_METHODS, FULL_START, MODELS, common_overrides, run_name, slices, takes_alpha
-from rklu.demo.stages import eval_cached, finished, load_model_dir, metrics_complete, run_stage
+from rklu.demo.stages import drop_checkpoints, eval_cached, finished, load_model_dir, metrics_complete, run_stage
 from rklu.eval.evaluator import Evaluator, PrivacySets
 from rklu.eval.tofu_logs import FORGET_FILE, RETAIN_FILE, load_eval_logs
 
@@ -105,6 +105,7 @@ def run_demo(s: dict, out: Path, progress: bool = True) -> dict:
             if not reuse:
                 unlearn(preset=preset, output_dir=str(run_dir), overwrite=True, progress=progress,
                         evaluate=evaluator.callback(tokenizer, run_dir), **overrides)
+                drop_checkpoints(run_dir)
             run_dirs[name] = run_dir.relative_to(out).as_posix()
             metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
             for r in metrics:

@@ -127,6 +127,8 @@ def test_any_registered_method_an_alpha_sweep_and_privleak_join_the_same_folder(
     runs = demo_out / "runs"
     assert {"rklu+kl_alpha2_seed1", "whp_alpha2_seed1", "whp_seed1", "rklu+kl_seed1"} <= {p.name for p in runs.iterdir()}
     assert json.loads((runs / "whp_alpha2_seed1" / "config.json").read_text())["alpha"] == 2.0
+    # a finished run keeps its model, not its resume checkpoints (weights + optimizer state: disk fills)
+    assert (runs / "whp_alpha2_seed1" / "model").is_dir() and not (runs / "whp_alpha2_seed1" / "checkpoints").exists()
     # privleak: the oracle is its own reference (0); every evaluated epoch has a privacy log and a value
     assert results["retain_oracle"]["privleak"] == 0.0
     assert -100.0 <= results["original"]["privleak"] <= 100.0

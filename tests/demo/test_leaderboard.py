@@ -70,3 +70,28 @@ def test_noise_test_is_welch_on_the_seeds(folder):
 def test_a_folder_without_runs_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="runs folder"):
         leaderboard.build(tmp_path, tmp_path / "out")
+
+
+def test_committed_smollm2_leaderboard_is_what_the_docs_and_readme_show():
+    """docs/leaderboard-smollm2.md and the README show the committed leaderboard's table line for line, and
+    the table is the committed leaderboard.json: a regenerated board not copied into the docs, or a number
+    edited by hand, fails here."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    folder = root / "docs" / "leaderboard-smollm2"
+    board = json.loads((folder / "leaderboard.json").read_text())
+    table = (folder / "leaderboard.md").read_text().split("\n\n")[0].splitlines()
+    assert len(table) == 4 + len(board["groups"])  # header, rule, original, oracle, one row per group
+    for group in board["groups"]:
+        row = next(line for line in table if line.startswith(f"| {group['label']} |"))
+        fq = group["stats"]["forget_quality"]["mean"]
+        assert leaderboard._fmt(fq) in row.split("|")[4]
+    doc = (root / "docs" / "leaderboard-smollm2.md").read_text()
+    readme = (root / "README.md").read_text()
+    for line in table:
+        assert line in doc, line
+        assert line in readme, line
+    for name in board["files"]:
+        assert (folder / name).is_file(), name
+    assert not Path(board["demo_dir"]).is_absolute()  # no machine's paths in the committed board

@@ -97,7 +97,7 @@ def test_readme_demo_table_is_the_committed_results():
     other = json.loads((root / "docs/demo/env-b/results.json").read_text())
     assert results["summary"]["groups"] == other["summary"]["groups"]
     readme = (root / "README.md").read_text()
-    section = readme[readme.index("* The CPU demo:"):readme.index("* SmolLM2:")]
+    section = readme[readme.index("* The CPU demo:"):readme.index("* SmolLM2 leaderboard:")]
     rows = {m.group(1).strip(): [c.strip().strip("*") for c in m.group(2).split("|")]
             for m in re.finditer(r"^  \| ([^|]+) \|(.+)\|$", section, re.M)}
 

@@ -75,31 +75,24 @@ def _mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 
 def group_runs(runs: Sequence[Mapping]) -> list[dict]:
-    """Per (method, alpha): the peak epoch (first epoch of highest seed-mean forget quality) and, at it,
-    each seed's metrics, their mean and sd."""
-    from rklu.eval.report import group_label
+    """Per (method, alpha): the peak epoch (the demo's rule, ``rklu.eval.report.summarize``: the first epoch
+    of highest seed-mean forget quality) and, at it, each seed's metrics, their mean and sd."""
+    from rklu.demo.report import record
+    from rklu.eval.report import summarize
 
-    by_key: dict = {}
-    for run in runs:
-        by_key.setdefault((run["method"], run["alpha"]), []).append(run)
+    records = [record(r["method"], r["seed"], r["alpha"], e["epoch"], e) for r in runs for e in r["epochs"]]
     groups = []
-    for (method, alpha), members in by_key.items():
-        members = sorted(members, key=lambda r: r["seed"])
-        epochs = sorted({e["epoch"] for r in members for e in r["epochs"]})
-        # the epochs every seed reached, so the mean at each is over the same seeds
-        common = [ep for ep in epochs if all(any(e["epoch"] == ep for e in r["epochs"]) for r in members)]
-        if not common:
+    for group in summarize(records)["groups"]:
+        if group["peak"] is None:
             continue
-
-        def at(run, epoch):
-            return next(e for e in run["epochs"] if e["epoch"] == epoch)
-
-        peak = max(common, key=lambda ep: _mean_sd([at(r, ep)["forget_quality"] for r in members])[0])
-        per_seed = {str(r["seed"]): {key: at(r, peak).get(key) for key, _ in METRICS} for r in members}
+        method, alpha, peak = group["method"], group["alpha"], group["peak"]["epoch"]
+        at_peak = sorted(((r["seed"], e, r["time_s"]) for r in runs if (r["method"], r["alpha"]) == (method, alpha)
+                          for e in r["epochs"] if e["epoch"] == peak), key=lambda item: item[0])
+        per_seed = {str(seed): {key: e.get(key) for key, _ in METRICS} for seed, e, _ in at_peak}
         stats = {key: dict(zip(("mean", "sd"), _mean_sd([v[key] for v in per_seed.values()]))) for key, _ in METRICS}
-        times = [r["time_s"] for r in members if _finite(r["time_s"])]
-        groups.append({"method": method, "alpha": alpha, "label": group_label(method, alpha),
-                       "seeds": [r["seed"] for r in members], "num_seeds": len(members), "peak_epoch": peak,
+        times = [time_s for _, _, time_s in at_peak if _finite(time_s)]
+        groups.append({"method": method, "alpha": alpha, "label": group["label"],
+                       "seeds": [seed for seed, _, _ in at_peak], "num_seeds": len(at_peak), "peak_epoch": peak,
                        "per_seed": per_seed, "stats": stats,
                        "seconds_per_run": sum(times) / len(times) if times else None})
     return groups
@@ -136,13 +129,13 @@ def compare(groups: Sequence[Mapping], reference: tuple[str, float | None]) -> l
             continue
         row = {"label": g["label"], "reference": ref["label"], "metrics": {}}
         for key, _ in METRICS:
-            p = welch_p(_values(g, key), _values(ref, key))
+            mine, theirs = _values(g, key), _values(ref, key)
+            p = welch_p(mine, theirs)
             diff = (g["stats"][key]["mean"] - ref["stats"][key]["mean"]
                     if g["stats"][key]["mean"] is not None and ref["stats"][key]["mean"] is not None else None)
             row["metrics"][key] = {"difference": diff, "p": p, "exceeds_noise": p is not None and p < NOISE_P}
-            if key == "forget_quality" and _values(g, key) and _values(ref, key):
-                log_g, log_ref = _values(g, key), _values(ref, key)
-                row["metrics"][key]["geometric_ratio"] = 10 ** (sum(log_g) / len(log_g) - sum(log_ref) / len(log_ref))
+            if key == "forget_quality" and mine and theirs:  # log10 values: the ratio of geometric means
+                row["metrics"][key]["geometric_ratio"] = 10 ** (sum(mine) / len(mine) - sum(theirs) / len(theirs))
         out.append(row)
     return out
 

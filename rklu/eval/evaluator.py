@@ -65,6 +65,11 @@ class Evaluator:
     def files(self) -> tuple:
         return tuple(s.filename for s in self.sets)
 
+    @property
+    def written_files(self) -> tuple:
+        """Every file an evaluation writes: the TOFU logs, and the privacy log when privacy is on."""
+        return self.files + ((PRIVACY_FILE,) if self.privacy is not None else ())
+
     def rows(self, filename: str) -> Sequence[Mapping]:
         return next(s.rows for s in self.sets if s.filename == filename)
 
@@ -76,8 +81,7 @@ class Evaluator:
             from rklu.models.head_check import check_head_path
 
             check_head_path(model, "evaluated")
-        replaced = self.files + ((PRIVACY_FILE,) if self.privacy is not None else ())
-        with staged_logs(Path(out_dir), replaced=replaced) as staging:  # all sets land together, or none
+        with staged_logs(Path(out_dir), replaced=self.written_files) as staging:  # all sets land together, or none
             logs = evaluate_sets(model, tokenizer, fmt, self.sets, staging, batch_size=self.batch_size,
                                  max_new_tokens=self.max_new_tokens, sort_by_length=True)
             if self.privacy is not None:
@@ -89,9 +93,7 @@ class Evaluator:
 
     def has_logs(self, out_dir: Path) -> bool:
         """Whether ``out_dir`` holds every log this evaluator writes."""
-        out_dir = Path(out_dir)
-        return all((out_dir / name).is_file()
-                   for name in self.files + ((PRIVACY_FILE,) if self.privacy is not None else ()))
+        return all((Path(out_dir) / name).is_file() for name in self.written_files)
 
     def metrics(self, logs: Mapping, eval_dir: Path | None = None) -> dict:
         """The registered metrics of ``logs``; ``eval_dir`` (the folder they are in) lets the privacy metric

@@ -187,7 +187,7 @@ def markdown(board: Mapping) -> str:
 
 def plot(board: Mapping, path: Path, title: str) -> Path:
     """The FQ-MU plane: each (method, alpha) at its peak epoch, mean with sd error bars over seeds."""
-    from rklu.eval.plots import SIGNIFICANCE, _pyplot, _save
+    from rklu.eval.plots import SIGNIFICANCE, _pyplot, _save, group_color
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8.0, 5.6))
@@ -200,7 +200,7 @@ def plot(board: Mapping, path: Path, title: str) -> Path:
         # asymmetric on the log axis: the lower bar stops above 0
         low = min(fq["sd"] or 0.0, 0.9 * y)
         ax.errorbar([mu["mean"]], [y], xerr=[[mu["sd"] or 0.0], [mu["sd"] or 0.0]], yerr=[[low], [fq["sd"] or 0.0]],
-                    fmt=markers[n % len(markers)], color=f"C{n % 10}", capsize=3, markersize=7,
+                    fmt=markers[n % len(markers)], color=group_color(n), capsize=3, markersize=7,
                     label=f"{g['label']} (n={g['num_seeds']})")
     base = board["original"]
     if base.get("forget_quality") is not None:
@@ -250,7 +250,9 @@ def build(demo_dir: Path, out_dir: Path, reference: tuple[str, float | None] = R
     plot(board, out_dir / "fq_vs_mu.png", f"TOFU {settings.get('split')}, {model}: peak epoch, mean ± sd over seeds")
     sweep = {"groups": [{"method": g["method"], "alpha": g["alpha"],
                          "peak": {"forget_quality": g["stats"]["forget_quality"]["mean"],
-                                  "model_utility": g["stats"]["model_utility"]["mean"]}} for g in groups]}
+                                  "model_utility": g["stats"]["model_utility"]["mean"]},
+                         "sd": {"forget_quality": g["stats"]["forget_quality"]["sd"],
+                                "model_utility": g["stats"]["model_utility"]["sd"]}} for g in groups]}
     files = ["leaderboard.json", "leaderboard.md", "fq_vs_mu.png"]
     if plot_metric_vs_alpha(sweep, out_dir / "alpha_sweep.png", method=reference[0]) is not None:
         files.append("alpha_sweep.png")

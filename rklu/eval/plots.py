@@ -26,6 +26,14 @@ def _save(fig, path) -> Path:
     return path
 
 
+def group_color(n: int):
+    """The n-th group's colour: tab20's ten dark shades, then its ten light ones, so up to 20 groups (a
+    leaderboard with an alpha sweep has 18) never share one; matplotlib's default cycle repeats after 10."""
+    import matplotlib
+
+    return matplotlib.colormaps["tab20"]((2 * n) % 20 + (n // 10) % 2)
+
+
 def _positive(value):
     return value is not None and value > 0
 
@@ -38,13 +46,13 @@ def plot_fq_vs_mu(summary: Mapping, path: str | os.PathLike, title: str = "Forge
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.2, 5.4) if paper else (6.4, 4.8))
     floor = 1e-20
-    colors = {g["method"]: f"C{n % 10}" for n, g in enumerate(summary["groups"])}
+    colors = {g["method"]: group_color(n) for n, g in enumerate(summary["groups"])}
     for n, group in enumerate(summary["groups"]):
         pts = [(e["model_utility"], max(e["forget_quality"], floor), e["epoch"]) for e in group["epochs"]
                if e["model_utility"] is not None and e["forget_quality"] is not None]
         if not pts:
             continue
-        color = f"C{n % 10}"
+        color = group_color(n)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", color=color, alpha=0.45, markersize=3, label=None)
         peak = group.get("peak")
         if peak and peak.get("model_utility") is not None and peak.get("forget_quality") is not None:
@@ -89,7 +97,8 @@ def plot_fq_vs_mu(summary: Mapping, path: str | os.PathLike, title: str = "Forge
 
 def plot_metric_vs_alpha(summary: Mapping, path: str | os.PathLike, method: str | None = None) -> Path | None:
     """Forget quality (log, left) and model utility (right) at the peak epoch vs alpha, per method having
-    at least two alpha values; ``None`` (nothing written) when no method does."""
+    at least two alpha values; ``None`` (nothing written) when no method does. A group's optional ``sd``
+    (``{"forget_quality": ..., "model_utility": ...}``, over seeds) draws error bars."""
     by_method: dict = {}
     for group in summary["groups"]:
         if group.get("alpha") is None or group.get("peak") is None or (method and group["method"] != method):
@@ -103,20 +112,24 @@ def plot_metric_vs_alpha(summary: Mapping, path: str | os.PathLike, method: str 
     ax2 = ax.twinx()
     for n, (name, groups) in enumerate(sorted(by_method.items())):
         alphas = [float(g["alpha"]) for g in groups]
-        fq = [g["peak"]["forget_quality"] for g in groups]
-        mu = [g["peak"]["model_utility"] for g in groups]
-        ax.plot(alphas, [max(v, 1e-20) if v is not None else float("nan") for v in fq], "-o", color=f"C{2 * n}",
-                label=f"{name}: forget quality")
-        ax2.plot(alphas, [v if v is not None else float("nan") for v in mu], "--s", color=f"C{2 * n + 1}",
-                 label=f"{name}: model utility")
+        fq = [max(v, 1e-20) if (v := g["peak"]["forget_quality"]) is not None else float("nan") for g in groups]
+        mu = [v if (v := g["peak"]["model_utility"]) is not None else float("nan") for g in groups]
+        fq_sd = [(g.get("sd") or {}).get("forget_quality") or 0.0 for g in groups]
+        mu_sd = [(g.get("sd") or {}).get("model_utility") or 0.0 for g in groups]
+        # on the log axis the lower bar stops above 0
+        ax.errorbar(alphas, fq, yerr=[[min(sd, 0.9 * v) for sd, v in zip(fq_sd, fq)], fq_sd], fmt="-o",
+                    color=f"C{2 * n}", capsize=3, label=f"{name}: forget quality")
+        ax2.errorbar(alphas, mu, yerr=mu_sd, fmt="--s", color=f"C{2 * n + 1}", capsize=3,
+                     label=f"{name}: model utility")
     ax.set_yscale("log")
     ax.set_xlabel("alpha")
     ax.set_ylabel("Forget quality (log)")
     ax2.set_ylabel("Model utility")
     handles = ax.get_legend_handles_labels()
     handles2 = ax2.get_legend_handles_labels()
-    ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=7, loc="best")
-    ax.set_title("Influence of alpha (at the peak-forget-quality epoch)")
+    ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=7, loc="center right")
+    with_sd = any(g.get("sd") for groups in by_method.values() for g in groups)
+    ax.set_title("Influence of alpha (peak epoch" + (", mean ± sd over seeds)" if with_sd else ")"))
     try:
         return _save(fig, path)
     finally:

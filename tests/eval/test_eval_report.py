@@ -58,6 +58,28 @@ def test_alpha_sweep_plot_and_config_layout(tmp_path):
     assert (tmp_path / "out" / "metric_vs_alpha.png").read_bytes()[:8] == PNG
 
 
+def test_groups_get_distinct_colours_and_the_sweep_draws_sd_bars(tmp_path, monkeypatch):
+    from rklu.eval import plots
+
+    # a leaderboard with an alpha sweep has 18 groups: matplotlib's default cycle repeats after 10
+    assert len({plots.group_color(n) for n in range(20)}) == 20
+    drawn = []
+    real = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or real(fig, path))
+    groups = [{"method": "rklu", "alpha": a, "peak": {"forget_quality": 0.1 * (i + 1), "model_utility": 0.4},
+               "sd": {"forget_quality": 0.5 if a == 0 else 0.05, "model_utility": 0.02}}
+              for i, a in enumerate((0, 8, 16))]
+    assert plots.plot_metric_vs_alpha({"groups": groups}, tmp_path / "a.png").read_bytes()[:8] == PNG
+    ax = drawn[0].axes[0]
+    assert "mean ± sd" in ax.get_title()
+    assert ax.containers and all(len(c.lines[2]) == 1 for c in ax.containers)  # one vertical bar collection each
+    bars = ax.containers[0].lines[2][0].get_segments()
+    # on the log axis a bar longer than its value stops at 0.1 v above 0: 0.1 - 0.09 to 0.1 + 0.5
+    assert [seg[1][1] - seg[0][1] for seg in bars] == pytest.approx([0.09 + 0.5, 0.1, 0.1])
+    assert plots.plot_metric_vs_alpha({"groups": [dict(g, sd=None) for g in groups]}, tmp_path / "b.png")
+    assert "sd" not in drawn[1].axes[0].get_title()
+
+
 def test_raw_tofu_logs_aggregated_on_the_fly_and_cli(tmp_path, capsys):
     from test_eval_aggregate import write_logs
 

@@ -48,17 +48,20 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ...common.tiles import _atomic_dx_dw, _grad_operand, _grouped_pid, _logit_tile, _teacher_tile
-from ...common.logit_transform_triton import _transform, _transform_grad
+from ...common.tiles import _atomic_dx_dw, _grad_operand, _grouped_pid
+from ...common.logit_transform_triton import _transform_grad
 from .jsd import _jsd_terms
-from .teacher import _load_targets, _source_tile, _target_edit
+from .teacher import _edited_teacher, _load_targets, _model_tile, _source_tile, _target_edit
 
 
 @triton.jit
-def _apply_grad(g, XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask, col_mask, H_S,
-                stride_xs, stride_ws, stride_g,
-                HAS_BS: tl.constexpr, PRECISION: tl.constexpr, STORE_G: tl.constexpr,
-                BLOCK_HG: tl.constexpr):
+def _apply_grad(dz, upstream, zs, XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask, col_mask, H_S,
+                stride_xs, stride_ws, stride_g, logit_scale_s, softcap_s, inv_softcap_s,
+                HAS_BS: tl.constexpr, HAS_SOFTCAP_S: tl.constexpr, PRECISION: tl.constexpr,
+                STORE_G: tl.constexpr, BLOCK_HG: tl.constexpr):
+    """A kept tile's gradient: ``dz`` (d loss / d transformed student logits, per unit upstream) times the
+    upstream, through the student's logit transform, into G (deterministic mode) or atomically into dX, dW, db."""
+    g = _transform_grad(dz * upstream[:, None], zs, logit_scale_s, softcap_s, inv_softcap_s, HAS_SOFTCAP_S)
     tl.atomic_add(COUNTER, 1)
     if STORE_G:
         tl.store(G + local[:, None] * stride_g + cols[None, :], g.to(G.dtype.element_ty),
@@ -81,26 +84,6 @@ def _store_zero(G, local, cols, row_mask, col_mask, stride_g,
         tl.store(G + local[:, None] * stride_g + cols[None, :],
                  tl.zeros((BLOCK_N, BLOCK_V), tl.float32).to(G.dtype.element_ty),
                  mask=row_mask[:, None] & col_mask[None, :])
-
-
-@triton.jit
-def _models_teacher(XO, WO, BO, XA, WA, BA, zs, rows, cols, row_mask, col_mask, tgt, shift, H_O, H_A,
-                    stride_xo, stride_wo, stride_xa, stride_wa, alpha, logit_scale_o, softcap_o, inv_softcap_o,
-                    logit_scale_a, softcap_a, inv_softcap_a,
-                    HAS_AUG: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr,
-                    HAS_SOFTCAP_O: tl.constexpr, HAS_SOFTCAP_A: tl.constexpr, TEACHER: tl.constexpr,
-                    HAS_SHIFT: tl.constexpr, PRECISION: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
-    """The edited teacher tile of any source (teacher.py): the models' GEMMs, or the student tile / labels."""
-    if TEACHER == 0:
-        zt = _teacher_tile(XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H_O, H_A,
-                           stride_xo, stride_wo, stride_xa, stride_wa, alpha, logit_scale_o, softcap_o,
-                           inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a,
-                           HAS_AUG, HAS_BO, HAS_BA, HAS_SOFTCAP_O, HAS_SOFTCAP_A, PRECISION, BLOCK_N,
-                           BLOCK_V, BLOCK_H)
-    else:
-        zt = _source_tile(zs, cols, tgt, TEACHER)
-    return _target_edit(zt, cols, tgt, shift, HAS_SHIFT)
 
 
 @triton.jit
@@ -137,117 +120,96 @@ def _backward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, GRAD_OUT, PERM, 
     upstream = tl.load(GRAD_OUT + rows, mask=row_mask, other=0.0)
     tgt, shift = _load_targets(TARGETS, SHIFT, rows, row_mask, TEACHER, HAS_SHIFT)
 
-    zs = _transform(_logit_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws,
-                                HAS_BS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_s, softcap_s,
-                                inv_softcap_s, HAS_SOFTCAP_S)
-    if DIVERGENCE == 0:
+    zs = _model_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws, logit_scale_s, softcap_s,
+                     inv_softcap_s, HAS_BS, HAS_SOFTCAP_S, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+    if (DIVERGENCE == 0) or (DIVERGENCE == 2):
+        # Reverse KL and JSD: the filter looks at the student tile alone, so a skipped tile costs no teacher GEMM.
+        if DIVERGENCE == 2:
+            s_row = tl.load(STATS + rows * 7 + 4, mask=row_mask, other=0.0)
         keep = True
         if FILTER:
-            p_max = tl.exp(tl.max(tl.max(tl.where(inside, zs - m_s[:, None], float("-inf")), axis=1) - log_d_s, axis=0))
-            keep = p_max >= eps
+            if DIVERGENCE == 0:
+                p_max = tl.exp(tl.max(tl.max(tl.where(inside, zs - m_s[:, None], float("-inf")), axis=1) - log_d_s,
+                                      axis=0))
+                keep = p_max >= eps
+            else:
+                # |p_s (g - S)| <= p_s (|g| + |S|) and log p_s <= log(p_s / m) <= -log(1 - beta) (m <= 1,
+                # m >= (1 - beta) p_s), so |g| <= (1 - beta) (-log p_s - log(1 - beta)) and, with p (-log p)
+                # increasing below 1/e, every entry of the tile is at most
+                # p_max ((1 - beta) (-log p_max - log(1 - beta)) + max |S|)   (p_max < 1/e; else keep).
+                log_p_max = tl.max(tl.max(tl.where(inside, zs - m_s[:, None], float("-inf")), axis=1) - log_d_s,
+                                   axis=0)
+                s_max = tl.max(tl.where(row_mask, tl.abs(s_row), 0.0), axis=0)
+                bound = tl.exp(log_p_max) * (one_minus_beta * (-log_p_max - log_1mb) + s_max)
+                keep = (log_p_max > -1.0) | (bound >= eps)
         if keep:
-            zt = _models_teacher(XO, WO, BO, XA, WA, BA, zs, rows, cols, row_mask, col_mask, tgt, shift, H_O,
+            zt = _edited_teacher(XO, WO, BO, XA, WA, BA, zs, rows, cols, row_mask, col_mask, tgt, shift, H_O,
                                  H_A, stride_xo, stride_wo, stride_xa, stride_wa, alpha, logit_scale_o, softcap_o,
                                  inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a, HAS_AUG, HAS_BO, HAS_BA,
                                  HAS_SOFTCAP_O, HAS_SOFTCAP_A, TEACHER, HAS_SHIFT, PRECISION, BLOCK_N, BLOCK_V,
                                  BLOCK_H)
-            # log p_s - log p_t - KL == ((z_s - c_s) - (z_t - c_t)) - E_ps[same]: the normalizers cancel
-            # analytically, nothing of a common offset's size is formed, and the log-ratio is the forward's
-            # expression on bitwise the forward's logits: when p_s is one-hot in fp32 the mean is exactly
-            # the argmax's term and the gradient exactly 0.
-            mean = tl.load(STATS + rows * 7 + 4, mask=row_mask, other=0.0)
-            c_s = tl.load(STATS + rows * 7 + 5, mask=row_mask, other=0.0)
-            c_t = tl.load(STATS + rows * 7 + 6, mask=row_mask, other=0.0)
-            p_s = tl.exp(tl.where(inside, (zs - m_s[:, None]) - log_d_s[:, None], float("-inf")))
-            g = p_s * (((zs - c_s[:, None]) - (zt - c_t[:, None])) - mean[:, None])
-            g = _transform_grad(g * upstream[:, None], zs, logit_scale_s, softcap_s, inv_softcap_s,
-                                HAS_SOFTCAP_S)
-            _apply_grad(g, XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask,
-                        col_mask, H_S, stride_xs, stride_ws, stride_g, HAS_BS, PRECISION, STORE_G, BLOCK_HG)
+            if DIVERGENCE == 0:
+                # log p_s - log p_t - KL == ((z_s - c_s) - (z_t - c_t)) - E_ps[same]: the normalizers cancel
+                # analytically, nothing of a common offset's size is formed, and the log-ratio is the forward's
+                # expression on bitwise the forward's logits: when p_s is one-hot in fp32 the mean is exactly
+                # the argmax's term and the gradient exactly 0.
+                mean = tl.load(STATS + rows * 7 + 4, mask=row_mask, other=0.0)
+                c_s = tl.load(STATS + rows * 7 + 5, mask=row_mask, other=0.0)
+                c_t = tl.load(STATS + rows * 7 + 6, mask=row_mask, other=0.0)
+                p_s = tl.exp(tl.where(inside, (zs - m_s[:, None]) - log_d_s[:, None], float("-inf")))
+                g = p_s * (((zs - c_s[:, None]) - (zt - c_t[:, None])) - mean[:, None])
+            else:
+                p_s, g, t_term = _jsd_terms(zs, zt, m_s, log_d_s, m_t, log_d_t, log_beta, log_1mb, one_minus_beta)
+                g = tl.where(inside, p_s * (g - s_row[:, None]), 0.0)
+            _apply_grad(g, upstream, zs, XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask,
+                        col_mask, H_S, stride_xs, stride_ws, stride_g, logit_scale_s, softcap_s, inv_softcap_s,
+                        HAS_BS, HAS_SOFTCAP_S, PRECISION, STORE_G, BLOCK_HG)
         else:
             _store_zero(G, local, cols, row_mask, col_mask, stride_g, STORE_G, BLOCK_N, BLOCK_V)
-    elif DIVERGENCE == 1:
+    elif (DIVERGENCE == 1) and (TEACHER == 0):
+        # Forward KL of the models' teacher: the original's tile bounds p_t, so a skipped tile costs no
+        # augmented GEMM.
         p_s = tl.exp(tl.where(inside, (zs - m_s[:, None]) - log_d_s[:, None], float("-inf")))
-        if TEACHER == 0:
-            zo = _transform(_logit_tile(XO, WO, BO, rows, cols, row_mask, col_mask, H_O, stride_xo, stride_wo,
-                                        HAS_BO, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_o, softcap_o,
-                                        inv_softcap_o, HAS_SOFTCAP_O)
-            keep = True
-            if FILTER:
-                # z_t <= z_o (both edited at the target: a negative shift raises both), so
-                # exp(z_o - M_t - log D_t) bounds p_t from above.
-                zb = _target_edit(zo, cols, tgt, shift, HAS_SHIFT)
-                bound = tl.max(tl.max(tl.where(inside, (zb - m_t[:, None]) - log_d_t[:, None], float("-inf")), axis=1), axis=0)
-                # p_t <= 1 too: clamp the exponent (z_o may sit far above the pushed-down teacher's max).
-                keep = tl.maximum(tl.max(tl.max(p_s, axis=1), axis=0), tl.exp(tl.minimum(bound, 0.0))) >= eps
-            if keep:
-                zt = zo
-                if HAS_AUG:
-                    za = _transform(_logit_tile(XA, WA, BA, rows, cols, row_mask, col_mask, H_A, stride_xa, stride_wa,
-                                                HAS_BA, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_a, softcap_a,
-                                                inv_softcap_a,
-                                    HAS_SOFTCAP_A)
-                    zt = zo - alpha * tl.maximum(za - zo, 0.0)
-                zt = _target_edit(zt, cols, tgt, shift, HAS_SHIFT)
-                p_t = tl.exp(tl.where(inside, (zt - m_t[:, None]) - log_d_t[:, None], float("-inf")))
-                g = _transform_grad((p_s - p_t) * upstream[:, None], zs, logit_scale_s, softcap_s, inv_softcap_s,
-                                    HAS_SOFTCAP_S)
-                _apply_grad(g, XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask,
-                            col_mask, H_S, stride_xs, stride_ws, stride_g, HAS_BS, PRECISION, STORE_G, BLOCK_HG)
-            else:
-                _store_zero(G, local, cols, row_mask, col_mask, stride_g, STORE_G, BLOCK_N, BLOCK_V)
-        else:
-            # Self / labels teacher: p_t costs no GEMM, so the filter looks at it exactly.
-            zt = _target_edit(_source_tile(zs, cols, tgt, TEACHER), cols, tgt, shift, HAS_SHIFT)
-            p_t = tl.exp(tl.where(inside, (zt - m_t[:, None]) - log_d_t[:, None], float("-inf")))
-            keep = True
-            if FILTER:
-                keep = tl.max(tl.max(tl.maximum(p_s, p_t), axis=1), axis=0) >= eps
-            if keep:
-                g = _transform_grad((p_s - p_t) * upstream[:, None], zs, logit_scale_s, softcap_s, inv_softcap_s,
-                                    HAS_SOFTCAP_S)
-                _apply_grad(g, XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask,
-                            col_mask, H_S, stride_xs, stride_ws, stride_g, HAS_BS, PRECISION, STORE_G, BLOCK_HG)
-            else:
-                _store_zero(G, local, cols, row_mask, col_mask, stride_g, STORE_G, BLOCK_N, BLOCK_V)
-    elif DIVERGENCE == 2:
-        s_row = tl.load(STATS + rows * 7 + 4, mask=row_mask, other=0.0)
+        zo = _model_tile(XO, WO, BO, rows, cols, row_mask, col_mask, H_O, stride_xo, stride_wo, logit_scale_o,
+                         softcap_o, inv_softcap_o, HAS_BO, HAS_SOFTCAP_O, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
         keep = True
         if FILTER:
-            # |p_s (g - S)| <= p_s (|g| + |S|) and log p_s <= log(p_s / m) <= -log(1 - beta) (m <= 1,
-            # m >= (1 - beta) p_s), so |g| <= (1 - beta) (-log p_s - log(1 - beta)) and, with p (-log p)
-            # increasing below 1/e, every entry of the tile is at most
-            # p_max ((1 - beta) (-log p_max - log(1 - beta)) + max |S|)   (p_max < 1/e; else keep).
-            log_p_max = tl.max(tl.max(tl.where(inside, zs - m_s[:, None], float("-inf")), axis=1) - log_d_s, axis=0)
-            s_max = tl.max(tl.where(row_mask, tl.abs(s_row), 0.0), axis=0)
-            bound = tl.exp(log_p_max) * (one_minus_beta * (-log_p_max - log_1mb) + s_max)
-            keep = (log_p_max > -1.0) | (bound >= eps)
+            # z_t <= z_o (both edited at the target: a negative shift raises both), so
+            # exp(z_o - M_t - log D_t) bounds p_t from above.
+            zb = _target_edit(zo, cols, tgt, shift, HAS_SHIFT)
+            bound = tl.max(tl.max(tl.where(inside, (zb - m_t[:, None]) - log_d_t[:, None], float("-inf")), axis=1), axis=0)
+            # p_t <= 1 too: clamp the exponent (z_o may sit far above the pushed-down teacher's max).
+            keep = tl.maximum(tl.max(tl.max(p_s, axis=1), axis=0), tl.exp(tl.minimum(bound, 0.0))) >= eps
         if keep:
-            zt = _models_teacher(XO, WO, BO, XA, WA, BA, zs, rows, cols, row_mask, col_mask, tgt, shift, H_O,
-                                 H_A, stride_xo, stride_wo, stride_xa, stride_wa, alpha, logit_scale_o, softcap_o,
-                                 inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a, HAS_AUG, HAS_BO, HAS_BA,
-                                 HAS_SOFTCAP_O, HAS_SOFTCAP_A, TEACHER, HAS_SHIFT, PRECISION, BLOCK_N, BLOCK_V,
-                                 BLOCK_H)
-            p_s, g, t_term = _jsd_terms(zs, zt, m_s, log_d_s, m_t, log_d_t, log_beta, log_1mb, one_minus_beta)
-            g = tl.where(inside, p_s * (g - s_row[:, None]), 0.0)
-            g = _transform_grad(g * upstream[:, None], zs, logit_scale_s, softcap_s, inv_softcap_s,
-                                HAS_SOFTCAP_S)
-            _apply_grad(g, XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask,
-                        col_mask, H_S, stride_xs, stride_ws, stride_g, HAS_BS, PRECISION, STORE_G, BLOCK_HG)
+            zt = zo
+            if HAS_AUG:
+                za = _model_tile(XA, WA, BA, rows, cols, row_mask, col_mask, H_A, stride_xa, stride_wa,
+                                 logit_scale_a, softcap_a, inv_softcap_a, HAS_BA, HAS_SOFTCAP_A, PRECISION,
+                                 BLOCK_N, BLOCK_V, BLOCK_H)
+                zt = zo - alpha * tl.maximum(za - zo, 0.0)
+            zt = _target_edit(zt, cols, tgt, shift, HAS_SHIFT)
+            p_t = tl.exp(tl.where(inside, (zt - m_t[:, None]) - log_d_t[:, None], float("-inf")))
+            _apply_grad(p_s - p_t, upstream, zs, XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask,
+                        col_mask, H_S, stride_xs, stride_ws, stride_g, logit_scale_s, softcap_s, inv_softcap_s,
+                        HAS_BS, HAS_SOFTCAP_S, PRECISION, STORE_G, BLOCK_HG)
         else:
             _store_zero(G, local, cols, row_mask, col_mask, stride_g, STORE_G, BLOCK_N, BLOCK_V)
     else:
-        # argmax_ce: g = p_s - onehot(a), a from the forward's statistics; no teacher GEMM at all.
-        arg = tl.load(STATS + rows * 7 + 4, mask=row_mask, other=-1.0).to(tl.int32)
+        # Forward KL of a self / labels teacher, or argmax_ce (p_t = onehot(a), a from the forward's statistics):
+        # the target distribution costs no GEMM, so the filter looks at it exactly.
         p_s = tl.exp(tl.where(inside, (zs - m_s[:, None]) - log_d_s[:, None], float("-inf")))
-        hot = inside & (cols.to(tl.int32)[None, :] == arg[:, None])
+        if DIVERGENCE == 1:
+            zt = _target_edit(_source_tile(zs, cols, tgt, TEACHER), cols, tgt, shift, HAS_SHIFT)
+            p_t = tl.exp(tl.where(inside, (zt - m_t[:, None]) - log_d_t[:, None], float("-inf")))
+        else:
+            arg = tl.load(STATS + rows * 7 + 4, mask=row_mask, other=-1.0).to(tl.int32)
+            p_t = (inside & (cols.to(tl.int32)[None, :] == arg[:, None])).to(tl.float32)
         keep = True
         if FILTER:
-            keep = (tl.max(tl.max(p_s, axis=1), axis=0) >= eps) | (tl.max(tl.max(hot.to(tl.int32), axis=1), axis=0) > 0)
+            keep = tl.max(tl.max(tl.maximum(p_s, p_t), axis=1), axis=0) >= eps
         if keep:
-            g = _transform_grad((p_s - hot.to(tl.float32)) * upstream[:, None], zs, logit_scale_s, softcap_s,
-                                inv_softcap_s, HAS_SOFTCAP_S)
-            _apply_grad(g, XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask,
-                        col_mask, H_S, stride_xs, stride_ws, stride_g, HAS_BS, PRECISION, STORE_G, BLOCK_HG)
+            _apply_grad(p_s - p_t, upstream, zs, XS, WS, DX, DW, DB, G, COUNTER, rows, local, cols, row_mask,
+                        col_mask, H_S, stride_xs, stride_ws, stride_g, logit_scale_s, softcap_s, inv_softcap_s,
+                        HAS_BS, HAS_SOFTCAP_S, PRECISION, STORE_G, BLOCK_HG)
         else:
             _store_zero(G, local, cols, row_mask, col_mask, stride_g, STORE_G, BLOCK_N, BLOCK_V)

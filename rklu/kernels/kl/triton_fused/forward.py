@@ -47,9 +47,8 @@ import triton
 import triton.language as tl
 
 from ...common import logit_transform as lt
-from ...common.tiles import _grouped_pid, _logit_tile, _teacher_tile
-from ...common.logit_transform_triton import _transform
-from .teacher import ARGMAX, FORWARD, REVERSE, _load_targets, _source_tile, _target_edit
+from ...common.tiles import _grouped_pid
+from .teacher import ARGMAX, FORWARD, REVERSE, _edited_teacher, _load_targets, _model_tile
 
 NUM_STATS = 5  # per split: m_s, d_s, m_t, d_t, r
 NUM_ROW_STATS = 7  # combined: M_s, log D_s, M_t, log D_t, mean, c_s, c_t
@@ -93,18 +92,15 @@ def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM, REF, TARGETS
         if TEACHER == 0:
             # Teacher first, folded into its statistics at once, so only one teacher tile (z_t - c_t, or e_t
             # for the forward KL) stays live while the student GEMM runs: two fp32 tiles at a time.
-            zt = _teacher_tile(XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H_O, H_A,
-                               stride_xo, stride_wo, stride_xa, stride_wa, alpha, logit_scale_o, softcap_o,
-                               inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a,
-                               HAS_AUG, HAS_BO, HAS_BA, HAS_SOFTCAP_O, HAS_SOFTCAP_A, PRECISION, BLOCK_N,
-                               BLOCK_V, BLOCK_H)
+            zs = 0.0
         else:
             # Self / labels teacher: no teacher GEMM; the student tile comes first and gives the teacher's.
-            zs = _transform(_logit_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws,
-                                        HAS_BS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_s, softcap_s,
-                                        inv_softcap_s, HAS_SOFTCAP_S)
-            zt = _source_tile(zs, cols, tgt, TEACHER)
-        zt = _target_edit(zt, cols, tgt, shift, HAS_SHIFT)
+            zs = _model_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws, logit_scale_s,
+                             softcap_s, inv_softcap_s, HAS_BS, HAS_SOFTCAP_S, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+        zt = _edited_teacher(XO, WO, BO, XA, WA, BA, zs, rows, cols, row_mask, col_mask, tgt, shift, H_O, H_A,
+                             stride_xo, stride_wo, stride_xa, stride_wa, alpha, logit_scale_o, softcap_o,
+                             inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a, HAS_AUG, HAS_BO, HAS_BA,
+                             HAS_SOFTCAP_O, HAS_SOFTCAP_A, TEACHER, HAS_SHIFT, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
         # Every block holds at least one valid column, so the maxima are finite and the rescale factors
         # exp(m_old - m_new) are exp(-inf) = 0 on the first block, never exp(nan) -- unless the teacher
         # holds -inf (labels, or a shift of +inf): then a block's teacher may be all -inf, and the guards
@@ -145,9 +141,8 @@ def _forward_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, PART, PERM, REF, TARGETS
             d_t = d_t * scale_t + tl.sum(e_t, axis=1)
         m_t = new_m_t
         if TEACHER == 0:
-            zs = _transform(_logit_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws,
-                                        HAS_BS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_s, softcap_s,
-                                        inv_softcap_s, HAS_SOFTCAP_S)
+            zs = _model_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws, logit_scale_s,
+                             softcap_s, inv_softcap_s, HAS_BS, HAS_SOFTCAP_S, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
         tile_m_s = tl.max(tl.where(valid, zs, float("-inf")), axis=1)
         new_m_s = tl.maximum(m_s, tile_m_s)
         scale_s = tl.exp(m_s - new_m_s)

@@ -17,9 +17,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ...common.logit_transform_triton import _transform
-from ...common.tiles import _grouped_pid, _logit_tile, _teacher_tile
-from .teacher import _load_targets, _source_tile, _target_edit
+from ...common.tiles import _grouped_pid
+from .teacher import _edited_teacher, _load_targets, _model_tile
 
 
 @triton.jit
@@ -70,18 +69,12 @@ def _jsd_kernel(XS, WS, BS, XO, WO, BO, XA, WA, BA, STATS, PERM, TARGETS, SHIFT,
             cols = tl.load(PERM + pos, mask=col_mask, other=0)
         else:
             cols = pos
-        zs = _transform(_logit_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws,
-                                    HAS_BS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_s, softcap_s,
-                                    inv_softcap_s, HAS_SOFTCAP_S)
-        if TEACHER == 0:
-            zt = _teacher_tile(XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H_O, H_A,
-                               stride_xo, stride_wo, stride_xa, stride_wa, alpha, logit_scale_o, softcap_o,
-                               inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a,
-                               HAS_AUG, HAS_BO, HAS_BA, HAS_SOFTCAP_O, HAS_SOFTCAP_A, PRECISION, BLOCK_N,
-                               BLOCK_V, BLOCK_H)
-        else:
-            zt = _source_tile(zs, cols, tgt, TEACHER)
-        zt = _target_edit(zt, cols, tgt, shift, HAS_SHIFT)
+        zs = _model_tile(XS, WS, BS, rows, cols, row_mask, col_mask, H_S, stride_xs, stride_ws, logit_scale_s,
+                         softcap_s, inv_softcap_s, HAS_BS, HAS_SOFTCAP_S, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+        zt = _edited_teacher(XO, WO, BO, XA, WA, BA, zs, rows, cols, row_mask, col_mask, tgt, shift, H_O, H_A,
+                             stride_xo, stride_wo, stride_xa, stride_wa, alpha, logit_scale_o, softcap_o,
+                             inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a, HAS_AUG, HAS_BO, HAS_BA,
+                             HAS_SOFTCAP_O, HAS_SOFTCAP_A, TEACHER, HAS_SHIFT, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
         p_s, g, t_term = _jsd_terms(zs, zt, m_s, log_d_s, m_t, log_d_t, log_beta, log_1mb, one_minus_beta)
         s_term = tl.where(inside, p_s * g, 0.0)
         s_acc += tl.sum(s_term, axis=1)

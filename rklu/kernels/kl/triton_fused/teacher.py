@@ -17,6 +17,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ...common.logit_transform_triton import _transform
+from ...common.tiles import _logit_tile, _teacher_tile
+
 REVERSE, FORWARD, JSD, ARGMAX = 0, 1, 2, 3
 DIVERGENCE_CODES = {"reverse": REVERSE, "forward": FORWARD, "jsd": JSD, "argmax_ce": ARGMAX}
 MODELS, SELF, LABELS = 0, 1, 2
@@ -55,3 +58,35 @@ def _source_tile(zs, cols, tgt, TEACHER: tl.constexpr):
     else:
         zt = tl.where(cols[None, :] == tgt[:, None], 0.0, float("-inf")) + tl.zeros_like(zs)
     return zt
+
+
+@triton.jit
+def _model_tile(X, W, B, rows, cols, row_mask, col_mask, H, stride_x, stride_w, logit_scale, softcap,
+                inv_softcap, HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, PRECISION: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+    """One model's logits tile after its logit transform (scale, softcap): what its lm_head would give."""
+    return _transform(_logit_tile(X, W, B, rows, cols, row_mask, col_mask, H, stride_x, stride_w, HAS_BIAS,
+                                  PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale, softcap, inv_softcap,
+                      HAS_SOFTCAP)
+
+
+@triton.jit
+def _edited_teacher(XO, WO, BO, XA, WA, BA, zs, rows, cols, row_mask, col_mask, tgt, shift, H_O, H_A,
+                    stride_xo, stride_wo, stride_xa, stride_wa, alpha, logit_scale_o, softcap_o, inv_softcap_o,
+                    logit_scale_a, softcap_a, inv_softcap_a,
+                    HAS_AUG: tl.constexpr, HAS_BO: tl.constexpr, HAS_BA: tl.constexpr,
+                    HAS_SOFTCAP_O: tl.constexpr, HAS_SOFTCAP_A: tl.constexpr, TEACHER: tl.constexpr,
+                    HAS_SHIFT: tl.constexpr, PRECISION: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The edited teacher tile of any source: the models' GEMMs (``zs`` unused: the forward passes 0.0 and
+    runs the student GEMM after folding the teacher in), or the student tile ``zs`` / the labels; then the
+    target edit."""
+    if TEACHER == 0:
+        zt = _teacher_tile(XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H_O, H_A,
+                           stride_xo, stride_wo, stride_xa, stride_wa, alpha, logit_scale_o, softcap_o,
+                           inv_softcap_o, logit_scale_a, softcap_a, inv_softcap_a,
+                           HAS_AUG, HAS_BO, HAS_BA, HAS_SOFTCAP_O, HAS_SOFTCAP_A, PRECISION, BLOCK_N,
+                           BLOCK_V, BLOCK_H)
+    else:
+        zt = _source_tile(zs, cols, tgt, TEACHER)
+    return _target_edit(zt, cols, tgt, shift, HAS_SHIFT)

@@ -142,3 +142,34 @@ def test_cost_model_counts_dw_traffic_per_gradient_block():
     one = sum(k.dram for k in cm.chunked(s, cm.GPUS["H100"], 128, 8192))
     four = sum(k.dram for k in cm.chunked(s, cm.GPUS["H100"], 128, 2048))
     assert four - one == pytest.approx(3 * 8 * 128256 * 4096)
+
+
+@pytest.mark.parametrize("n,h,v", SHAPES)
+def test_a_teacher_without_gemm_counts_one_logit_buffer(n, h, v):
+    """A self or labels teacher is built from the student's logit buffer: the plan counts one fp32 buffer per
+    token, not the original's too, so the same budget gives at least as many tokens per chunk."""
+    assert cp.logit_bytes_per_token(v, False, teacher_gemm=False) == 4 * v
+    assert cp.logit_bytes_per_token(v, False) == 8 * v and cp.logit_bytes_per_token(v, True) == 12 * v
+    models = cp.plan_chunks(n, h, v, 2, False, free_bytes=70 * GiB)
+    alone = cp.plan_chunks(n, h, v, 2, False, free_bytes=70 * GiB, teacher_gemm=False)
+    assert alone.fits and alone.working_set_bytes <= alone.budget_bytes == models.budget_bytes
+    assert alone.working_set_bytes == cp.working_set_bytes(alone.logit_tokens, alone.grad_tokens, v, 2, False,
+                                                           teacher_gemm=False)
+    assert (alone.logit_tokens, alone.grad_tokens) >= (models.logit_tokens, models.grad_tokens)
+    # the smallest plan of a GEMM-free teacher needs less free memory: auto keeps the chunked backend longer
+    floor_models = cp.working_set_bytes(128, 128, v, 2, False)
+    free = int(floor_models / cp.FREE_MEMORY_CAP) - 1
+    assert not cp.fits_in(free, n, v, 2, False) and cp.fits_in(free, n, v, 2, False, teacher_gemm=False)
+    assert cp.choose_cuda_backend(n, v, "bf16", False, free) == "triton"
+    assert cp.choose_cuda_backend(n, v, "bf16", False, free, teacher_gemm=False) == "chunked"
+
+
+def test_the_buffer_a_self_teacher_does_not_hold_goes_to_g():
+    """The budget goes to G first, beside a 128-token logit chunk: at V = 32000 and 187.5 MiB, a teacher without
+    GEMM frees the original's 128-row buffer, two more 128-row G chunks (2816 rows instead of 2560)."""
+    v = 32000
+    budget = cp.working_set_bytes(1024, 1024, v, 2, False, teacher_gemm=False)
+    alone = cp.plan_chunks(8192, 4096, v, 2, False, max_chunk_bytes=budget, teacher_gemm=False)
+    models = cp.plan_chunks(8192, 4096, v, 2, False, max_chunk_bytes=budget)
+    assert (alone.logit_tokens, alone.grad_tokens, alone.fits) == (128, 2816, True)
+    assert (models.logit_tokens, models.grad_tokens, models.fits) == (128, 2560, True)

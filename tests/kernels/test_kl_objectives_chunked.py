@@ -269,3 +269,30 @@ def test_missing_targets_is_a_clear_error():
         unlearning_kl(x, w, None, x, w, None, None, None, None, alpha=1.0, direction="forward", grad_in_forward=True,
                       chunk_tokens=None, grad_filter=None, targets=torch.zeros(2, dtype=torch.int64),
                       target_shift=torch.zeros(2))
+
+
+@pytest.mark.parametrize("device", DEVICE)
+@pytest.mark.parametrize("case", ["forward-self-subtract-T2", "reverse-self-subtract-T1"])
+def test_a_self_teacher_plans_one_logit_buffer(device, case, small_tiles):
+    """A self teacher holds the student's logit buffer alone, and its plan counts just that: a budget of one
+    128-token fp32 buffer plus a 256-row G gives 128/256 (counting a teacher buffer would leave G 128 rows), and
+    the loss and gradients over its 300 tokens (logit chunks 128/128/44, G blocks 256/44) match the truth."""
+    from rklu.kernels.kl.chunk_policy import working_set_bytes
+    from rklu.kernels.kl.triton_chunked import last_chunk_plan
+
+    objective, _ = CASES[case]
+    n, v = 300, 37
+    inputs = make_objective_inputs(n, 16, v, teacher="self", device=device, bias=True, seed=11, masked_fraction=0.0)
+    budget = working_set_bytes(128, 256, v, 4, False, teacher_gemm=False)
+    loss = fused_linear_unlearning_kl(**api_inputs(inputs, "self"), alpha=8.0, backend="chunked",
+                                      max_chunk_bytes=budget, **objective)
+    plan = last_chunk_plan()
+    assert (plan.logit_tokens, plan.grad_tokens, plan.fits) == (128, 256, True)
+    assert plan.working_set_bytes == budget
+    grads = torch.autograd.grad(loss, [inputs[k] for k in STUDENT_LEAVES])
+    want, want_grads = linear_ground_truth(inputs, alpha=8.0, **objective)
+    ok, err = _close(loss, want, 3e-5)
+    assert ok, f"loss rel err {err:.2e}"
+    for name, got in zip(STUDENT_LEAVES, grads):
+        ok, err = _close(got, want_grads[name], 3e-5)
+        assert ok, f"d{name} rel err {err:.2e}"

@@ -98,7 +98,7 @@ def fused_linear_unlearning_kl(
         n=student_hidden[..., 0].numel(), h=max(student_hidden.shape[-1], original_hidden.shape[-1]),
         v=student_weight.shape[0], dtype="fp32" if student_hidden.dtype == torch.float32 else "bf16",
         augmented=augmented_hidden is not None, reverse=objective.kernel_divergence == "reverse",
-        grad_filter=grad_filter is not False))
+        grad_filter=grad_filter is not False, teacher_gemm=objective.teacher == "models"))
     if requested == "auto" and backend == "triton" and mixed_precision_teachers(
             student_hidden, student_weight, original_hidden, original_weight, augmented_hidden, augmented_weight):
         backend = "torch"  # the fused kernel would round the wider teacher; torch computes it in fp32

@@ -2,7 +2,8 @@
 fixed token count.
 
 The working set of one call beyond its inputs and the dX/dW it returns: ``logit_tokens`` rows of the fp32
-logit buffers (student, original, augmented: 4 bytes each per vocabulary entry) and ``grad_tokens`` rows of
+logit buffers (student, original, augmented: 4 bytes each per vocabulary entry; the student's alone when the
+teacher runs no GEMM, ``teacher_gemm=False``: a self or labels teacher) and ``grad_tokens`` rows of
 the gradient buffer G (the input dtype: 2 bytes in bf16). The two are sized apart because they cost
 different things: a logit chunk only needs to be large enough for its GEMMs, while every G block adds one
 ``dW += G.T @ X`` into the fp32 [V, H] accumulator, which cuBLAS reads and writes in full (8 * V * H bytes
@@ -62,24 +63,30 @@ def liger_extra_bytes(n: int, h: int, v: int) -> int:
     return min(liger_chunk_tokens(n, h, v), n) * v * LIGER_BYTES_PER_LOGIT
 
 
-def logit_bytes_per_token(v: int, augmented: bool = True) -> int:
-    return v * 4 * (3 if augmented else 2)
+def logit_bytes_per_token(v: int, augmented: bool = True, teacher_gemm: bool = True) -> int:
+    """fp32 logit buffer bytes per token: the student's, plus the original's and the augmented model's when
+    the teacher is the models (a self or labels teacher is built from the student's buffer)."""
+    return v * 4 * (1 + ((2 if augmented else 1) if teacher_gemm else 0))
 
 
-def working_set_bytes(logit_tokens: int, grad_tokens: int, v: int, grad_bytes: int, augmented: bool = True) -> int:
-    return logit_tokens * logit_bytes_per_token(v, augmented) + grad_tokens * v * grad_bytes
+def working_set_bytes(logit_tokens: int, grad_tokens: int, v: int, grad_bytes: int, augmented: bool = True,
+                      teacher_gemm: bool = True) -> int:
+    return logit_tokens * logit_bytes_per_token(v, augmented, teacher_gemm) + grad_tokens * v * grad_bytes
 
 
 def plan_chunks(n: int, h: int, v: int, grad_bytes: int, augmented: bool = True, *,
                 free_bytes: int | None = None, max_chunk_bytes: int | None = None,
-                memory_fraction: float | None = None, chunk_tokens: int | None = None) -> ChunkPlan:
+                memory_fraction: float | None = None, chunk_tokens: int | None = None,
+                teacher_gemm: bool = True) -> ChunkPlan:
     """The chunk plan of one call of N tokens ([N, H] student hidden states, vocabulary V, G in
     ``grad_bytes`` per entry). ``free_bytes``: free GPU memory (None off CUDA: no cap). ``chunk_tokens``
-    forces both chunks to that many tokens (tests, sweeps)."""
+    forces both chunks to that many tokens (tests, sweeps). ``teacher_gemm=False``: a self or labels teacher
+    (one logit buffer per token, the student's)."""
     if chunk_tokens is not None:
         check_chunk_knobs(chunk_tokens=chunk_tokens)
         c = min(n, chunk_tokens)
-        return ChunkPlan(c, c, None, working_set_bytes(c, c, v, grad_bytes, augmented), True, "chunk_tokens")
+        return ChunkPlan(c, c, None, working_set_bytes(c, c, v, grad_bytes, augmented, teacher_gemm), True,
+                         "chunk_tokens")
     check_chunk_knobs(max_chunk_bytes, memory_fraction)
     if max_chunk_bytes is not None:
         budget, source = int(max_chunk_bytes), "max_chunk_bytes"
@@ -91,7 +98,7 @@ def plan_chunks(n: int, h: int, v: int, grad_bytes: int, augmented: bool = True,
         budget, source = liger_extra_bytes(n, h, v), "liger"
         if free_bytes is not None:
             budget = min(budget, int(free_bytes * FREE_MEMORY_CAP))
-    return _fit(n, v, grad_bytes, augmented, budget, source)
+    return _fit(n, v, grad_bytes, augmented, budget, source, teacher_gemm)
 
 
 def check_chunk_knobs(max_chunk_bytes=None, memory_fraction=None, chunk_tokens=None) -> None:
@@ -106,8 +113,8 @@ def check_chunk_knobs(max_chunk_bytes=None, memory_fraction=None, chunk_tokens=N
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
 
 
-def _fit(n, v, grad_bytes, augmented, budget, source) -> ChunkPlan:
-    a = logit_bytes_per_token(v, augmented)
+def _fit(n, v, grad_bytes, augmented, budget, source, teacher_gemm=True) -> ChunkPlan:
+    a = logit_bytes_per_token(v, augmented, teacher_gemm)
     b = v * grad_bytes
     floor = min(n, MIN_CHUNK_TOKENS)
     if (a + b) * n <= budget:
@@ -120,23 +127,25 @@ def _fit(n, v, grad_bytes, augmented, budget, source) -> ChunkPlan:
         c = max(floor, min(g, _align((budget - b * g) // a)))
         if g < n:
             g = max(c, g // c * c)  # whole logit chunks per G block
-    ws = working_set_bytes(c, g, v, grad_bytes, augmented)
+    ws = working_set_bytes(c, g, v, grad_bytes, augmented, teacher_gemm)
     return ChunkPlan(int(c), int(g), int(budget), int(ws), ws <= budget, source)
 
 
-def fits_in(free_bytes: int, n: int, v: int, grad_bytes: int, augmented: bool = True) -> bool:
+def fits_in(free_bytes: int, n: int, v: int, grad_bytes: int, augmented: bool = True,
+            teacher_gemm: bool = True) -> bool:
     """Whether the smallest plan (both chunks at MIN_CHUNK_TOKENS, or N) fits in a quarter of the free memory:
     ``backend="auto"`` runs the O(N) fused kernel only when it does not."""
     floor = min(n, MIN_CHUNK_TOKENS)
-    return working_set_bytes(floor, floor, v, grad_bytes, augmented) <= free_bytes * FREE_MEMORY_CAP
+    return working_set_bytes(floor, floor, v, grad_bytes, augmented, teacher_gemm) <= free_bytes * FREE_MEMORY_CAP
 
 
-def choose_cuda_backend(n: int, v: int, dtype: str, augmented: bool, free_bytes: int, **_) -> str:
+def choose_cuda_backend(n: int, v: int, dtype: str, augmented: bool, free_bytes: int, teacher_gemm: bool = True,
+                        **_) -> str:
     """``backend="auto"`` on CUDA: "chunked" whenever its smallest plan fits (``fits_in``), else the
     O(N)-memory fused "triton" kernel. No race between the two: the fused kernel does 8 GEMMs (fewer only where
     the gradient filter skips tiles) against the chunked path's 5 (benchmarks/roofline.py); it is the memory
     fallback. Other problem fields (h, reverse, grad_filter) are accepted and do not matter."""
-    return "chunked" if fits_in(free_bytes, n, v, 2 if dtype == "bf16" else 4, augmented) else "triton"
+    return "chunked" if fits_in(free_bytes, n, v, 2 if dtype == "bf16" else 4, augmented, teacher_gemm) else "triton"
 
 
 def _align(tokens: int) -> int:

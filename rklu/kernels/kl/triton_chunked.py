@@ -96,7 +96,7 @@ class _Gemms:
 def default_chunk_plan(n: int, h: int, v: int, grad_bytes: int, device: torch.device, augmented: bool = True,
                        free_bytes: int | None = None, **knobs) -> ChunkPlan:
     """``chunk_policy.plan_chunks`` with the free GPU memory read from the device on CUDA (None elsewhere).
-    ``knobs``: max_chunk_bytes, memory_fraction, chunk_tokens."""
+    ``knobs``: max_chunk_bytes, memory_fraction, chunk_tokens, teacher_gemm."""
     if free_bytes is None and device.type == "cuda":
         free_bytes = torch.cuda.mem_get_info(device)[0]
     return plan_chunks(n, h, v, grad_bytes, augmented, free_bytes=free_bytes, **knobs)
@@ -253,9 +253,9 @@ def _run(xs, ws, bs, xo, wo, bo, xa, wa, ba, alpha, objective, chunking, row_wei
         wot = gemm_o.operand(wo).T
         wat = None if wa is None else gemm_a.operand(wa).T
     grad_dtype = xs.dtype if xs.dtype in (torch.bfloat16, torch.float16) else torch.float32
-    # (a self or labels teacher holds one logit buffer, not the two the plan counts: it stays within the plan)
+    # A self or labels teacher holds one logit buffer (the student's), and the plan counts just that.
     plan = default_chunk_plan(n, xs.shape[1], v, torch.finfo(grad_dtype).bits // 8, device, xa is not None,
-                              **(chunking or {}))
+                              teacher_gemm=models, **(chunking or {}))
     _LAST_PLAN[:] = [plan]
     chunk = plan.logit_tokens
     # G block: the rows whose gradient is written before one dX GEMM and one dW accumulation (whole logit

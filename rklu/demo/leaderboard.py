@@ -187,7 +187,7 @@ def markdown(board: Mapping) -> str:
 
 def plot(board: Mapping, path: Path, title: str) -> Path:
     """The FQ-MU plane: each (method, alpha) at its peak epoch, mean with sd error bars over seeds."""
-    from rklu.eval.plots import SIGNIFICANCE, _pyplot, _save, group_color
+    from rklu.eval.plots import SIGNIFICANCE, _pyplot, _save, group_color, log_axis_yerr
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8.0, 5.6))
@@ -197,9 +197,7 @@ def plot(board: Mapping, path: Path, title: str) -> Path:
         if fq["mean"] is None or mu["mean"] is None:
             continue
         y = max(fq["mean"], 1e-20)
-        # asymmetric on the log axis: the lower bar stops above 0
-        low = min(fq["sd"] or 0.0, 0.9 * y)
-        ax.errorbar([mu["mean"]], [y], xerr=[[mu["sd"] or 0.0], [mu["sd"] or 0.0]], yerr=[[low], [fq["sd"] or 0.0]],
+        ax.errorbar([mu["mean"]], [y], xerr=[[mu["sd"] or 0.0], [mu["sd"] or 0.0]], yerr=log_axis_yerr([y], [fq["sd"]]),
                     fmt=markers[n % len(markers)], color=group_color(n), capsize=3, markersize=7,
                     label=f"{g['label']} (n={g['num_seeds']})")
     base = board["original"]

@@ -34,6 +34,13 @@ def group_color(n: int):
     return matplotlib.colormaps["tab20"]((2 * n) % 20 + (n // 10) % 2)
 
 
+def log_axis_yerr(values, sds) -> list:
+    """Error bars of ``values`` ± ``sds`` for a log y axis: [lower, upper], the lower bar capped at 0.9 of its
+    value so that it ends above 0 (a bar through 0 has no log)."""
+    sds = [sd or 0.0 for sd in sds]
+    return [[min(sd, 0.9 * v) for sd, v in zip(sds, values)], sds]
+
+
 def _positive(value):
     return value is not None and value > 0
 
@@ -114,11 +121,10 @@ def plot_metric_vs_alpha(summary: Mapping, path: str | os.PathLike, method: str 
         alphas = [float(g["alpha"]) for g in groups]
         fq = [max(v, 1e-20) if (v := g["peak"]["forget_quality"]) is not None else float("nan") for g in groups]
         mu = [v if (v := g["peak"]["model_utility"]) is not None else float("nan") for g in groups]
-        fq_sd = [(g.get("sd") or {}).get("forget_quality") or 0.0 for g in groups]
+        fq_sd = [(g.get("sd") or {}).get("forget_quality") for g in groups]
         mu_sd = [(g.get("sd") or {}).get("model_utility") or 0.0 for g in groups]
-        # on the log axis the lower bar stops above 0
-        ax.errorbar(alphas, fq, yerr=[[min(sd, 0.9 * v) for sd, v in zip(fq_sd, fq)], fq_sd], fmt="-o",
-                    color=f"C{2 * n}", capsize=3, label=f"{name}: forget quality")
+        ax.errorbar(alphas, fq, yerr=log_axis_yerr(fq, fq_sd), fmt="-o", color=f"C{2 * n}", capsize=3,
+                    label=f"{name}: forget quality")
         ax2.errorbar(alphas, mu, yerr=mu_sd, fmt="--s", color=f"C{2 * n + 1}", capsize=3,
                      label=f"{name}: model utility")
     ax.set_yscale("log")

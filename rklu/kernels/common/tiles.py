@@ -1,5 +1,6 @@
 """Building blocks shared by the fused kernels' forward and backward: GEMM precision modes, one logit tile
-(one H loop per model, each model with its own hidden size), the teacher tile, and the grouped program order.
+(one H loop per model, each model with its own hidden size) with or without its model's logit transform, the
+teacher tile, and the grouped program order.
 
 Each model has its own hidden size and strides (a teacher may be larger or smaller than the student: every
 hidden state matches its own lm_head), so every GEMM loops over its own H.
@@ -104,6 +105,16 @@ def _logit_tile(X, W, B, rows, cols, row_mask, col_mask, H, stride_x, stride_w,
 
 
 @triton.jit
+def _model_tile(X, W, B, rows, cols, row_mask, col_mask, H, stride_x, stride_w, logit_scale, softcap,
+                inv_softcap, HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, PRECISION: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+    """One model's logits tile after its logit transform (scale, softcap): what its lm_head would give."""
+    return _transform(_logit_tile(X, W, B, rows, cols, row_mask, col_mask, H, stride_x, stride_w, HAS_BIAS,
+                                  PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale, softcap, inv_softcap,
+                      HAS_SOFTCAP)
+
+
+@triton.jit
 def _teacher_tile(XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H_O, H_A,
                   stride_xo, stride_wo, stride_xa, stride_wa, alpha, logit_scale_o, softcap_o, inv_softcap_o,
                   logit_scale_a, softcap_a, inv_softcap_a,
@@ -112,13 +123,11 @@ def _teacher_tile(XO, WO, BO, XA, WA, BA, rows, cols, row_mask, col_mask, H_O, H
                   BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
     """z_o - alpha * relu(z_aug - z_o) on each model's transformed logits (common/logit_transform_triton.py):
     original then augmented, so two fp32 tiles are live, then one."""
-    zt = _transform(_logit_tile(XO, WO, BO, rows, cols, row_mask, col_mask, H_O, stride_xo, stride_wo,
-                                HAS_BO, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_o, softcap_o,
-                                inv_softcap_o, HAS_SOFTCAP_O)
+    zt = _model_tile(XO, WO, BO, rows, cols, row_mask, col_mask, H_O, stride_xo, stride_wo, logit_scale_o,
+                     softcap_o, inv_softcap_o, HAS_BO, HAS_SOFTCAP_O, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
     if HAS_AUG:
-        za = _transform(_logit_tile(XA, WA, BA, rows, cols, row_mask, col_mask, H_A, stride_xa, stride_wa,
-                                    HAS_BA, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale_a, softcap_a,
-                                    inv_softcap_a, HAS_SOFTCAP_A)
+        za = _model_tile(XA, WA, BA, rows, cols, row_mask, col_mask, H_A, stride_xa, stride_wa, logit_scale_a,
+                         softcap_a, inv_softcap_a, HAS_BA, HAS_SOFTCAP_A, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
         zt = zt - alpha * tl.maximum(za - zt, 0.0)
     return zt
 

@@ -30,11 +30,11 @@ from ..common import logit_transform as lt
 from ..common.compile_spec import CompileSpec
 # the same GEMM precision modes and tile helpers as the KL kernel (NATIVE / IEEE / UPCAST: see common/tiles.py)
 from ..common.tiles import (  # noqa: F401
-    AUTOTUNE, GROUP, IEEE, INTERPRET, NATIVE, UPCAST, _atomic_dx_dw, _grad_operand, _logit_tile, gemm_dtype,
-    gemm_precision,
+    AUTOTUNE, GROUP, IEEE, INTERPRET, NATIVE, UPCAST, _atomic_dx_dw, _grad_operand, _logit_tile, _model_tile,
+    gemm_dtype, gemm_precision,
 )
 from ..common.tiles import _grouped_pid as _grouped  # (row block, vocab block) of a program, grouped order
-from ..common.logit_transform_triton import _transform, _transform_with_grad  # the head's scale and softcap
+from ..common.logit_transform_triton import _transform_with_grad  # the head's scale and softcap
 
 
 # Skip a backward tile's GEMMs when max |g| <= this. 0.0: only exactly-zero tiles (results unchanged).
@@ -83,8 +83,8 @@ def _forward_split_kernel(X, W, B, LABELS, PART, N, V, H, stride_x, stride_w, NU
     for v0 in range(v_start, v_end, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         col_mask = cols < V
-        z = _transform(_logit_tile(X, W, B, rows, cols, row_mask, col_mask, H, stride_x, stride_w, HAS_BIAS,
-                                   PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), scale, cap, inv_cap, HAS_SOFTCAP)
+        z = _model_tile(X, W, B, rows, cols, row_mask, col_mask, H, stride_x, stride_w, scale, cap, inv_cap, HAS_BIAS,
+                        HAS_SOFTCAP, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
         valid = col_mask[None, :]
         # Each tile has a valid column, so new_m is finite and exp(m - new_m) is exp(-inf) = 0 at first.
         new_m = tl.maximum(m, tl.max(tl.where(valid, z, float("-inf")), axis=1))

@@ -48,10 +48,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ...common.tiles import _atomic_dx_dw, _grad_operand, _grouped_pid
+from ...common.tiles import _atomic_dx_dw, _grad_operand, _grouped_pid, _model_tile
 from ...common.logit_transform_triton import _transform_grad
 from .jsd import _jsd_terms
-from .teacher import _edited_teacher, _load_targets, _model_tile, _source_tile, _target_edit
+from .teacher import _edited_teacher, _load_targets, _source_tile, _target_edit
 
 
 @triton.jit

@@ -47,8 +47,8 @@ import triton
 import triton.language as tl
 
 from ...common import logit_transform as lt
-from ...common.tiles import _grouped_pid
-from .teacher import ARGMAX, FORWARD, REVERSE, _edited_teacher, _load_targets, _model_tile
+from ...common.tiles import _grouped_pid, _model_tile
+from .teacher import ARGMAX, FORWARD, REVERSE, _edited_teacher, _load_targets
 
 NUM_STATS = 5  # per split: m_s, d_s, m_t, d_t, r
 NUM_ROW_STATS = 7  # combined: M_s, log D_s, M_t, log D_t, mean, c_s, c_t

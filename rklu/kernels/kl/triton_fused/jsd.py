@@ -17,8 +17,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ...common.tiles import _grouped_pid
-from .teacher import _edited_teacher, _load_targets, _model_tile
+from ...common.tiles import _grouped_pid, _model_tile
+from .teacher import _edited_teacher, _load_targets
 
 
 @triton.jit

@@ -17,8 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ...common.logit_transform_triton import _transform
-from ...common.tiles import _logit_tile, _teacher_tile
+from ...common.tiles import _teacher_tile
 
 REVERSE, FORWARD, JSD, ARGMAX = 0, 1, 2, 3
 DIVERGENCE_CODES = {"reverse": REVERSE, "forward": FORWARD, "jsd": JSD, "argmax_ce": ARGMAX}
@@ -58,16 +57,6 @@ def _source_tile(zs, cols, tgt, TEACHER: tl.constexpr):
     else:
         zt = tl.where(cols[None, :] == tgt[:, None], 0.0, float("-inf")) + tl.zeros_like(zs)
     return zt
-
-
-@triton.jit
-def _model_tile(X, W, B, rows, cols, row_mask, col_mask, H, stride_x, stride_w, logit_scale, softcap,
-                inv_softcap, HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, PRECISION: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
-    """One model's logits tile after its logit transform (scale, softcap): what its lm_head would give."""
-    return _transform(_logit_tile(X, W, B, rows, cols, row_mask, col_mask, H, stride_x, stride_w, HAS_BIAS,
-                                  PRECISION, BLOCK_N, BLOCK_V, BLOCK_H), logit_scale, softcap, inv_softcap,
-                      HAS_SOFTCAP)
 
 
 @triton.jit
